@@ -1,0 +1,189 @@
+//! The validated configuration: every field typed, defaulted and checked.
+//!
+//! Nothing here parses text; `config::load` turns a YAML document into these types and is the
+//! only constructor used outside tests. Everything downstream may rely on the invariants
+//! documented on each field (e.g. a target name matches `^[a-z0-9][a-z0-9.-]*$`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+/// RFC 8693 §3 token type URNs the broker can request from Keycloak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenType {
+    /// `urn:ietf:params:oauth:token-type:access_token`
+    AccessToken,
+    /// `urn:ietf:params:oauth:token-type:id_token`
+    IdToken,
+}
+
+impl TokenType {
+    pub const ACCESS_TOKEN_URN: &'static str = "urn:ietf:params:oauth:token-type:access_token";
+    pub const ID_TOKEN_URN: &'static str = "urn:ietf:params:oauth:token-type:id_token";
+
+    pub fn urn(self) -> &'static str {
+        match self {
+            TokenType::AccessToken => Self::ACCESS_TOKEN_URN,
+            TokenType::IdToken => Self::ID_TOKEN_URN,
+        }
+    }
+
+    pub fn from_urn(s: &str) -> Option<Self> {
+        match s {
+            Self::ACCESS_TOKEN_URN => Some(TokenType::AccessToken),
+            Self::ID_TOKEN_URN => Some(TokenType::IdToken),
+            _ => None,
+        }
+    }
+}
+
+/// How the broker authenticates itself at Keycloak's token endpoint (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuthMethod {
+    /// HTTP Basic with form-urlencoded id and secret (RFC 6749 §2.3.1). Default.
+    ClientSecretBasic,
+    /// `client_id` and `client_secret` in the form body.
+    ClientSecretPost,
+}
+
+/// What a target does when no user token can be exchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackPolicy {
+    /// Serve the broker's own client-credentials token for the target.
+    ServiceAccount,
+    /// Refuse: 401 without a user credential, 502 when the exchange fails.
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Plain,
+    Json,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub keycloak: KeycloakConfig,
+    pub user_token: UserTokenConfig,
+    pub external_access: Vec<ExternalAccessEntry>,
+    pub cache: CacheConfig,
+    /// Keyed by target name (`^[a-z0-9][a-z0-9.-]*$`, at most 64 characters).
+    pub targets: BTreeMap<String, TargetConfig>,
+    pub logging: LoggingConfig,
+}
+
+/// YAML `server`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// `server.listen`, default `0.0.0.0:7070`.
+    pub listen: SocketAddr,
+    /// `server.workers`, default: number of CPUs (at least 1).
+    pub workers: Option<usize>,
+    /// `server.maxBodyBytes`, default 65536; request bodies above it get 413.
+    pub max_body_bytes: usize,
+}
+
+/// YAML `admin`.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// `admin.listen`, default `127.0.0.1:7071`; `admin.enabled: false` gives `None`.
+    pub listen: Option<SocketAddr>,
+    /// `admin.token` (secret): Bearer credential for the tester and admin API; none = those are off.
+    pub token: Option<SecretString>,
+}
+
+/// YAML `keycloak`.
+#[derive(Debug, Clone)]
+pub struct KeycloakConfig {
+    /// `keycloak.issuer` (required): realm issuer, e.g. `https://kc.example.com/realms/rhdh`,
+    /// no trailing slash; must equal the discovery document's `issuer` exactly.
+    pub issuer: Url,
+    /// `keycloak.clientId` (required): the broker's confidential client.
+    pub client_id: String,
+    /// `keycloak.clientSecret` (required, secret).
+    pub client_secret: SecretString,
+    /// `keycloak.clientAuthMethod`, default `client_secret_basic`.
+    pub client_auth_method: ClientAuthMethod,
+    /// `keycloak.connectTimeout`, default 2s.
+    pub connect_timeout: Duration,
+    /// `keycloak.timeout`, default 10s: total time of one call to discovery, JWKS or token endpoint.
+    pub timeout: Duration,
+    /// `keycloak.jwksMinRefreshInterval`, default 10s: an unknown `kid` refetches the JWKS at
+    /// most this often.
+    pub jwks_min_refresh_interval: Duration,
+}
+
+/// YAML `userToken`.
+#[derive(Debug, Clone)]
+pub struct UserTokenConfig {
+    /// `userToken.header`, default `X-Forwarded-Access-Token`; a valid HTTP header name.
+    pub header: String,
+}
+
+/// One entry of YAML `backend.auth.externalAccess` (Backstage's shape).
+#[derive(Debug, Clone)]
+pub struct ExternalAccessEntry {
+    pub kind: ExternalAccessKind,
+    /// `accessRestrictions`; `None` when absent or empty (= unrestricted).
+    pub access_restrictions: Option<Vec<AccessRestriction>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExternalAccessKind {
+    /// `type: static`: `options.token` (secret, `^\S+$`, at least 8 characters) and
+    /// `options.subject` (`^\S+$`).
+    Static { token: SecretString, subject: String },
+}
+
+/// One `accessRestrictions` item: `{plugin, permission?, permissionAttribute?: {action?}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRestriction {
+    pub plugin: String,
+    /// `permission`: string or list, split on spaces and commas; `None` = no name restriction.
+    pub permission_names: Option<Vec<String>>,
+    /// `permissionAttribute.action`: subset of create/read/update/delete; `None` = unrestricted.
+    pub actions: Option<Vec<String>>,
+}
+
+/// YAML `cache`.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// `cache.maxEntries`, default 10000 (at least 1).
+    pub max_entries: u64,
+    /// `cache.safetyMargin`, default 30s: a token is served from cache only while it has more
+    /// than this left; one with less left on arrival is not cached.
+    pub safety_margin: Duration,
+}
+
+/// One entry of YAML `targets`.
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    /// `targets.<name>.audience` (required): Keycloak client id the token is for.
+    pub audience: String,
+    /// `targets.<name>.scopes`, default empty: scopes requested when the caller names none.
+    pub scopes: Vec<String>,
+    /// `targets.<name>.allowedScopes`, default empty: extra scopes a caller may ask for.
+    pub allowed_scopes: Vec<String>,
+    /// `targets.<name>.requestedTokenType`, default access token URN.
+    pub requested_token_type: TokenType,
+    /// `targets.<name>.fallback`, default `deny`.
+    pub fallback: FallbackPolicy,
+    /// `targets.<name>.allowedCallers`: glob patterns (`*` wildcard) over principal names;
+    /// `None` = any authenticated caller.
+    pub allowed_callers: Option<Vec<String>>,
+}
+
+/// YAML `logging`.
+#[derive(Debug, Clone)]
+pub struct LoggingConfig {
+    /// `logging.format`, default `plain`.
+    pub format: LogFormat,
+    /// `logging.level`, default `info`: a tracing filter directive; `RUST_LOG` wins if set.
+    pub level: String,
+}

@@ -1,0 +1,4 @@
+//! token-broker: per-user downstream tokens for Backstage / RHDH backend plugins.
+#![forbid(unsafe_code)]
+
+pub mod config;
