@@ -1,4 +1,23 @@
 //! token-broker: per-user downstream tokens for Backstage / RHDH backend plugins.
+//!
+//! A caller presents what it has (a static external-access token, or the user's Keycloak
+//! access token); the broker verifies it, exchanges the user's token at Keycloak with RFC 8693
+//! for a token scoped to a named target, caches it per subject, shares concurrent identical
+//! exchanges, and falls back to its own client-credentials token where a target allows it.
+//!
+//! Module map: `config` (YAML → validated types), `inbound` (who is calling), `idp`
+//! (Keycloak), `broker` (policy, cache, fallback), `http` (routes, thin handlers), `error`
+//! (RFC 6749 error answers), `app` (assembly), `devidp` (the development Keycloak), `dev`
+//! (the `token-broker dev` set-up).
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod broker;
+pub mod clock;
 pub mod config;
+pub mod digest;
+pub mod error;
+pub mod http;
+pub mod idp;
+pub mod inbound;
+pub mod telemetry;

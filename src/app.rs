@@ -1,0 +1,150 @@
+//! Assembly: builds the shared state from a validated [`Config`], loads the IdP's discovery
+//! document and keys, and runs the public and admin listeners.
+//!
+//! Shared state is built once, outside the per-worker `HttpServer` factory, so all workers
+//! share one cache and one in-flight table (rust-practices.md §8 item 6).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use actix_web::{App, HttpServer, web};
+
+use crate::broker::TokenService;
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::http::{AppState, admin_routes, public_routes};
+use crate::idp::{IdpClient, build_http};
+use crate::inbound::jwks::JwksCache;
+use crate::inbound::oidc::OidcVerifier;
+use crate::inbound::static_token::StaticTokens;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Http(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running broker.
+pub struct RunningBroker {
+    pub public_addr: SocketAddr,
+    pub admin_addr: Option<SocketAddr>,
+    pub state: web::Data<AppState>,
+    handles: Vec<ServerHandle>,
+    tasks: Vec<actix_web::rt::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl RunningBroker {
+    pub fn public_url(&self) -> String {
+        format!("http://{}", self.public_addr)
+    }
+
+    /// Stops both listeners, letting in-flight requests finish.
+    pub async fn stop(&self) {
+        for h in &self.handles {
+            h.stop(true).await;
+        }
+    }
+
+    /// Waits until the servers end (after a signal or [`RunningBroker::stop`]).
+    pub async fn wait(self) {
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Builds the state, loads discovery (failure is logged and retried on demand), binds and
+/// starts the listeners. Must run inside an actix system.
+pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
+    start_with_clock(config, Arc::new(SystemClock)).await
+}
+
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<RunningBroker, StartError> {
+    let config = Arc::new(config);
+    let kc = &config.keycloak;
+    let http = build_http(kc.connect_timeout, kc.timeout).map_err(StartError::Http)?;
+    let jwks = Arc::new(JwksCache::new(http.clone(), kc.jwks_min_refresh_interval));
+    let idp = Arc::new(IdpClient::new(kc, http, jwks.clone()));
+    let verifier = Arc::new(OidcVerifier::new(
+        idp.issuer().to_owned(),
+        jwks,
+        clock.clone(),
+    ));
+    if let Err(e) = idp.discover().await {
+        tracing::warn!(error = %e, "IdP discovery failed at start-up; retrying on demand");
+    }
+    let service = Arc::new(TokenService::new(
+        config.clone(),
+        idp.clone(),
+        verifier.clone(),
+        clock.clone(),
+    ));
+    let state = web::Data::new(AppState {
+        statics: Arc::new(StaticTokens::new(&config.external_access)),
+        config: config.clone(),
+        service,
+        verifier,
+        idp,
+        clock,
+    });
+
+    let workers = config
+        .server
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut handles = Vec::new();
+    let mut tasks = Vec::new();
+
+    let s = state.clone();
+    let public = HttpServer::new(move || App::new().app_data(s.clone()).configure(public_routes))
+        .workers(workers)
+        .disable_signals()
+        .bind(config.server.listen)
+        .map_err(|source| StartError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
+    let public_addr = public
+        .addrs()
+        .first()
+        .copied()
+        .unwrap_or(config.server.listen);
+    let server = public.run();
+    handles.push(server.handle());
+    tasks.push(actix_web::rt::spawn(server));
+
+    let mut admin_addr = None;
+    if let Some(listen) = config.admin.listen {
+        let s = state.clone();
+        let admin = HttpServer::new(move || App::new().app_data(s.clone()).configure(admin_routes))
+            .workers(1)
+            .disable_signals()
+            .bind(listen)
+            .map_err(|source| StartError::Bind {
+                addr: listen,
+                source,
+            })?;
+        admin_addr = admin.addrs().first().copied();
+        let server = admin.run();
+        handles.push(server.handle());
+        tasks.push(actix_web::rt::spawn(server));
+    }
+    tracing::info!(public = %public_addr, admin = ?admin_addr, "token-broker listening");
+    Ok(RunningBroker {
+        public_addr,
+        admin_addr,
+        state,
+        handles,
+        tasks,
+    })
+}

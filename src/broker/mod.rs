@@ -1,0 +1,416 @@
+//! The token service: from an authenticated request to a downstream token.
+//!
+//! Flow for one request (no actix types here):
+//! 1. the target must exist and the caller must be allowed to use it ([`policy`]);
+//! 2. with a verified user token: RFC 8693 exchange at Keycloak, through the user cache
+//!    (keyed by a digest of the subject token, target, audience, scopes and token type), with
+//!    concurrent identical requests sharing one exchange; the answer is checked before it is
+//!    served or cached (Bearer type, issued type, signature, `aud` ∋ target audience, `sub` =
+//!    subject `sub`);
+//! 3. without one, or when the exchange fails because Keycloak is unreachable, failing, or has
+//!    token exchange turned off (`unsupported_grant_type`): the target's fallback policy —
+//!    `service_account` serves the broker's client-credentials token (its own cache, shared in
+//!    flight), `deny` refuses. Every other Keycloak refusal is returned as is, never hidden.
+
+pub mod cache;
+pub mod policy;
+
+use std::sync::Arc;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::clock::Clock;
+use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::digest::{KeyBuilder, fingerprint};
+use crate::idp::exchange::ExchangeRequest;
+use crate::idp::{IdpClient, IdpError, TokenResponse};
+use crate::inbound::Principal;
+use crate::inbound::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
+pub use cache::{CacheStatus, TokenCache};
+pub use policy::PolicyError;
+
+/// Whose identity a served token carries (the `X-Token-Broker-Identity` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    User,
+    Service,
+}
+
+impl Identity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::User => "user",
+            Identity::Service => "service",
+        }
+    }
+}
+
+/// A token Keycloak issued and the broker checked.
+pub struct IssuedToken {
+    pub access_token: SecretString,
+    pub token_type: String,
+    pub issued_token_type: TokenType,
+    pub scope: Option<String>,
+    /// The token's own expiry (Unix seconds).
+    pub expires_at: u64,
+    /// Served from cache only while now < this (Unix seconds).
+    pub cache_until: u64,
+    pub fingerprint: String,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("fingerprint", &self.fingerprint)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a fallback token was served instead of an exchanged one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FallbackReason {
+    NoUserToken,
+    IdpUnavailable,
+    ExchangeUnsupported,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::NoUserToken => "no_user_token",
+            FallbackReason::IdpUnavailable => "idp_unavailable",
+            FallbackReason::ExchangeUnsupported => "exchange_unsupported",
+        }
+    }
+}
+
+/// The answer to one token request.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub token: Arc<IssuedToken>,
+    pub identity: Identity,
+    pub cache: CacheStatus,
+    pub fallback: Option<FallbackReason>,
+}
+
+/// One token request, already authenticated.
+pub struct TokenRequest<'a> {
+    pub principal: &'a Principal,
+    pub target: &'a str,
+    pub scope: Option<&'a str>,
+    pub requested_token_type: Option<&'a str>,
+    pub user_token: Option<&'a VerifiedUserToken>,
+}
+
+/// Why no token was served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("unknown target '{0}'")]
+    UnknownTarget(String),
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("target '{target}' needs the user's token and does not fall back to a service account")]
+    UserTokenRequired { target: String },
+    /// `deny` target and Keycloak unreachable or without token exchange.
+    #[error("the token exchange for target '{target}' failed: {source}")]
+    ExchangeFailed { target: String, source: IdpError },
+    /// Keycloak refused the exchange: passed on as is.
+    #[error("Keycloak refused the token exchange: {0}")]
+    ExchangeRejected(IdpError),
+    /// The service-account token could not be obtained.
+    #[error("the service-account token for target '{target}' could not be obtained: {source}")]
+    ServiceAccountFailed { target: String, source: IdpError },
+    /// Keycloak answered with a token that failed the broker's checks.
+    #[error("the IdP's answer failed the broker's checks: {0}")]
+    InvalidIdpAnswer(String),
+}
+
+/// Failure inside a cached fetch (shared by all waiters).
+#[derive(Debug, thiserror::Error)]
+enum FetchError {
+    #[error(transparent)]
+    Idp(IdpError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+#[derive(Deserialize)]
+struct IssuedClaims {
+    exp: u64,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+}
+
+fn aud_contains(aud: &Option<serde_json::Value>, wanted: &str) -> bool {
+    match aud {
+        Some(serde_json::Value::String(s)) => s == wanted,
+        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
+        _ => false,
+    }
+}
+
+/// The token service shared by all workers.
+pub struct TokenService {
+    config: Arc<Config>,
+    idp: Arc<IdpClient>,
+    verifier: Arc<OidcVerifier>,
+    user_cache: TokenCache,
+    service_cache: TokenCache,
+    clock: Arc<dyn Clock>,
+}
+
+impl TokenService {
+    pub fn new(
+        config: Arc<Config>,
+        idp: Arc<IdpClient>,
+        verifier: Arc<OidcVerifier>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let max = config.cache.max_entries;
+        TokenService {
+            user_cache: TokenCache::new(max, clock.clone()),
+            // One entry per target and scope set: small.
+            service_cache: TokenCache::new(1024, clock.clone()),
+            config,
+            idp,
+            verifier,
+            clock,
+        }
+    }
+
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    pub fn user_cache(&self) -> &TokenCache {
+        &self.user_cache
+    }
+
+    pub async fn issue(&self, req: TokenRequest<'_>) -> Result<Issued, BrokerError> {
+        let target = self
+            .config
+            .targets
+            .get(req.target)
+            .ok_or_else(|| BrokerError::UnknownTarget(req.target.to_owned()))?;
+        policy::check_caller(req.target, target, req.principal)?;
+        let scopes = policy::resolve_scopes(req.target, target, req.scope)?;
+        let token_type = policy::resolve_token_type(req.target, target, req.requested_token_type)?;
+
+        let Some(user) = req.user_token else {
+            return match target.fallback {
+                FallbackPolicy::ServiceAccount => {
+                    tracing::debug!(
+                        target = req.target,
+                        "no user credential: serving the service-account token"
+                    );
+                    self.service_token(req.target, target, &scopes, FallbackReason::NoUserToken)
+                        .await
+                }
+                FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
+                    target: req.target.to_owned(),
+                }),
+            };
+        };
+
+        match self
+            .exchange(req.target, target, &scopes, token_type, user)
+            .await
+        {
+            Ok((token, cache)) => Ok(Issued {
+                token,
+                identity: Identity::User,
+                cache,
+                fallback: None,
+            }),
+            Err(FetchOutcome::Idp(e)) => {
+                let reason = if e.is_unavailable() {
+                    Some(FallbackReason::IdpUnavailable)
+                } else if matches!(&e, IdpError::Rejected { error, .. } if error == "unsupported_grant_type")
+                {
+                    Some(FallbackReason::ExchangeUnsupported)
+                } else {
+                    None
+                };
+                match (reason, target.fallback) {
+                    (None, _) => Err(BrokerError::ExchangeRejected(e)),
+                    (Some(r), FallbackPolicy::ServiceAccount) => {
+                        tracing::warn!(
+                            target = req.target,
+                            reason = r.as_str(),
+                            error = %e,
+                            subject = %user.fingerprint,
+                            "token exchange failed: serving the service-account token"
+                        );
+                        self.service_token(req.target, target, &scopes, r).await
+                    }
+                    (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
+                        target: req.target.to_owned(),
+                        source: e,
+                    }),
+                }
+            }
+            Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        target_name: &str,
+        target: &TargetConfig,
+        scopes: &[String],
+        token_type: TokenType,
+        user: &VerifiedUserToken,
+    ) -> Result<(Arc<IssuedToken>, CacheStatus), FetchOutcome> {
+        use secrecy::ExposeSecret;
+        let key = KeyBuilder::new("exchange")
+            .field(user.raw.expose_secret().as_bytes())
+            .field(target_name.as_bytes())
+            .field(target.audience.as_bytes())
+            .field(scopes.join(" ").as_bytes())
+            .field(token_type.urn().as_bytes())
+            .finish();
+        let fetch = async {
+            let answer = self
+                .idp
+                .exchange(&ExchangeRequest {
+                    subject_token: &user.raw,
+                    audience: &target.audience,
+                    scopes,
+                    requested_token_type: token_type,
+                })
+                .await
+                .map_err(FetchError::Idp)?;
+            self.check_answer(answer, &target.audience, Some(token_type), Some(user))
+                .await
+                .map_err(FetchError::Invalid)
+        };
+        self.user_cache
+            .get_or_fetch(key, fetch)
+            .await
+            .map_err(|e| match &*e {
+                FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),
+                FetchError::Invalid(m) => FetchOutcome::Invalid(m.clone()),
+            })
+    }
+
+    async fn service_token(
+        &self,
+        target_name: &str,
+        target: &TargetConfig,
+        scopes: &[String],
+        reason: FallbackReason,
+    ) -> Result<Issued, BrokerError> {
+        let key = KeyBuilder::new("service")
+            .field(target_name.as_bytes())
+            .field(target.audience.as_bytes())
+            .field(scopes.join(" ").as_bytes())
+            .finish();
+        let fetch = async {
+            let answer = self
+                .idp
+                .client_credentials(scopes)
+                .await
+                .map_err(FetchError::Idp)?;
+            self.check_answer(answer, &target.audience, None, None)
+                .await
+                .map_err(FetchError::Invalid)
+        };
+        match self.service_cache.get_or_fetch(key, fetch).await {
+            Ok((token, cache)) => Ok(Issued {
+                token,
+                identity: Identity::Service,
+                cache,
+                fallback: Some(reason),
+            }),
+            Err(e) => match &*e {
+                FetchError::Idp(i) => Err(BrokerError::ServiceAccountFailed {
+                    target: target_name.to_owned(),
+                    source: i.clone(),
+                }),
+                FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
+            },
+        }
+    }
+
+    /// Checks Keycloak's answer before anything is served or cached (RFC 8693 §2.2.1): a
+    /// mismatch is an error, never a silently served token.
+    async fn check_answer(
+        &self,
+        answer: TokenResponse,
+        audience: &str,
+        requested: Option<TokenType>,
+        subject: Option<&VerifiedUserToken>,
+    ) -> Result<Arc<IssuedToken>, String> {
+        if answer.access_token.is_empty() {
+            return Err("the answer has an empty access_token".into());
+        }
+        let issued_type = match requested {
+            Some(t) => {
+                // issued_token_type is REQUIRED in an exchange answer (RFC 8693 §2.2.1).
+                if answer.issued_token_type.as_deref() != Some(t.urn()) {
+                    return Err("issued_token_type differs from the requested type".into());
+                }
+                t
+            }
+            None => TokenType::AccessToken,
+        };
+        let type_ok = match issued_type {
+            TokenType::AccessToken => answer.token_type.eq_ignore_ascii_case("bearer"),
+            // Keycloak returns an ID token with token_type N_A (keycloak-token-exchange.md §3.6).
+            TokenType::IdToken => {
+                answer.token_type == "N_A" || answer.token_type.eq_ignore_ascii_case("bearer")
+            }
+        };
+        if !type_ok {
+            return Err("token_type is not Bearer".into());
+        }
+        let (claims, _kid) = self
+            .verifier
+            .verify_any::<IssuedClaims>(&answer.access_token)
+            .await
+            .map_err(|e: OidcError| format!("the issued token did not verify: {e}"))?;
+        if issued_type == TokenType::AccessToken && !aud_contains(&claims.aud, audience) {
+            return Err(format!(
+                "the issued token's aud does not contain '{audience}'"
+            ));
+        }
+        if let Some(subject) = subject
+            && claims.sub.as_deref() != Some(subject.sub.as_str())
+        {
+            return Err("the issued token's sub differs from the subject token's sub".into());
+        }
+        let now = self.clock.now_unix();
+        let mut expires_at = claims.exp;
+        if let Some(ei) = answer.expires_in {
+            expires_at = expires_at.min(now.saturating_add(ei));
+        }
+        let mut cap = expires_at;
+        if let Some(s) = subject {
+            // A cached exchange result must not outlive the credential it was derived from.
+            cap = cap.min(s.exp);
+        }
+        let margin = self.config.cache.safety_margin.as_secs();
+        Ok(Arc::new(IssuedToken {
+            fingerprint: fingerprint(&answer.access_token),
+            access_token: SecretString::from(answer.access_token),
+            token_type: if issued_type == TokenType::AccessToken {
+                "Bearer".to_owned()
+            } else {
+                answer.token_type
+            },
+            issued_token_type: issued_type,
+            scope: answer.scope,
+            expires_at,
+            cache_until: cap.saturating_sub(margin),
+        }))
+    }
+}
+
+enum FetchOutcome {
+    Idp(IdpError),
+    Invalid(String),
+}

@@ -1,0 +1,240 @@
+//! The HTTP error answer: RFC 6749 §5.2 JSON (`error`, `error_description`) plus, for errors
+//! Keycloak returned, Keycloak's HTTP status (`idp_status`) and a `hint` with the likely fix.
+//!
+//! This is the one place where errors become statuses. Descriptions never contain token or
+//! secret material: the lower layers' messages are built without it.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::broker::{BrokerError, PolicyError};
+use crate::idp::IdpError;
+
+/// An error answer.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub error: String,
+    pub description: String,
+    pub hint: Option<String>,
+    pub idp_status: Option<u16>,
+    /// `WWW-Authenticate` value for 401 answers (RFC 6750 §3).
+    pub www_authenticate: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    error_description: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hint: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idp_status: Option<u16>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, error: &str, description: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            error: error.to_owned(),
+            description: description.into(),
+            hint: None,
+            idp_status: None,
+            www_authenticate: None,
+        }
+    }
+
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// 401 for a missing or unknown caller credential (RFC 6749 §5.2 `invalid_client`, with the
+    /// RFC 6750 §3 challenge since callers authenticate with Bearer).
+    pub fn unauthenticated(description: impl Into<String>, token_error: Option<&str>) -> Self {
+        let description = description.into();
+        let challenge = match token_error {
+            Some(code) => format!(
+                "Bearer realm=\"token-broker\", error=\"{code}\", error_description=\"{}\"",
+                description.replace(['"', '\\'], "'")
+            ),
+            None => "Bearer realm=\"token-broker\"".to_owned(),
+        };
+        ApiError {
+            www_authenticate: Some(challenge),
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+        }
+    }
+
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.error, self.description)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut b = HttpResponse::build(self.status);
+        // RFC 6749 §5.1: token endpoint answers are not cacheable.
+        b.insert_header(("cache-control", "no-store"));
+        b.insert_header(("pragma", "no-cache"));
+        if let Some(w) = &self.www_authenticate {
+            b.insert_header(("www-authenticate", w.as_str()));
+        }
+        b.json(Body {
+            error: &self.error,
+            error_description: &self.description,
+            hint: self.hint.as_deref(),
+            idp_status: self.idp_status,
+        })
+    }
+}
+
+/// A short hint for a Keycloak error, keyed on Keycloak's own texts
+/// (keycloak-token-exchange.md §3.8, §8).
+pub fn keycloak_hint(error: &str, description: Option<&str>, client_id: &str) -> Option<String> {
+    let d = description.unwrap_or("");
+    let hint = if d == "Client is not within the token audience" {
+        format!(
+            "the user's token must carry the broker's client '{client_id}' in aud: add an Audience mapper for '{client_id}' to the client the user logs in with"
+        )
+    } else if d.starts_with("Requested audience not available") {
+        format!(
+            "give client '{client_id}' an Audience mapper (or a client-role scope) for the target's audience, and check the user may receive it"
+        )
+    } else if d == "Audience not found" {
+        "the target's audience is not a client of the realm: check targets.<name>.audience".into()
+    } else if d == "Invalid token" {
+        "Keycloak refused the user's token although it verified locally: the user's session may have ended or the user is disabled, or Keycloak is reached under another hostname than the token's iss".into()
+    } else if d == "Standard token exchange is not enabled for the requested client" {
+        format!(
+            "turn on 'Standard token exchange' in the Capability config of client '{client_id}'"
+        )
+    } else if d == "Public client is not allowed to exchange token" {
+        format!("client '{client_id}' must be confidential (Client authentication on)")
+    } else if d == "Invalid client or Invalid client credentials" {
+        "check keycloak.clientId, keycloak.clientSecret and keycloak.clientAuthMethod".into()
+    } else if d == "Client not enabled to retrieve service account" {
+        format!("turn on 'Service accounts roles' for client '{client_id}'")
+    } else if error == "unsupported_grant_type" {
+        "enable standard token exchange (feature token-exchange-standard:v2, Keycloak 26.2+)".into()
+    } else if error == "invalid_scope" {
+        format!("the scope must be an optional client scope of client '{client_id}'")
+    } else if d == "requested_token_type unsupported" {
+        "request an access token (targets.<name>.requestedTokenType)".into()
+    } else {
+        return None;
+    };
+    Some(hint)
+}
+
+/// Maps a Keycloak refusal. Keycloak's 400 and 403 pass through with their status; a 401 is
+/// Keycloak refusing the *broker's* client credentials, which the caller cannot fix, so it
+/// becomes 502 (with `idp_status: 401`): answering 401 would tell the caller its own
+/// credential failed (RFC 6750 §3.1).
+pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
+    match e {
+        IdpError::Rejected {
+            status,
+            error,
+            description,
+        } => {
+            let http = match status {
+                Some(400) => StatusCode::BAD_REQUEST,
+                Some(403) => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            let mut api = ApiError::new(
+                http,
+                error,
+                description
+                    .clone()
+                    .unwrap_or_else(|| "Keycloak gave no description".into()),
+            );
+            api.idp_status = *status;
+            api.hint = keycloak_hint(error, description.as_deref(), client_id);
+            api
+        }
+        other => idp_unavailable(other),
+    }
+}
+
+fn idp_unavailable(e: &IdpError) -> ApiError {
+    let status = match e {
+        IdpError::Transport { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    ApiError::new(
+        status,
+        "temporarily_unavailable",
+        format!("Keycloak (the IdP) failed: {e}"),
+    )
+}
+
+/// The answer for a [`BrokerError`].
+pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
+    match e {
+        BrokerError::UnknownTarget(t) => ApiError::new(
+            StatusCode::BAD_REQUEST,
+            // RFC 8693 §2.2.2: the audience is unknown or unacceptable.
+            "invalid_target",
+            format!(
+                "unknown target '{}'",
+                t.chars().take(64).collect::<String>()
+            ),
+        ),
+        BrokerError::Policy(PolicyError::Forbidden(m)) => {
+            ApiError::new(StatusCode::FORBIDDEN, "access_denied", m.clone())
+        }
+        BrokerError::Policy(PolicyError::InvalidScope(m)) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_scope", m.clone())
+        }
+        BrokerError::Policy(PolicyError::UnsupportedTokenType(m)) => {
+            ApiError::invalid_request(m.clone())
+        }
+        BrokerError::UserTokenRequired { .. } => ApiError::unauthenticated(
+            e.to_string(),
+            Some("invalid_token"),
+        )
+        .with_hint(
+            "send the user's Keycloak access token in the user-token header or as subject_token",
+        ),
+        BrokerError::ExchangeFailed { source, .. } => {
+            let mut api = match source {
+                IdpError::Rejected { .. } => from_idp_rejection(source, client_id),
+                other => idp_unavailable(other),
+            };
+            api.status = if matches!(source, IdpError::Transport { timeout: true, .. }) {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::BAD_GATEWAY
+            };
+            api
+        }
+        BrokerError::ExchangeRejected(source) => from_idp_rejection(source, client_id),
+        BrokerError::ServiceAccountFailed { source, .. } => {
+            let mut api = from_idp_rejection(source, client_id);
+            // The caller cannot fix the broker's service account: always a gateway error.
+            if api.status.is_client_error() {
+                api.status = StatusCode::BAD_GATEWAY;
+            }
+            api.description = format!("service-account token: {}", api.description);
+            api
+        }
+        BrokerError::InvalidIdpAnswer(m) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "server_error",
+            format!("Keycloak's answer failed the broker's checks: {m}"),
+        ),
+    }
+}

@@ -1,0 +1,134 @@
+//! Strict parsing of the `application/x-www-form-urlencoded` token request (RFC 8693 §2.1).
+//!
+//! Stricter than a generic form extractor on purpose:
+//! - every name and value must decode to UTF-8 (a lossy decode could turn two different
+//!   tokens into one string);
+//! - a parameter may appear at most once (RFC 6749 §3.1: "Request and response parameters
+//!   MUST NOT be included more than once"), so `audience=a&audience=b` cannot smuggle a
+//!   second target past a check of the first;
+//! - at most [`MAX_PARAMS`] parameters;
+//! - unknown parameters are ignored (RFC 6749 §3.2: "MUST ignore unrecognized request
+//!   parameters").
+
+use std::collections::HashMap;
+
+/// The most parameters a token request may carry.
+pub const MAX_PARAMS: usize = 32;
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FormError {
+    #[error("the request body is not valid form-urlencoded UTF-8")]
+    NotUtf8,
+    #[error("parameter '{0}' is included more than once")]
+    Duplicated(String),
+    #[error("too many parameters (at most {MAX_PARAMS})")]
+    TooMany,
+}
+
+/// A parsed form: parameter name to value.
+#[derive(Debug, Default)]
+pub struct Form(HashMap<String, String>);
+
+impl Form {
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    /// A parameter that is absent or empty counts as absent (RFC 6749 §3.1: "Parameters sent
+    /// without a value MUST be treated as if they were omitted").
+    pub fn non_empty(&self, name: &str) -> Option<&str> {
+        self.get(name).filter(|v| !v.is_empty())
+    }
+}
+
+fn decode(component: &[u8]) -> Result<String, FormError> {
+    let plus_as_space: Vec<u8> = component
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    let bytes: Vec<u8> = percent_decode(&plus_as_space);
+    String::from_utf8(bytes).map_err(|_| FormError::NotUtf8)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// WHATWG URL percent-decoding: a `%` not followed by two hex digits stays literal.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while let Some(&b) = input.get(i) {
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                input.get(i + 1).copied().and_then(hex),
+                input.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h * 16 + l);
+            i += 3;
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    out
+}
+
+pub fn parse(body: &[u8]) -> Result<Form, FormError> {
+    let mut map = HashMap::new();
+    for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        if map.len() >= MAX_PARAMS {
+            return Err(FormError::TooMany);
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(i) => (
+                pair.get(..i).unwrap_or(&[]),
+                pair.get(i + 1..).unwrap_or(&[]),
+            ),
+            None => (pair, &[][..]),
+        };
+        let name = decode(name)?;
+        let value = decode(value)?;
+        if map.contains_key(&name) {
+            return Err(FormError::Duplicated(name.chars().take(64).collect()));
+        }
+        map.insert(name, value);
+    }
+    Ok(Form(map))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_decodes() {
+        let f = parse(b"a=1&b=x+y%20z&c=%41%zz&d").unwrap();
+        assert_eq!(f.get("a"), Some("1"));
+        assert_eq!(f.get("b"), Some("x y z"));
+        assert_eq!(f.get("c"), Some("A%zz"));
+        assert_eq!(f.get("d"), Some(""));
+        assert_eq!(f.non_empty("d"), None);
+    }
+
+    #[test]
+    fn rejects_duplicates_bad_utf8_and_floods() {
+        assert_eq!(
+            parse(b"audience=a&audience=b").unwrap_err(),
+            FormError::Duplicated("audience".into())
+        );
+        assert_eq!(parse(b"a=%ff%fe").unwrap_err(), FormError::NotUtf8);
+        assert_eq!(parse(&[b'a', b'=', 0xff]).unwrap_err(), FormError::NotUtf8);
+        let flood: Vec<String> = (0..40).map(|i| format!("p{i}=1")).collect();
+        assert_eq!(
+            parse(flood.join("&").as_bytes()).unwrap_err(),
+            FormError::TooMany
+        );
+    }
+}

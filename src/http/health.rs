@@ -1,0 +1,27 @@
+//! Liveness and readiness on the admin listener (dev-contract.md "Admin listener").
+
+use actix_web::{HttpResponse, web};
+use serde_json::json;
+
+use super::AppState;
+
+/// 200 while the process serves requests.
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// 200 only when the configuration is loaded (it is, or the process would not run), the IdP's
+/// discovery document is loaded and its JWKS holds at least one signing key.
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let discovery = state.idp.is_discovered();
+    let jwks = state.verifier.jwks().is_loaded();
+    let body = json!({
+        "status": if discovery && jwks { "ready" } else { "not_ready" },
+        "checks": {"config": true, "idp_discovery": discovery, "jwks": jwks},
+    });
+    if discovery && jwks {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,60 @@
+//! The HTTP surface: the public listener's routes, the admin listener's routes, and the state
+//! they share. Handlers are thin; the logic lives in `broker`, `inbound` and `idp`.
+
+pub mod form;
+pub mod health;
+pub mod token;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, web};
+
+use crate::broker::TokenService;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::idp::IdpClient;
+use crate::inbound::oidc::OidcVerifier;
+use crate::inbound::static_token::StaticTokens;
+
+/// Everything a handler needs, shared by all workers.
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub service: Arc<TokenService>,
+    pub statics: Arc<StaticTokens>,
+    pub verifier: Arc<OidcVerifier>,
+    pub idp: Arc<IdpClient>,
+    pub clock: Arc<dyn Clock>,
+}
+
+async fn not_found() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "no such endpoint",
+    ))
+}
+
+/// Routes of the public listener.
+pub fn public_routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/v1/token")
+            .route(web::post().to(token::token))
+            .default_service(web::to(|| async {
+                Err::<HttpResponse, _>(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "invalid_request",
+                    "use POST",
+                ))
+            })),
+    )
+    .default_service(web::to(not_found));
+}
+
+/// Routes of the admin listener.
+pub fn admin_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(health::healthz))
+        .route("/readyz", web::get().to(health::readyz))
+        .default_service(web::to(not_found));
+}

@@ -1,0 +1,112 @@
+//! Inbound authentication: who is calling, and whose user token came with the call.
+//!
+//! A request carries at most two credentials:
+//! - the *caller credential* in `Authorization: Bearer` (RFC 6750 §2.1), matched the way
+//!   Backstage extracts it: `^Bearer[ ]+(\S+)$`, case-insensitive scheme (backstage-tokens.md §6);
+//! - the *user token*: the user's Keycloak access token in the configured header (default
+//!   `X-Forwarded-Access-Token`) or in the RFC 8693 `subject_token` form field.
+//!
+//! A caller credential that is present but unknown fails closed (401), even when a valid user
+//! token is also present. A request with no caller credential but a valid user token is the
+//! user calling through a trusted proxy (oauth2-proxy sets that header): its principal is the
+//! user. Nothing from the request decides which key or issuer verifies a token.
+
+pub mod jwks;
+pub mod oidc;
+pub mod static_token;
+
+use crate::config::AccessRestriction;
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    /// The name allow-lists match: a static subject verbatim (as Backstage does), or
+    /// `oidc:<sub>` for a user authenticated by a Keycloak token alone.
+    pub name: String,
+    pub kind: PrincipalKind,
+    /// Backstage `accessRestrictions` of the matched external-access entry.
+    pub restrictions: Option<Vec<AccessRestriction>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PrincipalKind {
+    /// A service caller (static external-access token).
+    Service,
+    /// A user authenticated by their own Keycloak access token.
+    User,
+}
+
+impl PrincipalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PrincipalKind::Service => "service",
+            PrincipalKind::User => "user",
+        }
+    }
+}
+
+/// The result of reading `Authorization`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BearerHeader<'a> {
+    Absent,
+    Token(&'a str),
+    /// Present but not `Bearer <token>`: treated as no caller credential, as Backstage does.
+    NotBearer,
+}
+
+/// Extracts a Bearer token the way Backstage's `httpAuth` does: `^Bearer[ ]+(\S+)$`, scheme
+/// case-insensitive, spaces (not tabs) between scheme and token, trailing whitespace ignored.
+pub fn parse_bearer(value: Option<&[u8]>) -> BearerHeader<'_> {
+    let Some(raw) = value else {
+        return BearerHeader::Absent;
+    };
+    let Ok(s) = std::str::from_utf8(raw) else {
+        return BearerHeader::NotBearer;
+    };
+    let s = s.trim_end();
+    let Some(scheme) = s.get(..6) else {
+        return BearerHeader::NotBearer;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return BearerHeader::NotBearer;
+    }
+    let rest = s.get(6..).unwrap_or("");
+    let token = rest.trim_start_matches(' ');
+    if token.len() == rest.len() || token.is_empty() || token.chars().any(char::is_whitespace) {
+        return BearerHeader::NotBearer;
+    }
+    BearerHeader::Token(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing_matches_backstage() {
+        assert_eq!(parse_bearer(None), BearerHeader::Absent);
+        assert_eq!(
+            parse_bearer(Some(b"Bearer abc")),
+            BearerHeader::Token("abc")
+        );
+        assert_eq!(
+            parse_bearer(Some(b"bearer abc")),
+            BearerHeader::Token("abc")
+        );
+        assert_eq!(
+            parse_bearer(Some(b"BEARER   abc")),
+            BearerHeader::Token("abc")
+        );
+        assert_eq!(
+            parse_bearer(Some(b"Bearer abc ")),
+            BearerHeader::Token("abc")
+        );
+        assert_eq!(parse_bearer(Some(b"Bearer\tabc")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(b"Bearerabc")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(b"Bearer a b")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(b"Bearer ")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(b"Basic abc")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(b"Token abc")), BearerHeader::NotBearer);
+        assert_eq!(parse_bearer(Some(&[0xff, 0xfe])), BearerHeader::NotBearer);
+    }
+}
