@@ -1,1 +1,96 @@
-fn main() {}
+//! The `token-broker` command: `serve`, `check-config` and `dev`. No logic lives here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "token-broker", version, about = "Per-user downstream tokens via RFC 8693 token exchange at Keycloak")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker with a configuration file (the production entry point).
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file, print every error with its key path, exit non-zero on error.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// DEVELOPMENT ONLY: run the broker with an embedded Keycloak-compatible IdP on loopback.
+    Dev {
+        /// Use this configuration instead of the embedded config/dev.yaml.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { config } => match token_broker::config::load_file(&config) {
+            Ok(c) => {
+                println!(
+                    "{}: OK ({} target(s): {})",
+                    config.display(),
+                    c.targets.len(),
+                    c.targets.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            Err(errors) => {
+                eprintln!(
+                    "{}: {} error(s)",
+                    config.display(),
+                    errors.issues.len()
+                );
+                eprintln!("{errors}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Serve { config } => {
+            let cfg = match token_broker::config::load_file(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    eprintln!("{}: {} error(s)", config.display(), errors.issues.len());
+                    eprintln!("{errors}");
+                    return ExitCode::from(1);
+                }
+            };
+            token_broker::telemetry::init(cfg.logging.format, &cfg.logging.level);
+            run_system(async move {
+                let broker = token_broker::app::start(cfg)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                token_broker::dev::wait_for_shutdown().await;
+                broker.stop().await;
+                Ok(())
+            })
+        }
+        Command::Dev { config } => run_system(async move {
+            token_broker::dev::run(token_broker::dev::DevOptions { config })
+                .await
+                .map_err(|e| e.to_string())
+        }),
+    }
+}
+
+fn run_system<F>(fut: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>> + 'static,
+{
+    match actix_web::rt::System::new().block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("token-broker: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

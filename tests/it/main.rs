@@ -1,1 +1,12 @@
-fn main() {}
+//! The integration suite: one test binary (build time on 2 cores), real HTTP throughout — the
+//! real broker on 127.0.0.1:0 against the dev IdP, which plays Keycloak.
+
+mod support;
+
+mod bad_input;
+mod cache;
+mod cli;
+mod exchange;
+mod fallback;
+mod idp_errors;
+mod logs;

@@ -1,0 +1,120 @@
+//! `token-broker dev`: the development set-up of dev-contract.md in one process, on loopback
+//! only — the dev IdP at `127.0.0.1:7080/realms/dev` and the broker at `127.0.0.1:7070`
+//! (admin `127.0.0.1:7071`) configured by the embedded `config/dev.yaml`.
+//!
+//! Everything it prints says it is for development only: the IdP's users, passwords and
+//! client secret are public values.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use crate::config::{self, ProcessEnv};
+use crate::devidp::{self, DevIdpConfig};
+
+/// `config/dev.yaml`, embedded so `token-broker dev` works from any directory.
+pub const DEV_CONFIG_YAML: &str = include_str!("../config/dev.yaml");
+
+/// The dev IdP's address (dev-contract.md).
+pub const DEV_IDP_ADDR: &str = "127.0.0.1:7080";
+
+pub struct DevOptions {
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("the development IdP could not start on {addr}: {source}")]
+    Idp {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid development configuration:\n{0}")]
+    Config(config::ConfigErrors),
+    #[error(transparent)]
+    Start(#[from] crate::app::StartError),
+}
+
+/// The dev configuration: the given file, or the embedded `config/dev.yaml`.
+pub fn dev_config(path: Option<&std::path::Path>) -> Result<config::Config, config::ConfigErrors> {
+    match path {
+        Some(p) => config::load_file(p),
+        None => {
+            let here = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+            config::load_str(DEV_CONFIG_YAML, &ProcessEnv, &here)
+        }
+    }
+}
+
+pub async fn run(opts: DevOptions) -> Result<(), DevError> {
+    let cfg = dev_config(opts.config.as_deref()).map_err(DevError::Config)?;
+    crate::telemetry::init(cfg.logging.format, &cfg.logging.level);
+    let idp_addr: SocketAddr = DEV_IDP_ADDR.parse().map_err(|_| DevError::Idp {
+        addr: DEV_IDP_ADDR.into(),
+        source: std::io::Error::other("bad address"),
+    })?;
+    let idp = devidp::start(DevIdpConfig::contract(), idp_addr)
+        .await
+        .map_err(|source| DevError::Idp {
+            addr: DEV_IDP_ADDR.into(),
+            source,
+        })?;
+    let broker = crate::app::start(cfg).await?;
+    print_banner(&idp.issuer(), &broker.public_url(), broker.admin_addr);
+    wait_for_shutdown().await;
+    eprintln!("token-broker dev: shutting down");
+    broker.stop().await;
+    idp.stop().await;
+    Ok(())
+}
+
+fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
+    let admin = admin.map(|a| format!("http://{a}")).unwrap_or_else(|| "(off)".into());
+    println!(
+        r#"
+=====================================================================
+ token-broker dev — DEVELOPMENT ONLY. Do not use in production.
+ Users, passwords and secrets below are public development values.
+=====================================================================
+ broker (public)  {broker}      POST /v1/token
+ broker (admin)   {admin}      /healthz /readyz
+ dev IdP (Keycloak-compatible, DEVELOPMENT ONLY)
+                  {issuer}
+ users            alice/alice, bob/bob (client dev-frontend, password grant)
+ caller token     dev-static-token (subject dev-caller)
+ targets          kagenti (audience kagenti-api, fallback service_account)
+                  sonataflow (audience sonataflow, fallback deny)
+
+ Try it:
+   USER_TOKEN=$(curl -s -d grant_type=password -d client_id=dev-frontend \
+     -d username=alice -d password=alice \
+     {issuer}/protocol/openid-connect/token | jq -r .access_token)
+   curl -si {broker}/v1/token -H 'Authorization: Bearer dev-static-token' \
+     -H "X-Forwarded-Access-Token: $USER_TOKEN" \
+     -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d audience=kagenti
+=====================================================================
+"#
+    );
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

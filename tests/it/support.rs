@@ -1,0 +1,254 @@
+//! Test harness: start a dev IdP and a broker configured against it, both on port 0.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use token_broker::app::RunningBroker;
+use token_broker::devidp::{self, DevClient, DevIdpConfig, DevIdpHandle};
+
+pub const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const STATIC_TOKEN: &str = "test-static-token-1";
+pub const RESTRICTED_TOKEN: &str = "restricted-token-1";
+pub const BROKER_SECRET: &str = "token-broker-dev-secret";
+
+/// Knobs for one test environment.
+pub struct Opts {
+    pub idp: DevIdpConfig,
+    pub client_auth: &'static str,
+    pub client_secret: String,
+    pub margin: &'static str,
+    pub timeout: &'static str,
+    pub max_body: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        let mut idp = DevIdpConfig::contract();
+        // A client the broker has no mapper for ("Requested audience not available").
+        idp.clients.push(DevClient::confidential("unmapped-api", "unmapped-secret"));
+        // A login client whose tokens do not carry the broker in aud.
+        let mut other = DevClient::public("other-frontend");
+        other.direct_access_grants = true;
+        idp.clients.push(other);
+        Opts {
+            idp,
+            client_auth: "client_secret_basic",
+            client_secret: BROKER_SECRET.into(),
+            margin: "2s",
+            timeout: "3s",
+            max_body: 65536,
+        }
+    }
+}
+
+pub struct Env {
+    pub idp: DevIdpHandle,
+    pub broker: RunningBroker,
+    pub http: reqwest::Client,
+    pub url: String,
+}
+
+pub fn config_yaml(issuer: &str, o: &Opts) -> String {
+    format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+  workers: 2
+  maxBodyBytes: {max_body}
+admin:
+  listen: 127.0.0.1:0
+  token: test-admin-token
+keycloak:
+  issuer: {issuer}
+  clientId: token-broker
+  clientSecret: ${{BROKER_SECRET}}
+  clientAuthMethod: {auth}
+  connectTimeout: 1s
+  timeout: {timeout}
+  jwksMinRefreshInterval: 1s
+userToken:
+  header: X-Forwarded-Access-Token
+backend:
+  auth:
+    externalAccess:
+      - type: static
+        options:
+          token: {STATIC_TOKEN}
+          subject: ci-caller
+      - type: static
+        options:
+          token: {RESTRICTED_TOKEN}
+          subject: restricted-caller
+        accessRestrictions:
+          - plugin: catalog
+cache:
+  maxEntries: 1000
+  safetyMargin: {margin}
+targets:
+  kagenti:
+    audience: kagenti-api
+    fallback: service_account
+  sonataflow:
+    audience: sonataflow
+    fallback: deny
+  unmapped:
+    audience: unmapped-api
+    fallback: service_account
+  ghost:
+    audience: no-such-client
+    fallback: deny
+  augment-only:
+    audience: kagenti-api
+    fallback: deny
+    allowedCallers: ["plugin:augment"]
+logging:
+  format: plain
+  level: info
+"#,
+        max_body = o.max_body,
+        auth = o.client_auth,
+        timeout = o.timeout,
+        margin = o.margin,
+    )
+}
+
+pub async fn start(o: Opts) -> Env {
+    let idp = devidp::start(o.idp.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("dev IdP starts");
+    let yaml = config_yaml(&idp.issuer(), &o);
+    let env: HashMap<String, String> =
+        HashMap::from([("BROKER_SECRET".to_owned(), o.client_secret.clone())]);
+    let cfg = token_broker::config::load_str(&yaml, &env, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let broker = token_broker::app::start(cfg).await.expect("broker starts");
+    let url = broker.public_url();
+    Env {
+        idp,
+        broker,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        url,
+    }
+}
+
+pub async fn start_default() -> Env {
+    start(Opts::default()).await
+}
+
+impl Env {
+    /// A user access token from the password grant at `client` (public).
+    pub async fn login_at(&self, client: &str, user: &str, pass: &str) -> String {
+        let r = self
+            .http
+            .post(self.idp.token_endpoint())
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", client),
+                ("username", user),
+                ("password", pass),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "login of {user} at {client}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["access_token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn login(&self, user: &str) -> String {
+        self.login_at("dev-frontend", user, user).await
+    }
+
+    /// POST /v1/token with optional caller credential, optional user-token header and a form.
+    pub async fn token(
+        &self,
+        caller: Option<&str>,
+        user_header: Option<&str>,
+        form: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.post(format!("{}/v1/token", self.url)).form(form);
+        if let Some(c) = caller {
+            req = req.bearer_auth(c);
+        }
+        if let Some(u) = user_header {
+            req = req.header("X-Forwarded-Access-Token", u);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// The usual exchange request for `target` by the static caller with `user`'s token.
+    pub async fn exchange(&self, user_token: Option<&str>, target: &str) -> reqwest::Response {
+        self.token(
+            Some(STATIC_TOKEN),
+            user_token,
+            &[("grant_type", TE), ("audience", target)],
+        )
+        .await
+    }
+
+    pub fn exchanges(&self) -> usize {
+        self.idp.count_grant(TE)
+    }
+
+    pub fn client_credentials(&self) -> usize {
+        self.idp.count_grant("client_credentials")
+    }
+
+    pub async fn stop(self) {
+        self.broker.stop().await;
+        self.idp.stop().await;
+    }
+}
+
+/// The decoded payload of a JWT (no verification: test inspection only).
+pub fn claims(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).expect("a JWT");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+pub fn header(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+/// Status, identity header, cache header and JSON body of a response.
+pub async fn parts(r: reqwest::Response) -> (u16, String, String, serde_json::Value) {
+    let status = r.status().as_u16();
+    let id = header(&r, "x-token-broker-identity");
+    let cache = header(&r, "x-token-broker-cache");
+    let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
+    (status, id, cache, body)
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Sleeps until the Unix clock reads at least `t`.
+pub async fn sleep_until_unix(t: u64) {
+    loop {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        if n.as_secs() >= t {
+            return;
+        }
+        let left = Duration::from_secs(t) - n;
+        tokio::time::sleep(left.min(Duration::from_millis(200)) + Duration::from_millis(5)).await;
+    }
+}
