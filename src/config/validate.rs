@@ -435,13 +435,11 @@ fn access_restriction(
     seen: &mut Vec<(String, usize)>,
     issues: &mut Issues,
 ) -> Option<AccessRestriction> {
-    let Some(obj) = section(
+    let obj = section(
         field,
         &["plugin", "permission", "permissionAttribute"],
         issues,
-    ) else {
-        return None;
-    };
+    )?;
     if field.value.is_none() {
         issues.push(&field.path, "expected a mapping with at least plugin");
         return None;

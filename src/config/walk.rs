@@ -346,7 +346,7 @@ impl<'v> Field<'v> {
         let mut out: Vec<String> = Vec::new();
         let mut ok = true;
         for (path, piece) in pieces {
-            for part in piece.split(|c| sep(c)).filter(|p| !p.is_empty()) {
+            for part in piece.split(&sep).filter(|p| !p.is_empty()) {
                 if let Some(msg) = check(part) {
                     ok = false;
                     issues.push(&path, msg);
