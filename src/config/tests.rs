@@ -954,3 +954,9 @@ fn example_yaml_loads() {
     assert_eq!(c.targets.len(), 2);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+#[ignore = "prints the rendered errors for eyeballing"]
+fn print_rendered_errors() {
+    println!("{}", rendered_errors_with_secret_everywhere());
+}
