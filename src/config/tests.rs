@@ -960,3 +960,12 @@ fn example_yaml_loads() {
 fn print_rendered_errors() {
     println!("{}", rendered_errors_with_secret_everywhere());
 }
+
+#[test]
+fn javascript_whitespace_rules() {
+    use super::walk::is_js_non_space;
+    assert!(is_js_non_space("abc\u{85}def"));
+    assert!(!is_js_non_space("abc\u{feff}def"));
+    assert!(!is_js_non_space("abc\u{a0}def"));
+    assert!(!is_js_non_space(""));
+}

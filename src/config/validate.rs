@@ -65,11 +65,8 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
     let obj = section(field, &["listen", "workers", "maxBodyBytes"], issues)?;
     let default_listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7070));
     let listen = obj.field("listen").socket_or(default_listen, issues);
-    let workers = to_usize(
-        &obj.field("workers"),
-        obj.field("workers").opt_uint(1, issues),
-        issues,
-    );
+    let workers_field = obj.field("workers");
+    let workers = to_usize(&workers_field, workers_field.opt_uint(1, issues), issues);
     let max_body = obj.field("maxBodyBytes");
     let max_body_bytes = to_usize(&max_body, max_body.opt_uint(1, issues), issues);
     Some(ServerConfig {

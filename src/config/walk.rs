@@ -382,9 +382,10 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
 }
 
 /// JavaScript's `\s` (ECMAScript WhiteSpace + LineTerminator), so `^\S+$` checks match
-/// Backstage's exactly; Rust's `char::is_whitespace` lacks only U+FEFF.
+/// Backstage's exactly. Unicode `White_Space` (Rust's `char::is_whitespace`) differs only in
+/// U+0085 (not JS whitespace) and U+FEFF (JS whitespace).
 pub(crate) fn is_js_space(c: char) -> bool {
-    c.is_whitespace() || c == '\u{feff}'
+    (c.is_whitespace() && c != '\u{85}') || c == '\u{feff}'
 }
 
 /// Backstage's `^\S+$`.
