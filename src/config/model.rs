@@ -138,10 +138,7 @@ pub struct ExternalAccessEntry {
 pub enum ExternalAccessKind {
     /// `type: static`: `options.token` (secret, `^\S+$`, at least 8 characters) and
     /// `options.subject` (`^\S+$`).
-    Static {
-        token: SecretString,
-        subject: String,
-    },
+    Static { token: SecretString, subject: String },
 }
 
 /// One `accessRestrictions` item: `{plugin, permission?, permissionAttribute?: {action?}}`.
