@@ -1,0 +1,181 @@
+//! No token or secret appears in the broker's logs: run the real binary (`serve`) at the most
+//! verbose level against the dev IdP, drive the success, cache, fallback and error paths,
+//! capture everything it writes, and scan it.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Every piece of a secret a log could carry: the whole string and, for a JWT, each segment.
+fn pieces(secret: &str) -> Vec<String> {
+    let mut v = vec![secret.to_owned()];
+    if secret.matches('.').count() == 2 {
+        v.extend(secret.split('.').filter(|s| s.len() >= 16).map(str::to_owned));
+    }
+    v
+}
+
+#[actix_web::test]
+async fn no_token_or_secret_in_logs() {
+    let idp = token_broker::devidp::start(
+        Opts::default().idp,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tb-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = dir.join("client-secret");
+    std::fs::write(&secret_file, format!("{BROKER_SECRET}\n")).unwrap();
+    let (public, admin) = (free_port(), free_port());
+    let cfg = format!(
+        r#"
+server: {{listen: "127.0.0.1:{public}", workers: 1}}
+admin: {{listen: "127.0.0.1:{admin}", token: test-admin-token-xyz}}
+keycloak:
+  issuer: {issuer}
+  clientId: token-broker
+  clientSecret: {{$file: {secret}}}
+userToken: {{header: X-Forwarded-Access-Token}}
+backend:
+  auth:
+    externalAccess:
+      - type: static
+        options: {{token: {STATIC_TOKEN}, subject: ci-caller}}
+targets:
+  kagenti: {{audience: kagenti-api, fallback: service_account}}
+  sonataflow: {{audience: sonataflow, fallback: deny}}
+  unmapped: {{audience: unmapped-api, fallback: service_account}}
+logging: {{format: json, level: info}}
+"#,
+        issuer = idp.issuer(),
+        secret = secret_file.display(),
+    );
+    let cfg_file = dir.join("broker.yaml");
+    std::fs::write(&cfg_file, cfg).unwrap();
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_token-broker"))
+        .args(["serve", "--config", cfg_file.to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        stdout.read_to_end(&mut s).ok();
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        stderr.read_to_end(&mut s).ok();
+        s
+    });
+
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{public}");
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "broker did not become ready");
+
+    let login = |user: &'static str, client: &'static str| {
+        let http = http.clone();
+        let te = idp.token_endpoint();
+        async move {
+            let v: serde_json::Value = http
+                .post(te)
+                .form(&[("grant_type", "password"), ("client_id", client), ("username", user), ("password", user)])
+                .send().await.unwrap().json().await.unwrap();
+            v["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let alice = login("alice", "dev-frontend").await;
+    let bob = login("bob", "other-frontend").await;
+    let mut secrets: Vec<String> = vec![
+        BROKER_SECRET.into(),
+        STATIC_TOKEN.into(),
+        "test-admin-token-xyz".into(),
+        alice.clone(),
+        bob.clone(),
+    ];
+    let send = |caller: Option<&'static str>, user: Option<String>, target: &'static str| {
+        let http = http.clone();
+        let url = format!("{base}/v1/token");
+        async move {
+            let mut req = http.post(url).form(&[("grant_type", TE), ("audience", target)]);
+            if let Some(c) = caller {
+                req = req.bearer_auth(c);
+            }
+            if let Some(u) = user {
+                req = req.header("X-Forwarded-Access-Token", u);
+            }
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    // Success, then a cache hit.
+    let (s, b) = send(Some(STATIC_TOKEN), Some(alice.clone()), "kagenti").await;
+    assert_eq!(s, 200);
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
+    assert_eq!(send(Some(STATIC_TOKEN), Some(alice.clone()), "kagenti").await.0, 200);
+    // User-only caller; service-account fallback.
+    let (s, b) = send(None, Some(alice.clone()), "sonataflow").await;
+    assert_eq!(s, 200);
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
+    let (s, b) = send(Some(STATIC_TOKEN), None, "kagenti").await;
+    assert_eq!(s, 200);
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
+    // Keycloak refusals, bad credentials, bad tokens, unsupported exchange fallback.
+    assert_eq!(send(Some(STATIC_TOKEN), Some(bob.clone()), "kagenti").await.0, 403);
+    assert_eq!(send(Some(STATIC_TOKEN), Some(alice.clone()), "unmapped").await.0, 400);
+    let wrong = "wrong-static-token-abcdef".to_owned();
+    secrets.push(wrong.clone());
+    assert_eq!(send(Some("wrong-static-token-abcdef"), None, "kagenti").await.0, 401);
+    let tampered = format!("{}x", alice);
+    assert_eq!(send(Some(STATIC_TOKEN), Some(tampered), "kagenti").await.0, 400);
+    idp.logout_user("alice");
+    let alice2 = login("alice", "dev-frontend").await;
+    secrets.push(alice2.clone());
+    idp.logout_user("alice");
+    assert_eq!(send(Some(STATIC_TOKEN), Some(alice2.clone()), "sonataflow").await.0, 400);
+    idp.set_token_exchange_enabled(false);
+    let alice3 = login("alice", "dev-frontend").await;
+    secrets.push(alice3.clone());
+    assert_eq!(send(Some(STATIC_TOKEN), Some(alice3), "kagenti").await.0, 200);
+
+    child.kill().ok();
+    child.wait().ok();
+    let mut logs = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
+    logs.push_str(&String::from_utf8_lossy(&err_reader.join().unwrap()));
+    assert!(logs.contains("token request"), "audit lines are logged:\n{logs}");
+    assert!(logs.lines().count() > 20, "trace logging captured");
+    for s in &secrets {
+        for p in pieces(s) {
+            assert!(!logs.contains(&p), "a secret or token piece appears in the logs");
+        }
+    }
+    idp.stop().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
