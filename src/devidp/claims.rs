@@ -157,6 +157,9 @@ mod tests {
     fn aud_encoding() {
         assert_eq!(aud_value(&[]), None);
         assert_eq!(aud_value(&["a".into()]), Some(json!("a")));
-        assert_eq!(aud_value(&["a".into(), "b".into()]), Some(json!(["a", "b"])));
+        assert_eq!(
+            aud_value(&["a".into(), "b".into()]),
+            Some(json!(["a", "b"]))
+        );
     }
 }

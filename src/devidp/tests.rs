@@ -121,14 +121,18 @@ async fn discovery_is_accepted_by_openidconnect_and_jwks_has_both_keys() {
         .await
         .unwrap();
     assert_eq!(meta.issuer().as_str(), idp.issuer());
-    assert_eq!(meta.token_endpoint().unwrap().as_str(), idp.token_endpoint());
+    assert_eq!(
+        meta.token_endpoint().unwrap().as_str(),
+        idp.token_endpoint()
+    );
     // openidconnect keeps the keys it understands; the RS256 sig key must be among them.
     let sig_kid = idp.shared.keys.sig_kid().to_owned();
     assert!(
         meta.jwks()
             .keys()
             .iter()
-            .any(|k| openidconnect::JsonWebKey::key_id(k) == Some(&JsonWebKeyId::new(sig_kid.clone())))
+            .any(|k| openidconnect::JsonWebKey::key_id(k)
+                == Some(&JsonWebKeyId::new(sig_kid.clone())))
     );
 
     let doc: Value = client
@@ -149,7 +153,10 @@ async fn discovery_is_accepted_by_openidconnect_and_jwks_has_both_keys() {
     sorted.sort_unstable();
     assert_eq!(grants, sorted, "grant_types_supported is sorted (§1)");
     assert!(grants.contains(&TE));
-    assert_eq!(doc["subject_types_supported"], json!(["public", "pairwise"]));
+    assert_eq!(
+        doc["subject_types_supported"],
+        json!(["public", "pairwise"])
+    );
     assert_eq!(
         doc["jwks_uri"],
         format!("{}/protocol/openid-connect/certs", idp.issuer())
@@ -196,7 +203,10 @@ async fn password_then_exchange_to_kagenti() {
     assert_eq!(login["refresh_expires_in"], 1800);
     assert_eq!(login["not-before-policy"], 0);
     assert_eq!(login["scope"], "profile email");
-    assert_eq!(payload(login["refresh_token"].as_str().unwrap())["typ"], "Refresh");
+    assert_eq!(
+        payload(login["refresh_token"].as_str().unwrap())["typ"],
+        "Refresh"
+    );
     let subject = login["access_token"].as_str().unwrap();
     let h = header(subject);
     assert_eq!(h["alg"], "RS256");
@@ -243,7 +253,10 @@ async fn password_then_exchange_to_kagenti() {
         .post(idp.token_endpoint())
         .header(
             "authorization",
-            format!("Basic {}", STANDARD.encode(format!("token-broker:{BROKER_SECRET}"))),
+            format!(
+                "Basic {}",
+                STANDARD.encode(format!("token-broker:{BROKER_SECRET}"))
+            ),
         )
         .form(&[
             ("grant_type", TE),
@@ -263,7 +276,12 @@ async fn password_then_exchange_to_kagenti() {
     assert_eq!(idp.count_grant(TE), 3);
     assert_eq!(idp.count_grant("password"), 1);
     assert_eq!(rec.first().unwrap().status, 200);
-    assert!(rec.first().unwrap().form.contains(&("username".into(), "alice".into())));
+    assert!(
+        rec.first()
+            .unwrap()
+            .form
+            .contains(&("username".into(), "alice".into()))
+    );
     idp.clear_requests();
     assert!(idp.requests().is_empty());
     idp.stop().await;
@@ -304,7 +322,10 @@ async fn exchange_variants_scope_lifespan_id_token() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "profile email");
-    assert_eq!(payload(body["access_token"].as_str().unwrap())["aud"], "kagenti-api");
+    assert_eq!(
+        payload(body["access_token"].as_str().unwrap())["aud"],
+        "kagenti-api"
+    );
 
     // Repeated `audience` is allowed for token exchange.
     let (status, body) = exchange(
@@ -323,12 +344,18 @@ async fn exchange_variants_scope_lifespan_id_token() {
     let (status, body) = exchange(
         &idp,
         &subject,
-        &[("requested_token_type", "urn:ietf:params:oauth:token-type:id_token")],
+        &[(
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:id_token",
+        )],
     )
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["token_type"], "N_A");
-    assert_eq!(body["issued_token_type"], "urn:ietf:params:oauth:token-type:id_token");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:id_token"
+    );
     assert!(body.get("id_token").is_none());
     let c = payload(body["access_token"].as_str().unwrap());
     assert_eq!(c["typ"], "ID");
@@ -367,7 +394,10 @@ async fn client_authentication_errors() {
     assert_error(
         &post(
             &idp,
-            &[("grant_type", "client_credentials"), ("client_id", "token-broker")],
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "token-broker"),
+            ],
         )
         .await,
         401,
@@ -474,7 +504,11 @@ async fn grant_type_errors_and_feature_switch() {
         "invalid_request",
         "Missing form parameter: grant_type",
     );
-    for g in ["foo", "urn:ietf:params:oauth:grant-type:jwt-bearer", "refresh_token"] {
+    for g in [
+        "foo",
+        "urn:ietf:params:oauth:grant-type:jwt-bearer",
+        "refresh_token",
+    ] {
         assert_error(
             &post(&idp, &[("grant_type", g), ("client_id", "token-broker")]).await,
             400,
@@ -499,10 +533,12 @@ async fn grant_type_errors_and_feature_switch() {
         .json()
         .await
         .unwrap();
-    assert!(!doc["grant_types_supported"]
-        .as_array()
-        .unwrap()
-        .contains(&json!(TE)));
+    assert!(
+        !doc["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(TE))
+    );
     idp.set_token_exchange_enabled(true);
     assert_eq!(exchange(&idp, &subject, &[]).await.0, 200);
 
@@ -586,10 +622,7 @@ async fn standard_exchange_supports_errors() {
         "invalid_request",
         "Parameter 'subject_token_type' required for standard token exchange",
     );
-    form.push((
-        "subject_token_type",
-        "urn:ietf:params:oauth:token-type:jwt",
-    ));
+    form.push(("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"));
     assert_error(
         &post(&idp, &form).await,
         400,
@@ -608,7 +641,10 @@ async fn standard_exchange_processing_errors() {
         &exchange(
             &idp,
             &subject,
-            &[("requested_token_type", "urn:ietf:params:oauth:token-type:refresh_token")],
+            &[(
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:refresh_token",
+            )],
         )
         .await,
         400,
@@ -659,10 +695,12 @@ async fn standard_exchange_processing_errors() {
     let mut plain = DevClient::public("plain-frontend");
     plain.direct_access_grants = true;
     idp.add_client(plain);
-    let body =
-        password_token_at(&idp.token_endpoint(), "plain-frontend", "bob", "bob").await;
+    let body = password_token_at(&idp.token_endpoint(), "plain-frontend", "bob", "bob").await;
     let plain_token = body["access_token"].as_str().unwrap();
-    assert!(payload(plain_token).get("aud").is_none(), "no aud when no mapper");
+    assert!(
+        payload(plain_token).get("aud").is_none(),
+        "no aud when no mapper"
+    );
     assert_error(
         &exchange(&idp, plain_token, &[]).await,
         403,
@@ -897,7 +935,11 @@ async fn password_and_client_credentials_grants() {
     .await;
     assert_eq!(status, 200, "{ex}");
     assert!(ex.get("session_state").is_none());
-    assert!(payload(ex["access_token"].as_str().unwrap()).get("sid").is_none());
+    assert!(
+        payload(ex["access_token"].as_str().unwrap())
+            .get("sid")
+            .is_none()
+    );
 
     assert_error(
         &post(
@@ -998,11 +1040,19 @@ fn contract_values() {
     assert!(c.token_exchange_enabled);
     let names: Vec<&str> = c.users.iter().map(|u| u.username.as_str()).collect();
     assert_eq!(names, ["alice", "bob"]);
-    let broker = c.clients.iter().find(|c| c.client_id == "token-broker").unwrap();
+    let broker = c
+        .clients
+        .iter()
+        .find(|c| c.client_id == "token-broker")
+        .unwrap();
     assert_eq!(broker.secret.as_deref(), Some(BROKER_SECRET));
     assert!(broker.service_accounts_enabled && broker.standard_token_exchange_enabled);
     assert_eq!(broker.audience_mappers, ["kagenti-api", "sonataflow"]);
-    let fe = c.clients.iter().find(|c| c.client_id == "dev-frontend").unwrap();
+    let fe = c
+        .clients
+        .iter()
+        .find(|c| c.client_id == "dev-frontend")
+        .unwrap();
     assert!(fe.is_public() && fe.direct_access_grants);
     assert_eq!(fe.audience_mappers, ["token-broker"]);
     // Stable ids across runs.

@@ -13,7 +13,9 @@ use serde_json::{Map, Value, json};
 
 use super::claims::{self, TokenKind, TokenSpec, now_secs};
 use super::discovery::{TOKEN_EXCHANGE_GRANT, realm_not_found, request_issuer};
-use super::realm::{DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession};
+use super::realm::{
+    DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession,
+};
 use super::{RecordedRequest, Shared};
 
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -107,7 +109,11 @@ pub async fn token(
 
     let realm = path.into_inner();
     let (response, status, recorded_body) = if realm != idp.realm {
-        (realm_not_found(), 404, json!({ "error": "Realm does not exist" }))
+        (
+            realm_not_found(),
+            404,
+            json!({ "error": "Realm does not exist" }),
+        )
     } else {
         let ctx = RequestCtx {
             issuer: request_issuer(&req, &realm),
@@ -116,11 +122,7 @@ pub async fn token(
             basic: basic.clone(),
         };
         match process(&idp, &ctx, &Form(&form)) {
-            Ok(body) => (
-                no_store(HttpResponse::Ok()).json(&body),
-                200,
-                body,
-            ),
+            Ok(body) => (no_store(HttpResponse::Ok()).json(&body), 200, body),
             Err(e) => error_response(&e),
         }
     };
@@ -641,9 +643,9 @@ fn token_exchange_grant(
     }
     let mut targets: Vec<&DevClient> = Vec::new();
     for a in &requested_audience {
-        let target = st.client(a).ok_or_else(|| {
-            OAuthError::bad_request("invalid_client", "Audience not found")
-        })?;
+        let target = st
+            .client(a)
+            .ok_or_else(|| OAuthError::bad_request("invalid_client", "Audience not found"))?;
         targets.push(target);
     }
 
@@ -782,7 +784,9 @@ fn validate_subject(
         }
     }
     let sub = str_claim("sub").ok_or_else(OAuthError::invalid_token)?;
-    let subject = st.subject_by_id(sub).ok_or_else(OAuthError::invalid_token)?;
+    let subject = st
+        .subject_by_id(sub)
+        .ok_or_else(OAuthError::invalid_token)?;
     if let Subject::User(u) = &subject
         && !u.enabled
     {
@@ -822,7 +826,14 @@ mod tests {
 
     #[test]
     fn local_addresses() {
-        for ip in ["127.0.0.1", "10.1.2.3", "192.168.0.1", "172.16.0.1", "::1", "fd00::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.0.1",
+            "::1",
+            "fd00::1",
+        ] {
             assert!(is_local(ip.parse().unwrap()), "{ip}");
         }
         for ip in ["8.8.8.8", "172.32.0.1", "2001:db8::1", "::ffff:8.8.8.8"] {
