@@ -15,6 +15,8 @@ pub mod app;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod dev;
+pub mod devidp;
 pub mod digest;
 pub mod error;
 pub mod http;

@@ -1,0 +1,239 @@
+//! A Keycloak-compatible **development** identity provider embedded in token-broker: one realm
+//! with discovery, JWKS, and a token endpoint implementing the password, client_credentials and
+//! standard token exchange V2 grants with Keycloak's wire behaviour
+//! (`/work/shared/docs/keycloak-token-exchange.md` §1–§4, §8, §10; `docs/dev-idp.md`).
+//!
+//! This module owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
+//! state and the actix-web server. It is for development and tests only: no TLS, no UI, no
+//! persistence, keys regenerated at every start.
+
+mod claims;
+mod discovery;
+mod keys;
+mod realm;
+mod token_endpoint;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, web};
+
+pub use realm::{DevClient, DevIdpConfig, DevUser};
+
+use keys::RealmKeys;
+use realm::RealmState;
+
+/// One request received by the token endpoint, with the answer it got.
+#[derive(Clone, Debug)]
+pub struct RecordedRequest {
+    /// First `grant_type` form value.
+    pub grant_type: Option<String>,
+    /// Form pairs as received (decoded), in order, duplicates kept.
+    pub form: Vec<(String, String)>,
+    /// Client id from an HTTP Basic `Authorization` header (RFC 6749 §2.3.1 decoded).
+    pub basic_auth_client_id: Option<String>,
+    pub status: u16,
+    /// Response body (`Value::Null` when the response had none).
+    pub body: serde_json::Value,
+}
+
+/// State shared by every worker and by the handle.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    realm: String,
+    realm_lifespan: Duration,
+    keys: RealmKeys,
+    state: Mutex<RealmState>,
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+impl Shared {
+    fn new(config: &DevIdpConfig, keys: RealmKeys) -> Arc<Self> {
+        Arc::new(Self {
+            realm: config.realm.clone(),
+            realm_lifespan: config.access_token_lifespan,
+            keys,
+            state: Mutex::new(RealmState::new(config)),
+            requests: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Locks the realm state. A poisoned lock only means another thread panicked mid-update;
+    /// the data is still the best we have for a dev IdP.
+    fn state(&self) -> MutexGuard<'_, RealmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Handle to a running dev IdP. Cloning shares the same server.
+#[derive(Clone)]
+pub struct DevIdpHandle {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    server: actix_web::dev::ServerHandle,
+}
+
+impl std::fmt::Debug for DevIdpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevIdpHandle")
+            .field("addr", &self.addr)
+            .field("realm", &self.shared.realm)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Generates the realm keys, binds `listen` (port 0 allowed) and serves the realm in the
+/// background. Returns once the socket is bound. Works inside an actix `System` (the broker's
+/// `dev` command) and in `#[actix_web::test]`: the server future is driven by `tokio::spawn` on
+/// the caller's runtime and actix-server runs its workers on their own threads.
+pub async fn start(config: DevIdpConfig, listen: SocketAddr) -> std::io::Result<DevIdpHandle> {
+    // RSA key generation is CPU-bound; keep it off the caller's (possibly single-threaded)
+    // runtime.
+    let keys = tokio::task::spawn_blocking(RealmKeys::generate)
+        .await
+        .map_err(std::io::Error::other)??;
+    let shared = Shared::new(&config, keys);
+    let data = web::Data::from(Arc::clone(&shared));
+    let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
+        .workers(2)
+        // The embedding process (the broker) owns signal handling.
+        .disable_signals()
+        .shutdown_timeout(1)
+        .bind(listen)?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("dev IdP bound no address"))?;
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "dev IdP server stopped with an error");
+        }
+    });
+    tracing::warn!(
+        issuer = %format!("http://{addr}/realms/{}", config.realm),
+        "dev IdP (Keycloak-compatible) started: FOR DEVELOPMENT ONLY, not a real identity provider"
+    );
+    Ok(DevIdpHandle {
+        shared,
+        addr,
+        server: handle,
+    })
+}
+
+fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/realms/{realm}")
+            .route(
+                "/.well-known/openid-configuration",
+                web::get().to(discovery::openid_configuration),
+            )
+            .route(
+                "/protocol/openid-connect/certs",
+                web::get().to(discovery::certs),
+            )
+            .route(
+                "/protocol/openid-connect/token",
+                web::post().to(token_endpoint::token),
+            )
+            .default_service(web::to(discovery::not_found)),
+    );
+}
+
+impl DevIdpHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://{addr}/realms/{realm}`: the issuer of tokens minted through the bound address.
+    /// (The IdP derives the issuer from each request's `Host`, like Keycloak.)
+    pub fn issuer(&self) -> String {
+        format!("http://{}/realms/{}", self.addr, self.shared.realm)
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        format!("{}/protocol/openid-connect/token", self.issuer())
+    }
+
+    /// Every token-endpoint request received, in order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.shared.requests().clone()
+    }
+
+    pub fn clear_requests(&self) {
+        self.shared.requests().clear();
+    }
+
+    /// Number of recorded token requests with that `grant_type`.
+    pub fn count_grant(&self, grant_type: &str) -> usize {
+        self.shared
+            .requests()
+            .iter()
+            .filter(|r| r.grant_type.as_deref() == Some(grant_type))
+            .count()
+    }
+
+    /// Switches the token-exchange feature (keycloak-token-exchange.md §1, §2 step 3).
+    pub fn set_token_exchange_enabled(&self, on: bool) {
+        self.shared.state().token_exchange_enabled = on;
+    }
+
+    /// Delay before the token endpoint answers (to test timeouts and in-flight coalescing).
+    pub fn set_token_endpoint_delay(&self, d: Duration) {
+        self.shared.state().token_endpoint_delay = d;
+    }
+
+    /// Enables or disables a user; a disabled user's tokens fail exchange with `Invalid token`.
+    pub fn set_user_enabled(&self, username: &str, on: bool) {
+        let mut st = self.shared.state();
+        if let Some(u) = st.users.iter_mut().find(|u| u.username == username) {
+            u.enabled = on;
+        }
+    }
+
+    /// Adds a user, replacing one with the same username.
+    pub fn add_user(&self, user: DevUser) {
+        self.shared.state().upsert_user(user);
+    }
+
+    /// Adds a client, replacing one with the same client id.
+    pub fn add_client(&self, client: DevClient) {
+        self.shared.state().upsert_client(client);
+    }
+
+    /// Ends every session of that user: tokens carrying one of those `sid`s then fail
+    /// exchange with `Invalid token` (§3.4 step 2).
+    pub fn logout_user(&self, username: &str) {
+        let mut st = self.shared.state();
+        let Some(id) = st.user_by_name(username).map(|u| u.id.clone()) else {
+            return;
+        };
+        st.sessions.retain(|_, s| s.user_id != id);
+    }
+
+    /// Signs arbitrary claims with the realm's current signing key (RS256, its `kid`).
+    pub fn sign_jwt(&self, claims: &serde_json::Value) -> String {
+        self.shared.keys.sign(claims)
+    }
+
+    /// Id of a user, including `service-account-<clientId>` users.
+    pub fn user_id(&self, username: &str) -> Option<String> {
+        self.shared.state().user_id(username)
+    }
+
+    /// Stops the server gracefully.
+    pub async fn stop(&self) {
+        self.server.stop(true).await;
+    }
+}

@@ -1,0 +1,298 @@
+//! The realm model of the dev IdP: users, clients (with the Keycloak client attributes that the
+//! token-exchange path depends on), user sessions, service-account users, the runtime switches,
+//! and the fixed development contract (`DevIdpConfig::contract()`, see
+//! `/work/shared/docs/dev-contract.md`).
+//!
+//! Everything here is plain data behind one `Mutex` owned by `mod.rs`; no actix types.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// Keycloak's realm default access token lifespan (keycloak-token-exchange.md §3.6: "realm
+/// default 300 s").
+pub const DEFAULT_ACCESS_TOKEN_LIFESPAN: Duration = Duration::from_secs(300);
+
+/// Keycloak's default SSO session idle timeout, reported as `refresh_expires_in` for
+/// password-grant responses.
+pub const SESSION_IDLE_SECS: u64 = 1800;
+
+/// Client scopes every client has as *default* scopes in a fresh Keycloak realm and that appear
+/// in the `scope` claim (`basic`, `acr`, `roles`, `web-origins` are default too but do not
+/// appear in `scope`).
+pub const DEFAULT_SCOPES: [&str; 2] = ["profile", "email"];
+
+/// Configuration of an embedded dev IdP realm.
+#[derive(Clone, Debug)]
+pub struct DevIdpConfig {
+    /// Realm name, the `{realm}` of `/realms/{realm}` ("dev" in the contract).
+    pub realm: String,
+    /// Realm access token lifespan (Keycloak default 300 s).
+    pub access_token_lifespan: Duration,
+    /// `false` emulates a Keycloak with every token-exchange feature off: the grant answers
+    /// 400 `unsupported_grant_type` and the URN is absent from `grant_types_supported`
+    /// (keycloak-token-exchange.md §1, §2 step 3).
+    pub token_exchange_enabled: bool,
+    /// Realm users.
+    pub users: Vec<DevUser>,
+    /// Realm clients.
+    pub clients: Vec<DevClient>,
+}
+
+/// A realm user.
+#[derive(Clone)]
+pub struct DevUser {
+    pub username: String,
+    pub password: String,
+    /// User id (a UUID), the `sub` of its tokens.
+    pub id: String,
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub enabled: bool,
+}
+
+impl std::fmt::Debug for DevUser {
+    // The password is a dev value, but keep it out of logs anyway.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevUser")
+            .field("username", &self.username)
+            .field("id", &self.id)
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevUser {
+    /// An enabled user with a deterministic id (derived from the username, so ids are stable
+    /// across restarts of `token-broker dev`), email `username@example.com`, first name = the
+    /// capitalised username and last name `Example` (as in keycloak-token-exchange.md §4).
+    pub fn new(username: &str, password: &str) -> Self {
+        Self {
+            username: username.to_owned(),
+            password: password.to_owned(),
+            id: stable_uuid("user", username),
+            email: format!("{username}@example.com"),
+            first_name: capitalise(username),
+            last_name: "Example".to_owned(),
+            enabled: true,
+        }
+    }
+
+    /// `name` claim: Keycloak's full-name mapper joins first and last name.
+    pub fn full_name(&self) -> String {
+        match (self.first_name.is_empty(), self.last_name.is_empty()) {
+            (false, false) => format!("{} {}", self.first_name, self.last_name),
+            (false, true) => self.first_name.clone(),
+            (true, false) => self.last_name.clone(),
+            (true, true) => String::new(),
+        }
+    }
+}
+
+/// A realm client with the attributes the emulated grants look at.
+#[derive(Clone)]
+pub struct DevClient {
+    pub client_id: String,
+    /// `None` = public client.
+    pub secret: Option<String>,
+    pub enabled: bool,
+    pub bearer_only: bool,
+    /// "Direct access grants" (password grant).
+    pub direct_access_grants: bool,
+    /// "Service accounts roles" (client_credentials grant).
+    pub service_accounts_enabled: bool,
+    /// Client attribute `standard.token.exchange.enabled` (keycloak-token-exchange.md §3.1).
+    pub standard_token_exchange_enabled: bool,
+    /// Client ids put in `aud` of tokens issued TO this client: a default client scope with an
+    /// Audience mapper per entry.
+    pub audience_mappers: Vec<String>,
+    /// Optional client scope name -> audiences it adds when requested with `scope`.
+    pub optional_scopes: BTreeMap<String, Vec<String>>,
+    /// Client attribute `access.token.lifespan`; `None` = realm default.
+    pub access_token_lifespan: Option<Duration>,
+}
+
+impl std::fmt::Debug for DevClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DevClient")
+            .field("client_id", &self.client_id)
+            .field("public", &self.secret.is_none())
+            .field("enabled", &self.enabled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DevClient {
+    /// A confidential, enabled client with every capability off.
+    pub fn confidential(id: &str, secret: &str) -> Self {
+        Self {
+            secret: Some(secret.to_owned()),
+            ..Self::public(id)
+        }
+    }
+
+    /// A public, enabled client with every capability off.
+    pub fn public(id: &str) -> Self {
+        Self {
+            client_id: id.to_owned(),
+            secret: None,
+            enabled: true,
+            bearer_only: false,
+            direct_access_grants: false,
+            service_accounts_enabled: false,
+            standard_token_exchange_enabled: false,
+            audience_mappers: Vec::new(),
+            optional_scopes: BTreeMap::new(),
+            access_token_lifespan: None,
+        }
+    }
+
+    pub fn is_public(&self) -> bool {
+        self.secret.is_none()
+    }
+
+    /// Username of the client's service-account user (keycloak-token-exchange.md §4).
+    pub fn service_account_username(&self) -> String {
+        format!("service-account-{}", self.client_id)
+    }
+
+    /// Stable id of the client's service-account user.
+    pub fn service_account_id(&self) -> String {
+        stable_uuid("service-account", &self.client_id)
+    }
+}
+
+impl DevIdpConfig {
+    /// The fixed development contract (dev-contract.md): realm `dev`, users alice/bob, the
+    /// public `dev-frontend`, the broker's confidential `token-broker` and the two targets.
+    pub fn contract() -> Self {
+        let mut frontend = DevClient::public("dev-frontend");
+        frontend.direct_access_grants = true;
+        frontend.audience_mappers = vec!["token-broker".to_owned()];
+
+        let mut broker = DevClient::confidential("token-broker", "token-broker-dev-secret");
+        broker.service_accounts_enabled = true;
+        broker.standard_token_exchange_enabled = true;
+        broker.audience_mappers = vec!["kagenti-api".to_owned(), "sonataflow".to_owned()];
+
+        let kagenti = DevClient::confidential("kagenti-api", &random_secret());
+        let sonataflow = DevClient::confidential("sonataflow", &random_secret());
+
+        Self {
+            realm: "dev".to_owned(),
+            access_token_lifespan: DEFAULT_ACCESS_TOKEN_LIFESPAN,
+            token_exchange_enabled: true,
+            users: vec![DevUser::new("alice", "alice"), DevUser::new("bob", "bob")],
+            clients: vec![frontend, broker, kagenti, sonataflow],
+        }
+    }
+}
+
+/// A user session (what `sid` names). Token exchange never creates one (§3.5).
+#[derive(Clone, Debug)]
+pub struct UserSession {
+    pub user_id: String,
+    /// Unix seconds of the login, the `auth_time` claim.
+    pub auth_time: u64,
+}
+
+/// Who a token is about: a realm user or a client's service account.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    User(DevUser),
+    ServiceAccount(DevClient),
+}
+
+/// Mutable realm state.
+#[derive(Debug)]
+pub struct RealmState {
+    pub users: Vec<DevUser>,
+    pub clients: Vec<DevClient>,
+    /// sid -> session.
+    pub sessions: HashMap<String, UserSession>,
+    pub token_exchange_enabled: bool,
+    pub token_endpoint_delay: Duration,
+}
+
+impl RealmState {
+    pub fn new(config: &DevIdpConfig) -> Self {
+        Self {
+            users: config.users.clone(),
+            clients: config.clients.clone(),
+            sessions: HashMap::new(),
+            token_exchange_enabled: config.token_exchange_enabled,
+            token_endpoint_delay: Duration::ZERO,
+        }
+    }
+
+    pub fn client(&self, client_id: &str) -> Option<&DevClient> {
+        self.clients.iter().find(|c| c.client_id == client_id)
+    }
+
+    pub fn user_by_name(&self, username: &str) -> Option<&DevUser> {
+        self.users.iter().find(|u| u.username == username)
+    }
+
+    /// Adds or replaces (same username) a user.
+    pub fn upsert_user(&mut self, user: DevUser) {
+        self.users.retain(|u| u.username != user.username);
+        self.users.push(user);
+    }
+
+    /// Adds or replaces (same client id) a client.
+    pub fn upsert_client(&mut self, client: DevClient) {
+        self.clients.retain(|c| c.client_id != client.client_id);
+        self.clients.push(client);
+    }
+
+    /// Resolves a token's `sub`: a realm user, or the service-account user of a client with
+    /// service accounts enabled (Keycloak keeps that user only while the capability is on).
+    pub fn subject_by_id(&self, id: &str) -> Option<Subject> {
+        if let Some(u) = self.users.iter().find(|u| u.id == id) {
+            return Some(Subject::User(u.clone()));
+        }
+        self.clients
+            .iter()
+            .find(|c| c.service_accounts_enabled && c.service_account_id() == id)
+            .map(|c| Subject::ServiceAccount(c.clone()))
+    }
+
+    /// Id of a user by username, including `service-account-<clientId>` users.
+    pub fn user_id(&self, username: &str) -> Option<String> {
+        if let Some(u) = self.user_by_name(username) {
+            return Some(u.id.clone());
+        }
+        self.clients
+            .iter()
+            .find(|c| c.service_accounts_enabled && c.service_account_username() == username)
+            .map(DevClient::service_account_id)
+    }
+}
+
+/// A UUID derived from a namespace and a name (SHA-256, with the RFC 4122 version/variant bits
+/// of a v4 UUID so it looks like the random ids Keycloak uses).
+fn stable_uuid(namespace: &str, name: &str) -> String {
+    let digest = Sha256::digest(format!("token-broker-devidp:{namespace}:{name}").as_bytes());
+    let mut bytes = [0u8; 16];
+    for (dst, src) in bytes.iter_mut().zip(digest.iter()) {
+        *dst = *src;
+    }
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .to_string()
+}
+
+fn capitalise(s: &str) -> String {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
+/// A random client secret for clients whose secret nobody needs to know in development.
+fn random_secret() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
