@@ -68,7 +68,9 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
 }
 
 fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
-    let admin = admin.map(|a| format!("http://{a}")).unwrap_or_else(|| "(off)".into());
+    let admin = admin
+        .map(|a| format!("http://{a}"))
+        .unwrap_or_else(|| "(off)".into());
     println!(
         r#"
 =====================================================================

@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "token-broker", version, about = "Per-user downstream tokens via RFC 8693 token exchange at Keycloak")]
+#[command(
+    name = "token-broker",
+    version,
+    about = "Per-user downstream tokens via RFC 8693 token exchange at Keycloak"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,11 +50,7 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(errors) => {
-                eprintln!(
-                    "{}: {} error(s)",
-                    config.display(),
-                    errors.issues.len()
-                );
+                eprintln!("{}: {} error(s)", config.display(), errors.issues.len());
                 eprintln!("{errors}");
                 ExitCode::from(1)
             }

@@ -102,7 +102,12 @@ fn admin(
     let enabled = obj.field("enabled").bool_or(true, issues);
     let listen_field = obj.field("listen");
     let listen = listen_field.socket_or(SocketAddr::from((Ipv4Addr::LOCALHOST, 7071)), issues);
-    if enabled == Some(true) && listen.is_some() && listen == server_listen {
+    // Port 0 asks the OS for a free port, so two port-0 listeners never collide.
+    if enabled == Some(true)
+        && listen.is_some()
+        && listen == server_listen
+        && listen.is_some_and(|a| a.port() != 0)
+    {
         issues.push(&listen_field.path, "must differ from server.listen");
     }
     let token_field = obj.field("token");

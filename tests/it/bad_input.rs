@@ -12,7 +12,9 @@ fn b64(v: &serde_json::Value) -> String {
 
 fn realm_kid(token: &str) -> String {
     let h = token.split('.').next().unwrap();
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["kid"].as_str().unwrap().to_owned()
 }
@@ -22,10 +24,15 @@ async fn expect_error(r: reqwest::Response, status: u16, error: &str, what: &str
     let ct = header(&r, "content-type");
     let body: serde_json::Value = r.json().await.unwrap_or(serde_json::Value::Null);
     assert_eq!(s, status, "{what}: {body}");
-    assert!(ct.starts_with("application/json"), "{what}: content-type {ct}");
+    assert!(
+        ct.starts_with("application/json"),
+        "{what}: content-type {ct}"
+    );
     assert_eq!(body["error"], error, "{what}: {body}");
     assert!(
-        body["error_description"].as_str().is_some_and(|d| !d.is_empty()),
+        body["error_description"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
         "{what}: {body}"
     );
 }
@@ -49,42 +56,208 @@ async fn malformed_requests_are_refused_before_keycloak() {
             .send()
     };
     let form = "application/x-www-form-urlencoded";
-    let te = format!("grant_type={}", url::form_urlencoded::byte_serialize(TE.as_bytes()).collect::<String>());
+    let te = format!(
+        "grant_type={}",
+        url::form_urlencoded::byte_serialize(TE.as_bytes()).collect::<String>()
+    );
 
-    expect_error(post(b"{\"grant_type\":1}".to_vec(), "application/json").await.unwrap(), 400, "invalid_request", "json body").await;
-    expect_error(post(vec![b'a', b'=', 0xff, 0xfe], form).await.unwrap(), 400, "invalid_request", "non-UTF-8").await;
-    expect_error(post(format!("{te}&audience=%C0%AF").into_bytes(), form).await.unwrap(), 400, "invalid_request", "overlong UTF-8").await;
-    expect_error(post(b"audience=kagenti".to_vec(), form).await.unwrap(), 400, "invalid_request", "missing grant_type").await;
-    expect_error(post(b"grant_type=password&audience=kagenti".to_vec(), form).await.unwrap(), 400, "unsupported_grant_type", "wrong grant").await;
-    expect_error(post(te.clone().into_bytes(), form).await.unwrap(), 400, "invalid_request", "missing audience").await;
-    expect_error(post(format!("{te}&audience=kagenti&audience=sonataflow").into_bytes(), form).await.unwrap(), 400, "invalid_request", "duplicated audience").await;
-    expect_error(post(format!("{te}&{te}&audience=kagenti").into_bytes(), form).await.unwrap(), 400, "invalid_request", "duplicated grant_type").await;
-    expect_error(post(format!("{te}&audience=nope").into_bytes(), form).await.unwrap(), 400, "invalid_target", "unknown target").await;
-    expect_error(post(format!("{te}&audience=kagenti&scope=admin").into_bytes(), form).await.unwrap(), 400, "invalid_scope", "scope not allowed").await;
-    expect_error(post(format!("{te}&audience=kagenti&requested_token_type=urn:x").into_bytes(), form).await.unwrap(), 400, "invalid_request", "requested type").await;
-    expect_error(post(format!("{te}&audience=kagenti&actor_token=x").into_bytes(), form).await.unwrap(), 400, "invalid_request", "actor_token").await;
+    expect_error(
+        post(b"{\"grant_type\":1}".to_vec(), "application/json")
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+        "json body",
+    )
+    .await;
+    expect_error(
+        post(vec![b'a', b'=', 0xff, 0xfe], form).await.unwrap(),
+        400,
+        "invalid_request",
+        "non-UTF-8",
+    )
+    .await;
+    expect_error(
+        post(format!("{te}&audience=%C0%AF").into_bytes(), form)
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+        "overlong UTF-8",
+    )
+    .await;
+    expect_error(
+        post(b"audience=kagenti".to_vec(), form).await.unwrap(),
+        400,
+        "invalid_request",
+        "missing grant_type",
+    )
+    .await;
+    expect_error(
+        post(b"grant_type=password&audience=kagenti".to_vec(), form)
+            .await
+            .unwrap(),
+        400,
+        "unsupported_grant_type",
+        "wrong grant",
+    )
+    .await;
+    expect_error(
+        post(te.clone().into_bytes(), form).await.unwrap(),
+        400,
+        "invalid_request",
+        "missing audience",
+    )
+    .await;
+    expect_error(
+        post(
+            format!("{te}&audience=kagenti&audience=sonataflow").into_bytes(),
+            form,
+        )
+        .await
+        .unwrap(),
+        400,
+        "invalid_request",
+        "duplicated audience",
+    )
+    .await;
+    expect_error(
+        post(format!("{te}&{te}&audience=kagenti").into_bytes(), form)
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+        "duplicated grant_type",
+    )
+    .await;
+    expect_error(
+        post(format!("{te}&audience=nope").into_bytes(), form)
+            .await
+            .unwrap(),
+        400,
+        "invalid_target",
+        "unknown target",
+    )
+    .await;
+    expect_error(
+        post(
+            format!("{te}&audience=kagenti&scope=admin").into_bytes(),
+            form,
+        )
+        .await
+        .unwrap(),
+        400,
+        "invalid_scope",
+        "scope not allowed",
+    )
+    .await;
+    expect_error(
+        post(
+            format!("{te}&audience=kagenti&requested_token_type=urn:x").into_bytes(),
+            form,
+        )
+        .await
+        .unwrap(),
+        400,
+        "invalid_request",
+        "requested type",
+    )
+    .await;
+    expect_error(
+        post(
+            format!("{te}&audience=kagenti&actor_token=x").into_bytes(),
+            form,
+        )
+        .await
+        .unwrap(),
+        400,
+        "invalid_request",
+        "actor_token",
+    )
+    .await;
     let big = format!("{te}&audience=kagenti&pad={}", "x".repeat(5000));
-    expect_error(post(big.into_bytes(), form).await.unwrap(), 413, "invalid_request", "oversized body").await;
+    expect_error(
+        post(big.into_bytes(), form).await.unwrap(),
+        413,
+        "invalid_request",
+        "oversized body",
+    )
+    .await;
     let flood: String = (0..40).map(|i| format!("&p{i}=1")).collect();
-    expect_error(post(format!("{te}&audience=kagenti{flood}").into_bytes(), form).await.unwrap(), 400, "invalid_request", "too many parameters").await;
+    expect_error(
+        post(format!("{te}&audience=kagenti{flood}").into_bytes(), form)
+            .await
+            .unwrap(),
+        400,
+        "invalid_request",
+        "too many parameters",
+    )
+    .await;
 
     // subject_token rules.
-    let r = env.token(Some(STATIC_TOKEN), None, &[("grant_type", TE), ("audience", "kagenti"), ("subject_token", &alice)]).await;
+    let r = env
+        .token(
+            Some(STATIC_TOKEN),
+            None,
+            &[
+                ("grant_type", TE),
+                ("audience", "kagenti"),
+                ("subject_token", &alice),
+            ],
+        )
+        .await;
     expect_error(r, 400, "invalid_request", "subject_token without type").await;
-    let r = env.token(Some(STATIC_TOKEN), None, &[("grant_type", TE), ("audience", "kagenti"), ("subject_token", &alice), ("subject_token_type", "urn:ietf:params:oauth:token-type:id_token")]).await;
+    let r = env
+        .token(
+            Some(STATIC_TOKEN),
+            None,
+            &[
+                ("grant_type", TE),
+                ("audience", "kagenti"),
+                ("subject_token", &alice),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:id_token",
+                ),
+            ],
+        )
+        .await;
     expect_error(r, 400, "invalid_request", "subject_token_type id_token").await;
     let bob = env.login("bob").await;
-    let r = env.token(Some(STATIC_TOKEN), Some(&alice), &[("grant_type", TE), ("audience", "kagenti"), ("subject_token", &bob), ("subject_token_type", AT)]).await;
+    let r = env
+        .token(
+            Some(STATIC_TOKEN),
+            Some(&alice),
+            &[
+                ("grant_type", TE),
+                ("audience", "kagenti"),
+                ("subject_token", &bob),
+                ("subject_token_type", AT),
+            ],
+        )
+        .await;
     expect_error(r, 400, "invalid_request", "header and form disagree").await;
-    let r = env.http.post(&url).bearer_auth(STATIC_TOKEN)
-        .header("X-Forwarded-Access-Token", &alice).header("X-Forwarded-Access-Token", &bob)
-        .form(&[("grant_type", TE), ("audience", "kagenti")]).send().await.unwrap();
+    let r = env
+        .http
+        .post(&url)
+        .bearer_auth(STATIC_TOKEN)
+        .header("X-Forwarded-Access-Token", &alice)
+        .header("X-Forwarded-Access-Token", &bob)
+        .form(&[("grant_type", TE), ("audience", "kagenti")])
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 400, "invalid_request", "duplicated user-token header").await;
 
     // Other methods and paths.
     let r = env.http.get(&url).send().await.unwrap();
     expect_error(r, 405, "invalid_request", "GET").await;
-    let r = env.http.get(format!("{}/nowhere", env.url)).send().await.unwrap();
+    let r = env
+        .http
+        .get(format!("{}/nowhere", env.url))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "not_found", "unknown path").await;
 
     assert_eq!(env.exchanges(), 0, "nothing reached Keycloak");
@@ -98,16 +271,26 @@ async fn caller_authentication_fails_closed() {
     let alice = env.login("alice").await;
     let form = [("grant_type", TE), ("audience", "kagenti")];
     // Unknown static token, even with a valid user token: 401, not a user-authenticated call.
-    let r = env.token(Some("test-static-token-2"), Some(&alice), &form).await;
+    let r = env
+        .token(Some("test-static-token-2"), Some(&alice), &form)
+        .await;
     let challenge = header(&r, "www-authenticate");
-    assert!(challenge.starts_with("Bearer realm=\"token-broker\""), "{challenge}");
+    assert!(
+        challenge.starts_with("Bearer realm=\"token-broker\""),
+        "{challenge}"
+    );
     expect_error(r, 401, "invalid_client", "unknown static token").await;
     // A prefix of the real token is not the token.
-    let r = env.token(Some(&STATIC_TOKEN[..STATIC_TOKEN.len() - 1]), None, &form).await;
+    let r = env
+        .token(Some(&STATIC_TOKEN[..STATIC_TOKEN.len() - 1]), None, &form)
+        .await;
     expect_error(r, 401, "invalid_client", "prefix").await;
     // No credential at all.
     let r = env.token(None, None, &form).await;
-    assert_eq!(header(&r, "www-authenticate"), "Bearer realm=\"token-broker\"");
+    assert_eq!(
+        header(&r, "www-authenticate"),
+        "Bearer realm=\"token-broker\""
+    );
     expect_error(r, 401, "invalid_client", "no credential").await;
     assert_eq!(env.exchanges() + env.client_credentials(), 0);
     env.stop().await;
@@ -130,15 +313,34 @@ async fn bad_user_tokens_are_refused_locally() {
     let mut cases: Vec<(&str, String)> = Vec::new();
     cases.push(("garbage", "not-a-jwt".into()));
     cases.push(("two segments", "a.b".into()));
-    let none_payload = json!({"iss": env.idp.issuer(), "sub": good["sub"], "exp": now + 300, "typ": "Bearer"});
-    cases.push(("alg none", format!("{}.{}.", b64(&json!({"alg": "none", "typ": "JWT"})), b64(&none_payload))));
-    cases.push(("alg none with kid", format!("{}.{}.", b64(&json!({"alg": "none", "kid": kid})), b64(&none_payload))));
+    let none_payload =
+        json!({"iss": env.idp.issuer(), "sub": good["sub"], "exp": now + 300, "typ": "Bearer"});
+    cases.push((
+        "alg none",
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "typ": "JWT"})),
+            b64(&none_payload)
+        ),
+    ));
+    cases.push((
+        "alg none with kid",
+        format!(
+            "{}.{}.",
+            b64(&json!({"alg": "none", "kid": kid})),
+            b64(&none_payload)
+        ),
+    ));
     // HS256 signed with the realm key's public modulus as the HMAC secret (alg confusion).
     let hs = jsonwebtoken::encode(
-        &jsonwebtoken::Header { kid: Some(kid.clone()), ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256) },
+        &jsonwebtoken::Header {
+            kid: Some(kid.clone()),
+            ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+        },
         &none_payload,
         &jsonwebtoken::EncodingKey::from_secret(kid.as_bytes()),
-    ).unwrap();
+    )
+    .unwrap();
     cases.push(("HS256 with the realm kid", hs));
     let mut wrong_iss = good.clone();
     wrong_iss["iss"] = json!("http://evil.example/realms/dev");
@@ -161,7 +363,10 @@ async fn bad_user_tokens_are_refused_locally() {
     let parts_: Vec<&str> = alice.split('.').collect();
     let mut tampered = good.clone();
     tampered["preferred_username"] = json!("bob");
-    cases.push(("tampered", format!("{}.{}.{}", parts_[0], b64(&tampered), parts_[2])));
+    cases.push((
+        "tampered",
+        format!("{}.{}.{}", parts_[0], b64(&tampered), parts_[2]),
+    ));
     cases.push(("huge", "a".repeat(40_000)));
 
     for (what, token) in &cases {
@@ -169,16 +374,29 @@ async fn bad_user_tokens_are_refused_locally() {
         let r = env.exchange(Some(token), "kagenti").await;
         expect_error(r, 400, "invalid_request", what).await;
         // As the only credential: 401 with an invalid_token challenge.
-        let r = env.token(None, Some(token), &[("grant_type", TE), ("audience", "kagenti")]).await;
+        let r = env
+            .token(
+                None,
+                Some(token),
+                &[("grant_type", TE), ("audience", "kagenti")],
+            )
+            .await;
         let s = r.status().as_u16();
         if *what != "huge" {
-            assert!(header(&r, "www-authenticate").contains("invalid_token"), "{what}");
+            assert!(
+                header(&r, "www-authenticate").contains("invalid_token"),
+                "{what}"
+            );
             expect_error(r, 401, "invalid_client", what).await;
         } else {
             assert_eq!(s, 400, "{what}");
         }
     }
-    assert_eq!(env.exchanges() + env.client_credentials(), 0, "nothing reached Keycloak");
+    assert_eq!(
+        env.exchanges() + env.client_credentials(),
+        0,
+        "nothing reached Keycloak"
+    );
     other_idp.stop().await;
     env.stop().await;
 }

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use crate::support::*;
 
-fn with_lifespans(broker_secs: Option<u64>, frontend_secs: Option<u64>, margin: &'static str) -> Opts {
+fn with_lifespans(
+    broker_secs: Option<u64>,
+    frontend_secs: Option<u64>,
+    margin: &'static str,
+) -> Opts {
     let mut o = Opts::default();
     for c in &mut o.idp.clients {
         if c.client_id == "token-broker" {
@@ -26,12 +30,17 @@ async fn entry_expires_with_the_issued_token_minus_margin() {
     let alice = env.login("alice").await;
     let (_, _, c1, b1) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!(c1, "miss");
-    let exp = claims(b1["access_token"].as_str().unwrap())["exp"].as_u64().unwrap();
+    let exp = claims(b1["access_token"].as_str().unwrap())["exp"]
+        .as_u64()
+        .unwrap();
     let (_, _, c2, _) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!(c2, "hit");
     sleep_until_unix(exp - 1).await;
     let (_, _, c3, b3) = parts(env.exchange(Some(&alice), "kagenti").await).await;
-    assert_eq!(c3, "miss", "an entry within the margin of its expiry is not served");
+    assert_eq!(
+        c3, "miss",
+        "an entry within the margin of its expiry is not served"
+    );
     assert_ne!(b3["access_token"], b1["access_token"]);
     assert_eq!(env.exchanges(), 2);
     env.stop().await;
@@ -46,8 +55,13 @@ async fn entry_is_capped_at_the_subject_tokens_expiry() {
     let subject_exp = claims(&alice)["exp"].as_u64().unwrap();
     let (_, _, c1, b1) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!(c1, "miss");
-    let issued_exp = claims(b1["access_token"].as_str().unwrap())["exp"].as_u64().unwrap();
-    assert!(issued_exp > subject_exp + 200, "the exchanged token outlives the subject");
+    let issued_exp = claims(b1["access_token"].as_str().unwrap())["exp"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        issued_exp > subject_exp + 200,
+        "the exchanged token outlives the subject"
+    );
     let (_, _, c2, _) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!(c2, "hit");
     sleep_until_unix(subject_exp - 2).await;

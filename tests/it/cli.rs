@@ -17,10 +17,17 @@ fn check_config_accepts_the_dev_config() {
         .args(["check-config", "--config", &repo("config/dev.yaml")])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("OK"), "{stdout}");
-    assert!(stdout.contains("kagenti") && stdout.contains("sonataflow"), "{stdout}");
+    assert!(
+        stdout.contains("kagenti") && stdout.contains("sonataflow"),
+        "{stdout}"
+    );
 }
 
 #[test]
@@ -72,9 +79,17 @@ targets:
     ] {
         assert!(stderr.contains(path), "missing {path} in:\n{stderr}");
     }
-    for value in ["12345-very-secret-value", "short", "not-an-address", "maybe", "soon"] {
+    for value in [
+        "12345-very-secret-value",
+        "short",
+        "not-an-address",
+        "maybe",
+        "soon",
+    ] {
         assert!(
-            !stderr.lines().any(|l| l.split(':').skip(1).collect::<String>().contains(value)),
+            !stderr
+                .lines()
+                .any(|l| l.split(':').skip(1).collect::<String>().contains(value)),
             "value {value} echoed in:\n{stderr}"
         );
     }

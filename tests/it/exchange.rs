@@ -61,14 +61,20 @@ async fn user_token_alone_authenticates_the_caller() {
     let env = start_default().await;
     let alice = env.login("alice").await;
     let r = env
-        .token(None, Some(&alice), &[("grant_type", TE), ("audience", "kagenti")])
+        .token(
+            None,
+            Some(&alice),
+            &[("grant_type", TE), ("audience", "kagenti")],
+        )
         .await;
     let (status, id, _, _) = parts(r).await;
     assert_eq!((status, id.as_str()), (200, "user"));
     env.stop().await;
 }
 
-fn form_of(req: &token_broker::devidp::RecordedRequest) -> std::collections::BTreeMap<String, String> {
+fn form_of(
+    req: &token_broker::devidp::RecordedRequest,
+) -> std::collections::BTreeMap<String, String> {
     req.form.iter().cloned().collect()
 }
 
@@ -137,7 +143,11 @@ async fn sends_client_credentials_in_the_form_with_client_secret_post() {
     let r = env.exchange(Some(&alice), "kagenti").await;
     assert_eq!(r.status(), 200);
     let reqs = env.idp.requests();
-    let f = form_of(reqs.iter().find(|r| r.grant_type.as_deref() == Some(TE)).unwrap());
+    let f = form_of(
+        reqs.iter()
+            .find(|r| r.grant_type.as_deref() == Some(TE))
+            .unwrap(),
+    );
     assert_eq!(f["client_id"], "token-broker");
     assert_eq!(f["client_secret"], BROKER_SECRET);
     assert!(reqs.iter().all(|r| r.basic_auth_client_id.is_none()));
@@ -153,13 +163,22 @@ async fn two_users_never_share_an_entry() {
     let (_, _, cb, b) = parts(env.exchange(Some(&bob), "kagenti").await).await;
     assert_eq!((ca.as_str(), cb.as_str()), ("miss", "miss"));
     assert_ne!(a["access_token"], b["access_token"]);
-    assert_eq!(claims(a["access_token"].as_str().unwrap())["preferred_username"], "alice");
-    assert_eq!(claims(b["access_token"].as_str().unwrap())["preferred_username"], "bob");
+    assert_eq!(
+        claims(a["access_token"].as_str().unwrap())["preferred_username"],
+        "alice"
+    );
+    assert_eq!(
+        claims(b["access_token"].as_str().unwrap())["preferred_username"],
+        "bob"
+    );
     // A second login of alice is a different subject token: its own entry, its own exchange.
     let alice2 = env.login("alice").await;
     let (_, _, c2, a2) = parts(env.exchange(Some(&alice2), "kagenti").await).await;
     assert_eq!(c2, "miss");
-    assert_eq!(claims(a2["access_token"].as_str().unwrap())["preferred_username"], "alice");
+    assert_eq!(
+        claims(a2["access_token"].as_str().unwrap())["preferred_username"],
+        "alice"
+    );
     // And each keeps getting its own from cache.
     for _ in 0..3 {
         let (_, _, c, body) = parts(env.exchange(Some(&bob), "kagenti").await).await;

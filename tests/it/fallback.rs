@@ -8,7 +8,11 @@ use crate::support::*;
 async fn service_account_target_without_user_token_serves_the_service_token() {
     let env = start_default().await;
     let (status, id, cache, body) = parts(env.exchange(None, "kagenti").await).await;
-    assert_eq!((status, id.as_str(), cache.as_str()), (200, "service", "miss"), "{body}");
+    assert_eq!(
+        (status, id.as_str(), cache.as_str()),
+        (200, "service", "miss"),
+        "{body}"
+    );
     let c = claims(body["access_token"].as_str().unwrap());
     assert_eq!(c["preferred_username"], "service-account-token-broker");
     assert_eq!(c["azp"], "token-broker");
@@ -29,7 +33,12 @@ async fn deny_target_without_user_token_is_401() {
     let (status, id, _, body) = parts(r).await;
     assert_eq!(status, 401);
     assert_eq!(id, "");
-    assert!(body["error_description"].as_str().unwrap().contains("sonataflow"));
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("sonataflow")
+    );
     assert_eq!(env.client_credentials() + env.exchanges(), 0);
     env.stop().await;
 }
@@ -48,7 +57,12 @@ async fn exchange_unsupported_falls_back_or_is_502() {
     let (status, id, _, body) = parts(env.exchange(Some(&alice), "sonataflow").await).await;
     assert_eq!((status, id.as_str()), (502, ""));
     assert_eq!(body["error"], "unsupported_grant_type");
-    assert!(body["hint"].as_str().unwrap().contains("token-exchange-standard:v2"));
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap()
+            .contains("token-exchange-standard:v2")
+    );
     env.stop().await;
 }
 
@@ -66,7 +80,11 @@ async fn idp_unreachable_falls_back_or_is_a_gateway_error() {
     // Now every token request times out at the broker.
     env.idp.set_token_endpoint_delay(Duration::from_secs(2));
     let (status, id, cache, body) = parts(env.exchange(Some(&alice), "kagenti").await).await;
-    assert_eq!((status, id.as_str(), cache.as_str()), (200, "service", "hit"), "{body}");
+    assert_eq!(
+        (status, id.as_str(), cache.as_str()),
+        (200, "service", "hit"),
+        "{body}"
+    );
     let (status, id, _, body) = parts(env.exchange(Some(&alice), "sonataflow").await).await;
     assert_eq!((status, id.as_str()), (504, ""), "{body}");
     assert_eq!(body["error"], "temporarily_unavailable");

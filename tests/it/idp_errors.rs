@@ -38,7 +38,10 @@ async fn client_not_within_the_token_audience() {
     let (status, _, _, body) = parts(env.exchange(Some(&other), "sonataflow").await).await;
     assert_eq!(status, 403);
     assert_eq!(body["error"], "access_denied");
-    assert_eq!(body["error_description"], "Client is not within the token audience");
+    assert_eq!(
+        body["error_description"],
+        "Client is not within the token audience"
+    );
     assert_eq!(body["idp_status"], 403);
     assert!(body["hint"].as_str().unwrap().contains("token-broker"));
     env.stop().await;

@@ -20,19 +20,21 @@ fn free_port() -> u16 {
 fn pieces(secret: &str) -> Vec<String> {
     let mut v = vec![secret.to_owned()];
     if secret.matches('.').count() == 2 {
-        v.extend(secret.split('.').filter(|s| s.len() >= 16).map(str::to_owned));
+        v.extend(
+            secret
+                .split('.')
+                .filter(|s| s.len() >= 16)
+                .map(str::to_owned),
+        );
     }
     v
 }
 
 #[actix_web::test]
 async fn no_token_or_secret_in_logs() {
-    let idp = token_broker::devidp::start(
-        Opts::default().idp,
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let idp = token_broker::devidp::start(Opts::default().idp, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("tb-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let secret_file = dir.join("client-secret");
@@ -88,7 +90,10 @@ logging: {{format: json, level: info}}
     let base = format!("http://127.0.0.1:{public}");
     let mut ready = false;
     for _ in 0..100 {
-        if let Ok(r) = http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
             && r.status() == 200
         {
             ready = true;
@@ -104,8 +109,18 @@ logging: {{format: json, level: info}}
         async move {
             let v: serde_json::Value = http
                 .post(te)
-                .form(&[("grant_type", "password"), ("client_id", client), ("username", user), ("password", user)])
-                .send().await.unwrap().json().await.unwrap();
+                .form(&[
+                    ("grant_type", "password"),
+                    ("client_id", client),
+                    ("username", user),
+                    ("password", user),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
             v["access_token"].as_str().unwrap().to_owned()
         }
     };
@@ -122,7 +137,9 @@ logging: {{format: json, level: info}}
         let http = http.clone();
         let url = format!("{base}/v1/token");
         async move {
-            let mut req = http.post(url).form(&[("grant_type", TE), ("audience", target)]);
+            let mut req = http
+                .post(url)
+                .form(&[("grant_type", TE), ("audience", target)]);
             if let Some(c) = caller {
                 req = req.bearer_auth(c);
             }
@@ -139,7 +156,12 @@ logging: {{format: json, level: info}}
     let (s, b) = send(Some(STATIC_TOKEN), Some(alice.clone()), "kagenti").await;
     assert_eq!(s, 200);
     secrets.push(b["access_token"].as_str().unwrap().to_owned());
-    assert_eq!(send(Some(STATIC_TOKEN), Some(alice.clone()), "kagenti").await.0, 200);
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice.clone()), "kagenti")
+            .await
+            .0,
+        200
+    );
     // User-only caller; service-account fallback.
     let (s, b) = send(None, Some(alice.clone()), "sonataflow").await;
     assert_eq!(s, 200);
@@ -148,32 +170,64 @@ logging: {{format: json, level: info}}
     assert_eq!(s, 200);
     secrets.push(b["access_token"].as_str().unwrap().to_owned());
     // Keycloak refusals, bad credentials, bad tokens, unsupported exchange fallback.
-    assert_eq!(send(Some(STATIC_TOKEN), Some(bob.clone()), "kagenti").await.0, 403);
-    assert_eq!(send(Some(STATIC_TOKEN), Some(alice.clone()), "unmapped").await.0, 400);
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(bob.clone()), "kagenti")
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice.clone()), "unmapped")
+            .await
+            .0,
+        400
+    );
     let wrong = "wrong-static-token-abcdef".to_owned();
     secrets.push(wrong.clone());
-    assert_eq!(send(Some("wrong-static-token-abcdef"), None, "kagenti").await.0, 401);
+    assert_eq!(
+        send(Some("wrong-static-token-abcdef"), None, "kagenti")
+            .await
+            .0,
+        401
+    );
     let tampered = format!("{}x", alice);
-    assert_eq!(send(Some(STATIC_TOKEN), Some(tampered), "kagenti").await.0, 400);
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(tampered), "kagenti").await.0,
+        400
+    );
     idp.logout_user("alice");
     let alice2 = login("alice", "dev-frontend").await;
     secrets.push(alice2.clone());
     idp.logout_user("alice");
-    assert_eq!(send(Some(STATIC_TOKEN), Some(alice2.clone()), "sonataflow").await.0, 400);
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice2.clone()), "sonataflow")
+            .await
+            .0,
+        400
+    );
     idp.set_token_exchange_enabled(false);
     let alice3 = login("alice", "dev-frontend").await;
     secrets.push(alice3.clone());
-    assert_eq!(send(Some(STATIC_TOKEN), Some(alice3), "kagenti").await.0, 200);
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice3), "kagenti").await.0,
+        200
+    );
 
     child.kill().ok();
     child.wait().ok();
     let mut logs = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     logs.push_str(&String::from_utf8_lossy(&err_reader.join().unwrap()));
-    assert!(logs.contains("token request"), "audit lines are logged:\n{logs}");
+    assert!(
+        logs.contains("token request"),
+        "audit lines are logged:\n{logs}"
+    );
     assert!(logs.lines().count() > 20, "trace logging captured");
     for s in &secrets {
         for p in pieces(s) {
-            assert!(!logs.contains(&p), "a secret or token piece appears in the logs");
+            assert!(
+                !logs.contains(&p),
+                "a secret or token piece appears in the logs"
+            );
         }
     }
     idp.stop().await;

@@ -1,6 +1,9 @@
 //! The integration suite: one test binary (build time on 2 cores), real HTTP throughout — the
 //! real broker on 127.0.0.1:0 against the dev IdP, which plays Keycloak.
 
+// Test code may panic: a panic is a failed assertion here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 mod bad_input;

@@ -29,7 +29,8 @@ impl Default for Opts {
     fn default() -> Self {
         let mut idp = DevIdpConfig::contract();
         // A client the broker has no mapper for ("Requested audience not available").
-        idp.clients.push(DevClient::confidential("unmapped-api", "unmapped-secret"));
+        idp.clients
+            .push(DevClient::confidential("unmapped-api", "unmapped-secret"));
         // A login client whose tokens do not carry the broker in aud.
         let mut other = DevClient::public("other-frontend");
         other.direct_access_grants = true;
