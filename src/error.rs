@@ -202,13 +202,16 @@ pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
         BrokerError::Policy(PolicyError::UnsupportedTokenType(m)) => {
             ApiError::invalid_request(m.clone())
         }
-        BrokerError::UserTokenRequired { .. } => ApiError::unauthenticated(
-            e.to_string(),
-            Some("invalid_token"),
-        )
-        .with_hint(
-            "send the user's Keycloak access token in the user-token header or as subject_token",
-        ),
+        BrokerError::UserTokenRequired { .. } => {
+            // The caller is known; what is missing is the user's credential (RFC 6750 §3.1
+            // `invalid_request`: a required parameter is missing).
+            let mut api = ApiError::unauthenticated(e.to_string(), Some("invalid_request"))
+                .with_hint(
+                    "send the user's Keycloak access token in the user-token header or as subject_token",
+                );
+            api.error = "invalid_request".into();
+            api
+        }
         BrokerError::ExchangeFailed { source, .. } => {
             let mut api = match source {
                 IdpError::Rejected { .. } => from_idp_rejection(source, client_id),
