@@ -22,7 +22,8 @@ pub fn request_issuer(req: &HttpRequest, realm: &str) -> String {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
-        .unwrap_or_else(|| req.connection_info().host().to_owned());
+        // No Host (HTTP/1.0): the address the request came in on.
+        .unwrap_or_else(|| req.app_config().local_addr().to_string());
     format!("http://{host}/realms/{realm}")
 }
 

@@ -143,12 +143,14 @@ impl RealmKeys {
     /// Verifies a compact JWS signed by the realm's signing key and returns its claims. Only
     /// the signature is checked here; claim checks belong to the grant.
     pub fn verify(&self, token: &str) -> Result<Value, VerifyError> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        // The signing input is everything before the last dot: `header.payload`.
+        let (signing_input, s) = token.rsplit_once('.').ok_or(VerifyError::Malformed)?;
+        let (h, p) = signing_input
+            .split_once('.')
+            .ok_or(VerifyError::Malformed)?;
+        if p.contains('.') {
             return Err(VerifyError::Malformed);
-        };
+        }
         let header: Value = decode_json(h)?;
         if header.get("alg").and_then(Value::as_str) != Some("RS256") {
             return Err(VerifyError::UnknownKey);
@@ -165,10 +167,6 @@ impl RealmKeys {
             n: self.sig.n.as_slice(),
             e: self.sig.e.as_slice(),
         };
-        let signing_input_len = h.len() + 1 + p.len();
-        let signing_input = token
-            .get(..signing_input_len)
-            .ok_or(VerifyError::Malformed)?;
         public
             .verify(
                 &signature::RSA_PKCS1_2048_8192_SHA256,
