@@ -956,12 +956,6 @@ fn example_yaml_loads() {
 }
 
 #[test]
-#[ignore = "prints the rendered errors for eyeballing"]
-fn print_rendered_errors() {
-    println!("{}", rendered_errors_with_secret_everywhere());
-}
-
-#[test]
 fn javascript_whitespace_rules() {
     use super::walk::is_js_non_space;
     assert!(is_js_non_space("abc\u{85}def"));

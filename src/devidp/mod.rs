@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 
-pub use realm::{DevClient, DevIdpConfig, DevUser};
+pub use realm::{DevClient, DevIdpConfig, DevUser, ExchangeFault};
 
 use keys::RealmKeys;
 use realm::RealmState;
@@ -220,6 +220,12 @@ impl DevIdpHandle {
             return;
         };
         st.sessions.retain(|_, s| s.user_id != id);
+    }
+
+    /// Test hook: corrupt every successful token-exchange answer in the given way (`None`
+    /// restores normal answers). Not Keycloak behaviour.
+    pub fn set_exchange_fault(&self, fault: Option<ExchangeFault>) {
+        self.shared.state().exchange_fault = fault;
     }
 
     /// Signs arbitrary claims with the realm's current signing key (RS256, its `kid`).

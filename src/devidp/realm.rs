@@ -214,6 +214,24 @@ pub struct RealmState {
     pub sessions: HashMap<String, UserSession>,
     pub token_exchange_enabled: bool,
     pub token_endpoint_delay: Duration,
+    /// Test fault: corrupt successful exchange answers (never set by `token-broker dev`).
+    pub exchange_fault: Option<ExchangeFault>,
+}
+
+/// A deliberate defect in a successful token-exchange answer, so tests can prove the broker
+/// never serves a token that fails its checks. Not Keycloak behaviour: a test hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeFault {
+    /// The minted token's `aud` names another client.
+    WrongAudience,
+    /// The minted token's `sub` is another user's.
+    WrongSubject,
+    /// `issued_token_type` is the refresh-token URN.
+    WrongIssuedTokenType,
+    /// `token_type` is `mac`.
+    WrongTokenType,
+    /// The token is signed by a key that is not in the realm's JWKS.
+    ForeignSignature,
 }
 
 impl RealmState {
@@ -224,6 +242,7 @@ impl RealmState {
             sessions: HashMap::new(),
             token_exchange_enabled: config.token_exchange_enabled,
             token_endpoint_delay: Duration::ZERO,
+            exchange_fault: None,
         }
     }
 

@@ -744,7 +744,55 @@ fn token_exchange_grant(
     if let Some(sid) = sid {
         body.insert("session_state".into(), json!(sid));
     }
+    if let Some(fault) = st.exchange_fault {
+        apply_fault(issuer, &mut body, fault);
+    }
     Ok(Value::Object(body))
+}
+
+/// The test hook of [`super::realm::ExchangeFault`]: rewrites a successful answer.
+fn apply_fault(
+    issuer: &Issuer<'_>,
+    body: &mut serde_json::Map<String, Value>,
+    fault: super::realm::ExchangeFault,
+) {
+    use super::realm::ExchangeFault;
+    let mut claims = body
+        .get("access_token")
+        .and_then(Value::as_str)
+        .and_then(|t| t.split('.').nth(1))
+        .and_then(|p| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .unwrap_or(Value::Null);
+    match fault {
+        ExchangeFault::WrongAudience => {
+            claims["aud"] = json!("someone-else");
+            body.insert("access_token".into(), json!(issuer.idp.keys.sign(&claims)));
+        }
+        ExchangeFault::WrongSubject => {
+            claims["sub"] = json!("00000000-0000-0000-0000-000000000000");
+            body.insert("access_token".into(), json!(issuer.idp.keys.sign(&claims)));
+        }
+        ExchangeFault::WrongIssuedTokenType => {
+            body.insert(
+                "issued_token_type".into(),
+                json!("urn:ietf:params:oauth:token-type:refresh_token"),
+            );
+        }
+        ExchangeFault::WrongTokenType => {
+            body.insert("token_type".into(), json!("mac"));
+        }
+        ExchangeFault::ForeignSignature => {
+            if let Ok(other) = super::keys::RealmKeys::generate() {
+                body.insert("access_token".into(), json!(other.sign(&claims)));
+            }
+        }
+    }
 }
 
 /// A subject token that passed §3.4 step 2.

@@ -217,3 +217,32 @@ async fn per_target_entries_and_allow_lists() {
     );
     env.stop().await;
 }
+
+#[actix_web::test]
+async fn answers_that_fail_the_checks_are_never_served_or_cached() {
+    use token_broker::devidp::ExchangeFault;
+    let env = start_default().await;
+    let alice = env.login("alice").await;
+    for fault in [
+        ExchangeFault::WrongAudience,
+        ExchangeFault::WrongSubject,
+        ExchangeFault::WrongIssuedTokenType,
+        ExchangeFault::WrongTokenType,
+        ExchangeFault::ForeignSignature,
+    ] {
+        env.idp.set_exchange_fault(Some(fault));
+        // Even on a service_account target: a bad answer is an error, not a fallback.
+        let (status, id, _, body) = parts(env.exchange(Some(&alice), "kagenti").await).await;
+        assert_eq!((status, id.as_str()), (502, ""), "{fault:?}: {body}");
+        assert_eq!(body["error"], "server_error", "{fault:?}");
+        assert!(body.get("access_token").is_none());
+    }
+    assert_eq!(env.client_credentials(), 0);
+    // Nothing bad was cached: with the fault gone, the next request exchanges afresh.
+    env.idp.set_exchange_fault(None);
+    let before = env.exchanges();
+    let (status, _, cache, _) = parts(env.exchange(Some(&alice), "kagenti").await).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(env.exchanges(), before + 1);
+    env.stop().await;
+}
