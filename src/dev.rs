@@ -52,7 +52,12 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         addr: DEV_IDP_ADDR.into(),
         source: std::io::Error::other("bad address"),
     })?;
-    let idp = devidp::start(DevIdpConfig::contract(), idp_addr)
+    let mut idp_config = DevIdpConfig::contract();
+    // For the exchange tester's failing example: tokens without the broker in aud.
+    let mut no_aud = devidp::DevClient::public(crate::tester::DEV_NO_AUDIENCE_CLIENT);
+    no_aud.direct_access_grants = true;
+    idp_config.clients.push(no_aud);
+    let idp = devidp::start(idp_config, idp_addr)
         .await
         .map_err(|source| DevError::Idp {
             addr: DEV_IDP_ADDR.into(),
@@ -78,7 +83,8 @@ fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
  Users, passwords and secrets below are public development values.
 =====================================================================
  broker (public)  {broker}      POST /v1/token
- broker (admin)   {admin}      /healthz /readyz
+ broker (admin)   {admin}      /healthz /readyz /metrics
+                  {admin}/tester  exchange tester (admin credential dev-admin-token)
  dev IdP (Keycloak-compatible, DEVELOPMENT ONLY)
                   {issuer}
  users            alice/alice, bob/bob (client dev-frontend, password grant)

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod audit;
 pub mod broker;
 pub mod clock;
 pub mod config;
@@ -22,4 +23,6 @@ pub mod error;
 pub mod http;
 pub mod idp;
 pub mod inbound;
+pub mod metrics;
 pub mod telemetry;
+pub mod tester;

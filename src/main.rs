@@ -1,4 +1,4 @@
-//! The `token-broker` command: `serve`, `check-config` and `dev`. No logic lives here.
+//! The `token-broker` command: `serve`, `check-config`, `exchange` and `dev`. No logic lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +27,19 @@ enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+    },
+    /// One token exchange at Keycloak, without the cache: the decoded result, or Keycloak's
+    /// error and the hint; `--explain` adds the request sent and the checklist.
+    Exchange {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        #[arg(long, value_name = "T")]
+        target: String,
+        /// File holding the user's Keycloak access token (the subject token).
+        #[arg(long, value_name = "F")]
+        subject_token_file: PathBuf,
+        #[arg(long)]
+        explain: bool,
     },
     /// DEVELOPMENT ONLY: run the broker with an embedded Keycloak-compatible IdP on loopback.
     Dev {
@@ -74,6 +87,17 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Command::Exchange {
+            config,
+            target,
+            subject_token_file,
+            explain,
+        } => actix_web::rt::System::new().block_on(token_broker::tester::cli::run(
+            &config,
+            &target,
+            &subject_token_file,
+            explain,
+        )),
         Command::Dev { config } => run_system(async move {
             token_broker::dev::run(token_broker::dev::DevOptions { config })
                 .await

@@ -1,4 +1,6 @@
-//! Logging set-up: `tracing` to stderr, plain or JSON, filter from `RUST_LOG` or the config.
+//! Logging set-up: `tracing` to stderr, plain or JSON, filter from `RUST_LOG` or the config;
+//! and the audit log (`audit.rs`): events of target `token_broker::audit`, always as one JSON
+//! object per line on stdout, at `info`, independent of `RUST_LOG` and `logging.format`.
 //!
 //! Nothing in the broker logs a token or secret: spans and events carry fingerprints
 //! (`digest::fingerprint`) and claims such as `sub`, never credentials.
@@ -6,7 +8,12 @@
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
+use crate::audit::AUDIT_TARGET;
 use crate::config::LogFormat;
 
 /// Installs the global subscriber once; later calls are no-ops.
@@ -14,13 +21,36 @@ pub fn init(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let not_audit = filter_fn(|m| m.target() != AUDIT_TARGET);
+    let diagnostic = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Plain => builder.try_init(),
+    let diagnostic = match format {
+        LogFormat::Json => diagnostic
+            .json()
+            .flatten_event(true)
+            .with_filter(filter)
+            .with_filter(not_audit)
+            .boxed(),
+        LogFormat::Plain => diagnostic
+            .with_filter(filter)
+            .with_filter(not_audit)
+            .boxed(),
     };
+    let audit = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stdout)
+        .with_ansi(false)
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .with_filter(filter_fn(|m| {
+            m.target() == AUDIT_TARGET && *m.level() <= tracing::Level::INFO
+        }));
+    let _ = tracing_subscriber::registry()
+        .with(diagnostic)
+        .with(audit)
+        .try_init();
 }

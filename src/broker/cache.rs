@@ -69,6 +69,15 @@ impl TokenCache {
             .expire_after(UntilCacheDeadline {
                 clock: clock.clone(),
             })
+            .eviction_listener(|_key, _value, cause| match cause {
+                moka::notification::RemovalCause::Size => {
+                    crate::metrics::global().cache_eviction("size")
+                }
+                moka::notification::RemovalCause::Expired => {
+                    crate::metrics::global().cache_eviction("expired")
+                }
+                _ => {}
+            })
             .build();
         TokenCache { inner, clock }
     }

@@ -1,6 +1,7 @@
 //! The HTTP surface: the public listener's routes, the admin listener's routes, and the state
 //! they share. Handlers are thin; the logic lives in `broker`, `inbound` and `idp`.
 
+pub mod admin;
 pub mod form;
 pub mod health;
 pub mod token;
@@ -56,5 +57,10 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
 pub fn admin_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/metrics", web::get().to(admin::metrics))
+        .route("/tester", web::get().to(admin::page))
+        .route("/tester/app.js", web::get().to(admin::script))
+        .route("/admin/info", web::get().to(admin::info))
+        .route("/admin/exchange", web::post().to(admin::exchange))
         .default_service(web::to(not_found));
 }

@@ -14,8 +14,10 @@ use serde::Serialize;
 
 use super::AppState;
 use super::form::{self, FormError};
-use crate::broker::{BrokerError, Issued, TokenRequest};
+use crate::audit;
+use crate::broker::{Issued, TokenRequest};
 use crate::config::TokenType;
+use crate::digest::fingerprint;
 use crate::error::{ApiError, from_broker};
 use crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError, VerifiedUserToken};
@@ -94,10 +96,33 @@ fn oidc_error_answer(e: &OidcError, caller_is_user: bool) -> ApiError {
     }
 }
 
+/// The handler: runs the request and writes its audit line (`audit.rs`), whatever the result.
 pub async fn token(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let mut rec = audit::Record::default();
+    let result = handle(&req, payload, &state, &mut rec).await;
+    match &result {
+        Ok(r) => rec.status = r.status().as_u16(),
+        Err(e) => {
+            rec.status = e.status.as_u16();
+            rec.error = e.error.clone();
+            if rec.outcome.is_empty() {
+                rec.outcome = "bad_request";
+            }
+        }
+    }
+    rec.emit();
+    result
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    rec: &mut audit::Record,
 ) -> Result<HttpResponse, ApiError> {
     let ct = req
         .headers()
@@ -136,6 +161,7 @@ pub async fn token(
             "missing parameter: audience (the target name)",
         ));
     };
+    rec.target = target.chars().take(64).collect();
 
     // The caller credential: a present but unknown one fails closed.
     let static_caller = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes()))
@@ -143,6 +169,7 @@ pub async fn token(
         BearerHeader::Token(t) => match state.statics.authenticate(t) {
             Some(c) => Some(c),
             None => {
+                crate::metrics::global().auth_failure("static_token", "unknown");
                 return Err(ApiError::unauthenticated(
                     "the caller credential is not valid",
                     Some("invalid_token"),
@@ -153,7 +180,7 @@ pub async fn token(
     };
 
     // The user's token: header or RFC 8693 subject_token; both must agree if both are sent.
-    let header_token = user_token_header(&req, &state.config.user_token.header)?;
+    let header_token = user_token_header(req, &state.config.user_token.header)?;
     let form_token = form.non_empty("subject_token");
     if let Some(_t) = form_token {
         // RFC 8693 §2.1: subject_token_type is REQUIRED with subject_token.
@@ -186,12 +213,16 @@ pub async fn token(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"
         )));
     }
+    if let Some(t) = raw_user {
+        rec.subject_fp = fingerprint(t);
+    }
     let user: Option<VerifiedUserToken> = match raw_user {
         None => None,
         Some(t) => match state.verifier.verify(t).await {
             Ok(v) => Some(v),
             Err(e) => {
                 tracing::info!(reason = e.kind(), "user token rejected");
+                crate::metrics::global().auth_failure("user_token", e.kind());
                 return Err(oidc_error_answer(&e, static_caller.is_none()));
             }
         },
@@ -209,6 +240,7 @@ pub async fn token(
             restrictions: None,
         },
         (None, None) => {
+            crate::metrics::global().auth_failure("none", "missing");
             return Err(ApiError::unauthenticated(
                 "no caller credential: send Authorization: Bearer <token> or the user's token",
                 None,
@@ -226,7 +258,10 @@ pub async fn token(
             user_token: user.as_ref(),
         })
         .await;
-    audit(&principal, target, user.as_ref(), &result);
+    rec.caller = principal.name.clone();
+    rec.caller_kind = principal.kind.as_str();
+    rec.user = user.as_ref().map(|u| u.sub.clone()).unwrap_or_default();
+    rec.issued(state.config.targets.contains_key(target), &result);
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),
         Err(e) => Err(from_broker(&e, &state.config.keycloak.client_id)),
@@ -247,39 +282,4 @@ fn answer(issued: &Issued, now: u64) -> HttpResponse {
             expires_in: t.expires_at.saturating_sub(now),
             scope: t.scope.as_deref(),
         })
-}
-
-/// One structured line per token request; fingerprints only, never tokens.
-fn audit(
-    principal: &Principal,
-    target: &str,
-    user: Option<&VerifiedUserToken>,
-    result: &Result<Issued, BrokerError>,
-) {
-    let target: String = target.chars().take(64).collect();
-    match result {
-        Ok(i) => tracing::info!(
-            target: "token_broker::audit",
-            caller = %principal.name,
-            user = user.map(|u| u.sub.as_str()).unwrap_or(""),
-            subject_fp = user.map(|u| u.fingerprint.as_str()).unwrap_or(""),
-            target = %target,
-            identity = i.identity.as_str(),
-            cache = i.cache.as_str(),
-            fallback = i.fallback.map(|f| f.as_str()).unwrap_or(""),
-            issued_fp = %i.token.fingerprint,
-            outcome = "issued",
-            "token request"
-        ),
-        Err(e) => tracing::info!(
-            target: "token_broker::audit",
-            caller = %principal.name,
-            user = user.map(|u| u.sub.as_str()).unwrap_or(""),
-            subject_fp = user.map(|u| u.fingerprint.as_str()).unwrap_or(""),
-            target = %target,
-            outcome = "refused",
-            error = %e,
-            "token request"
-        ),
-    }
 }

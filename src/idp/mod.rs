@@ -178,9 +178,14 @@ impl IdpClient {
         // the well-known suffix and checks the document's `issuer` against it.
         let issuer =
             IssuerUrl::new(self.issuer.clone()).map_err(|e| IdpError::Discovery(e.to_string()))?;
-        let meta = CoreProviderMetadata::discover_async(issuer, &self.http)
-            .await
-            .map_err(|e| IdpError::Discovery(describe_discovery_error(&e)))?;
+        let started = Instant::now();
+        let meta = CoreProviderMetadata::discover_async(issuer, &self.http).await;
+        crate::metrics::global().idp_request(
+            crate::metrics::IdpRequest::Discovery,
+            started.elapsed(),
+            if meta.is_ok() { "ok" } else { "error" },
+        );
+        let meta = meta.map_err(|e| IdpError::Discovery(describe_discovery_error(&e)))?;
         let token = meta
             .token_endpoint()
             .map(|t| t.url().clone())
@@ -229,9 +234,51 @@ impl IdpClient {
     /// (RFC 6749 §2.3.1) and returns the parsed success answer.
     pub(crate) async fn post_token_form(
         &self,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
     ) -> Result<TokenResponse, IdpError> {
+        let raw = self.post_token_form_raw(form).await?;
+        parse_token_answer(raw.status, &raw.body)
+    }
+
+    /// How the configured client authentication travels, for display: the header or form
+    /// fields it adds, with the secret replaced by a note (the exchange tester).
+    pub fn client_auth_display(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let note = format!(
+            "<redacted: secret of client '{}', sha256 fingerprint {}>",
+            self.client_id,
+            crate::digest::fingerprint(self.client_secret.expose_secret())
+        );
+        match self.auth_method {
+            ClientAuthMethod::ClientSecretBasic => (
+                vec![(
+                    "authorization".to_owned(),
+                    format!("Basic {note} (RFC 6749 §2.3.1)"),
+                )],
+                Vec::new(),
+            ),
+            ClientAuthMethod::ClientSecretPost => (
+                Vec::new(),
+                vec![
+                    ("client_id".to_owned(), self.client_id.clone()),
+                    ("client_secret".to_owned(), note),
+                ],
+            ),
+        }
+    }
+
+    /// POSTs a form to the token endpoint and returns Keycloak's literal status and body
+    /// (bounded), whatever they are. Transport failures are errors.
+    pub(crate) async fn post_token_form_raw(
+        &self,
+        mut form: Vec<(&'static str, String)>,
+    ) -> Result<RawAnswer, IdpError> {
         let ep = self.endpoints().await?;
+        let request = crate::metrics::IdpRequest::for_grant(
+            form.iter()
+                .find(|(k, _)| *k == "grant_type")
+                .map(|(_, v)| v.as_str()),
+        );
+        let started = Instant::now();
         let mut req = self.http.post(ep.token.clone());
         match self.auth_method {
             ClientAuthMethod::ClientSecretBasic => {
@@ -251,37 +298,62 @@ impl IdpClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
-        let resp = req
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| IdpError::Transport {
-                timeout: e.is_timeout(),
-                detail: describe_reqwest(&e),
-            })?;
-        let status = resp.status().as_u16();
-        let bytes = read_limited(resp, MAX_RESPONSE_BYTES)
-            .await
-            .map_err(|detail| IdpError::Transport {
-                timeout: detail.contains("timed out"),
-                detail,
-            })?;
-        if status == 200 {
-            return serde_json::from_slice::<TokenResponse>(&bytes)
-                .map_err(|_| IdpError::Protocol("HTTP 200 without a token response".into()));
+        let result = async {
+            let resp = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("accept", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| IdpError::Transport {
+                    timeout: e.is_timeout(),
+                    detail: describe_reqwest(&e),
+                })?;
+            let status = resp.status().as_u16();
+            let bytes = read_limited(resp, MAX_RESPONSE_BYTES)
+                .await
+                .map_err(|detail| IdpError::Transport {
+                    timeout: detail.contains("timed out"),
+                    detail,
+                })?;
+            Ok::<_, IdpError>(RawAnswer {
+                status,
+                body: bytes,
+            })
         }
-        match serde_json::from_slice::<OAuthError>(&bytes) {
-            Ok(e) => Err(IdpError::Rejected {
-                status: Some(status),
-                error: e.error,
-                description: e.error_description,
-            }),
-            Err(_) => Err(IdpError::Protocol(format!(
-                "HTTP {status} without an OAuth error body"
-            ))),
-        }
+        .await;
+        let label = match &result {
+            Ok(r) if r.status == 200 => "ok",
+            Ok(r) if r.status >= 500 => "server_error",
+            Ok(_) => "rejected",
+            Err(e) => e.kind(),
+        };
+        crate::metrics::global().idp_request(request, started.elapsed(), label);
+        result
+    }
+}
+
+/// Keycloak's literal answer from the token endpoint.
+pub struct RawAnswer {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+/// A token-endpoint answer as a success or an OAuth error (RFC 6749 §5.1, §5.2).
+pub fn parse_token_answer(status: u16, bytes: &[u8]) -> Result<TokenResponse, IdpError> {
+    if status == 200 {
+        return serde_json::from_slice::<TokenResponse>(bytes)
+            .map_err(|_| IdpError::Protocol("HTTP 200 without a token response".into()));
+    }
+    match serde_json::from_slice::<OAuthError>(bytes) {
+        Ok(e) => Err(IdpError::Rejected {
+            status: Some(status),
+            error: e.error,
+            description: e.error_description,
+        }),
+        Err(_) => Err(IdpError::Protocol(format!(
+            "HTTP {status} without an OAuth error body"
+        ))),
     }
 }
 

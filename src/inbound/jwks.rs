@@ -103,6 +103,19 @@ impl JwksCache {
     }
 
     async fn fetch_now(&self) -> Result<(), JwksError> {
+        let started = std::time::Instant::now();
+        let result = self.fetch_now_inner().await;
+        let m = crate::metrics::global();
+        m.jwks_refresh(result.is_ok());
+        m.idp_request(
+            crate::metrics::IdpRequest::Jwks,
+            started.elapsed(),
+            if result.is_ok() { "ok" } else { "error" },
+        );
+        result
+    }
+
+    async fn fetch_now_inner(&self) -> Result<(), JwksError> {
         let url = self
             .url
             .read()

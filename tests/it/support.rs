@@ -35,6 +35,9 @@ impl Default for Opts {
         let mut other = DevClient::public("other-frontend");
         other.direct_access_grants = true;
         idp.clients.push(other);
+        let mut no_aud = DevClient::public(token_broker::tester::DEV_NO_AUDIENCE_CLIENT);
+        no_aud.direct_access_grants = true;
+        idp.clients.push(no_aud);
         Opts {
             idp,
             client_auth: "client_secret_basic",

@@ -1,0 +1,135 @@
+//! The audit log: one structured line per token request (`POST /v1/token`), always JSON,
+//! emitted as a `tracing` event with target [`AUDIT_TARGET`]. `telemetry::init` routes that
+//! target to its own JSON writer on stdout, whatever `logging.format` says, and keeps it out of
+//! the diagnostic log on stderr (docs/operations.md "Audit log" lists the fields).
+//!
+//! Only identifiers and fixed values are recorded: the caller principal, the user's `sub`,
+//! the target, fixed outcome codes, Keycloak's `error` code, and short SHA-256 fingerprints
+//! (`digest::fingerprint`) of the tokens involved — never a token, never a secret.
+
+use crate::broker::{BrokerError, Issued};
+use crate::idp::IdpError;
+
+/// The `tracing` target of audit events.
+pub const AUDIT_TARGET: &str = "token_broker::audit";
+
+/// What is known about one token request; filled in as the request is handled.
+#[derive(Debug, Default)]
+pub struct Record {
+    /// Principal name (`dev-caller`, `oidc:<sub>`), empty when the caller was not authenticated.
+    pub caller: String,
+    /// `service`, `user` or empty.
+    pub caller_kind: &'static str,
+    /// The user's `sub` when a user token verified.
+    pub user: String,
+    /// The requested target name (at most 64 characters).
+    pub target: String,
+    /// Fingerprint of the user's token as presented.
+    pub subject_fp: String,
+    /// `user` or `service` when a token was served.
+    pub identity: &'static str,
+    /// `hit`, `miss`, `coalesced` when a token was served.
+    pub cache: &'static str,
+    /// Fallback reason when a service-account token replaced an exchanged one.
+    pub fallback: &'static str,
+    /// Fingerprint of the served token.
+    pub issued_fp: String,
+    /// `issued_user`, `issued_service`, or why not (see [`outcome`]).
+    pub outcome: &'static str,
+    /// Keycloak's HTTP status and `error` when Keycloak refused or failed.
+    pub idp_status: Option<u16>,
+    pub idp_error: String,
+    /// The broker's own RFC 6749 §5.2 `error` code and HTTP status of the answer.
+    pub error: String,
+    pub status: u16,
+}
+
+/// A fixed label for the result of the token service (metrics and audit).
+pub fn outcome(result: &Result<Issued, BrokerError>) -> &'static str {
+    match result {
+        Ok(i) => match i.identity {
+            crate::broker::Identity::User => "issued_user",
+            crate::broker::Identity::Service => "issued_service",
+        },
+        Err(BrokerError::UnknownTarget(_)) => "unknown_target",
+        Err(BrokerError::Policy(_)) => "policy_denied",
+        Err(BrokerError::UserTokenRequired { .. }) => "user_token_required",
+        Err(BrokerError::ExchangeFailed { .. }) => "idp_unavailable",
+        Err(BrokerError::ExchangeRejected(_)) => "keycloak_rejected",
+        Err(BrokerError::ServiceAccountFailed { .. }) => "service_account_failed",
+        Err(BrokerError::InvalidIdpAnswer(_)) => "invalid_idp_answer",
+    }
+}
+
+impl Record {
+    /// Records the token service's answer, and counts it in the metrics.
+    pub fn issued(&mut self, target_known: bool, result: &Result<Issued, BrokerError>) {
+        self.outcome = outcome(result);
+        let m = crate::metrics::global();
+        m.token_request(
+            if target_known {
+                self.target.as_str()
+            } else {
+                "_unknown"
+            },
+            self.outcome,
+        );
+        match result {
+            Ok(i) => {
+                self.identity = i.identity.as_str();
+                self.cache = i.cache.as_str();
+                self.fallback = i.fallback.map(|f| f.as_str()).unwrap_or("");
+                self.issued_fp = i.token.fingerprint.clone();
+                m.cache_request(
+                    match i.identity {
+                        crate::broker::Identity::User => "user",
+                        crate::broker::Identity::Service => "service",
+                    },
+                    i.cache.as_str(),
+                );
+                if let Some(f) = i.fallback {
+                    m.fallback(f.as_str());
+                }
+            }
+            Err(e) => {
+                let idp = match e {
+                    BrokerError::ExchangeFailed { source, .. }
+                    | BrokerError::ServiceAccountFailed { source, .. }
+                    | BrokerError::ExchangeRejected(source) => Some(source),
+                    _ => None,
+                };
+                match idp {
+                    Some(IdpError::Rejected { status, error, .. }) => {
+                        self.idp_status = *status;
+                        self.idp_error = error.chars().take(64).collect();
+                    }
+                    Some(other) => self.idp_error = other.kind().to_owned(),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Writes the audit line.
+    pub fn emit(&self) {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            event = "token_request",
+            caller = %self.caller,
+            caller_kind = self.caller_kind,
+            user = %self.user,
+            target = %self.target,
+            status = self.status,
+            outcome = self.outcome,
+            identity = self.identity,
+            cache = self.cache,
+            fallback = self.fallback,
+            idp_status = self.idp_status,
+            idp_error = %self.idp_error,
+            error = %self.error,
+            subject_fp = %self.subject_fp,
+            issued_fp = %self.issued_fp,
+            "token request"
+        );
+    }
+}

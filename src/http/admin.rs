@@ -1,0 +1,203 @@
+//! The admin listener's operator endpoints (dev-contract.md "Admin listener"):
+//! `GET /metrics` (Prometheus text), `GET /tester` (the exchange tester page, static HTML+JS
+//! embedded in the binary), and the admin API behind `Authorization: Bearer <admin.token>`
+//! (RFC 6750 §2.1): `GET /admin/info` and `POST /admin/exchange`.
+//!
+//! The admin credential is compared in constant time over SHA-256 digests. Without
+//! `admin.token` the admin API answers 404. Answers carry no token: the tester's report
+//! redacts the subject token, the client secret and every token in Keycloak's body.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use secrecy::ExposeSecret;
+use serde::Deserialize;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::AppState;
+use crate::digest::sha256;
+use crate::error::ApiError;
+use crate::inbound::{BearerHeader, parse_bearer};
+use crate::tester::{self, DEV_USERS, Tester, TesterError};
+
+const PAGE: &str = include_str!("../tester/page.html");
+const SCRIPT: &str = include_str!("../tester/app.js");
+/// Only our own script; no inline code, no framing, nothing sent elsewhere.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// `GET /metrics`.
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let ready = u64::from(state.idp.is_discovered() && state.verifier.jwks().is_loaded());
+    let text = crate::metrics::global().render(&[
+        (
+            "token_broker_cache_entries",
+            "Entries in the token caches (approximate).",
+            "cache=\"user\"",
+            state.service.user_cache().entry_count(),
+        ),
+        (
+            "token_broker_ready",
+            "1 when the IdP discovery document and JWKS are loaded.",
+            "",
+            ready,
+        ),
+        (
+            "token_broker_targets",
+            "Configured targets.",
+            "",
+            state.config.targets.len() as u64,
+        ),
+    ]);
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(text)
+}
+
+/// `GET /tester`.
+pub async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("content-security-policy", CSP))
+        .insert_header(("x-frame-options", "DENY"))
+        .insert_header(("cache-control", "no-store"))
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE)
+}
+
+/// `GET /tester/app.js`.
+pub async fn script() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .content_type("text/javascript; charset=utf-8")
+        .body(SCRIPT)
+}
+
+/// Checks `Authorization: Bearer <admin.token>`.
+fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
+    let Some(expected) = &state.config.admin.token else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "the admin API is off: set admin.token",
+        ));
+    };
+    let presented = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes())) {
+        BearerHeader::Token(t) => t,
+        BearerHeader::Absent | BearerHeader::NotBearer => {
+            crate::metrics::global().auth_failure("admin_token", "missing");
+            return Err(ApiError::unauthenticated(
+                "send the admin credential as Authorization: Bearer <admin.token>",
+                None,
+            ));
+        }
+    };
+    let a = sha256(presented.as_bytes());
+    let b = sha256(expected.expose_secret().as_bytes());
+    if bool::from(a.ct_eq(&b)) {
+        Ok(())
+    } else {
+        crate::metrics::global().auth_failure("admin_token", "unknown");
+        Err(ApiError::unauthenticated(
+            "the admin credential is not valid",
+            Some("invalid_token"),
+        ))
+    }
+}
+
+/// `GET /admin/info`: what the tester page offers.
+pub async fn info(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let dev = tester::dev_login_available(&state.config);
+    let targets: Vec<_> = state
+        .config
+        .targets
+        .iter()
+        .map(|(name, t)| {
+            json!({
+                "name": name,
+                "audience": t.audience,
+                "fallback": match t.fallback {
+                    crate::config::FallbackPolicy::ServiceAccount => "service_account",
+                    crate::config::FallbackPolicy::Deny => "deny",
+                },
+            })
+        })
+        .collect();
+    let dev_users: Vec<_> = if dev {
+        DEV_USERS
+            .iter()
+            .map(|(id, _, _, label)| json!({"id": id, "label": label}))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({
+            "issuer": state.idp.issuer(),
+            "client_id": state.idp.client_id(),
+            "targets": targets,
+            "dev_users": dev_users,
+        })))
+}
+
+#[derive(Deserialize)]
+struct ExchangeBody {
+    target: String,
+    #[serde(default)]
+    subject_token: Option<String>,
+    /// DEVELOPMENT ONLY: a dev user id from `/admin/info` instead of `subject_token`.
+    #[serde(default)]
+    dev_user: Option<String>,
+}
+
+/// `POST /admin/exchange`: one exchange without the cache, explained.
+pub async fn exchange(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    // serde's messages may quote input (a token): never echo them.
+    let body: ExchangeBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::invalid_request(
+            "the body must be JSON {\"target\": \"...\", \"subject_token\": \"...\"}",
+        )
+    })?;
+    let token = match (body.subject_token.as_deref().map(str::trim), &body.dev_user) {
+        (Some(t), _) if !t.is_empty() => secrecy::SecretString::from(t.to_owned()),
+        (_, Some(u)) => tester::dev_login(&state.config, &state.idp, u)
+            .await
+            .map_err(ApiError::invalid_request)?,
+        _ => {
+            return Err(ApiError::invalid_request(
+                "missing subject_token (the user's Keycloak access token)",
+            ));
+        }
+    };
+    let t = Tester {
+        config: &state.config,
+        idp: &state.idp,
+        verifier: &state.verifier,
+        now: state.clock.now_unix(),
+    };
+    match t.run(&body.target, token.expose_secret()).await {
+        Ok(report) => {
+            crate::metrics::global().tester_run(report.outcome);
+            tracing::info!(
+                target = %report.target,
+                outcome = report.outcome,
+                subject = %crate::digest::fingerprint(token.expose_secret()),
+                "exchange tester run"
+            );
+            Ok(HttpResponse::Ok()
+                .insert_header(("cache-control", "no-store"))
+                .json(report))
+        }
+        Err(e @ TesterError::UnknownTarget(_)) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            e.to_string(),
+        )),
+        Err(e) => Err(ApiError::invalid_request(e.to_string())),
+    }
+}
