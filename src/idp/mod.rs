@@ -242,7 +242,7 @@ impl IdpClient {
 
     /// How the configured client authentication travels, for display: the header or form
     /// fields it adds, with the secret replaced by a note (the exchange tester).
-    pub fn client_auth_display(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    pub fn client_auth_display(&self) -> (Pairs, Pairs) {
         let note = format!(
             "<redacted: secret of client '{}', sha256 fingerprint {}>",
             self.client_id,
@@ -332,6 +332,9 @@ impl IdpClient {
         result
     }
 }
+
+/// Name/value pairs for display.
+pub type Pairs = Vec<(String, String)>;
 
 /// Keycloak's literal answer from the token endpoint.
 pub struct RawAnswer {

@@ -331,7 +331,8 @@ impl Tester<'_> {
             match reached {
                 1 => "Keycloak answered unsupported_grant_type: the token-exchange feature is off".into(),
                 3 => format!("the 'Standard token exchange' switch is off on client '{client}'"),
-                _ => "inferred from Keycloak's error text (Keycloak 26.2+, feature token-exchange-standard:v2)".into(),
+                r if r > 3 => "Keycloak got past this step (inferred from its answer)".into(),
+                _ => "not reached: inferred from Keycloak's error text when it gets that far".into(),
             },
             format!(
                 "in the admin console open client '{client}' → Settings → Capability config and turn on 'Standard token exchange' (attribute standard.token.exchange.enabled); on Keycloak < 26.2 upgrade, or check the server feature token-exchange-standard:v2 is not disabled"

@@ -213,6 +213,43 @@ logging: {{format: json, level: info}}
         200
     );
 
+    // The admin listener: the tester (success, Keycloak error, wrong credential) and metrics.
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let alice4 = login("alice", "dev-frontend").await;
+    secrets.push(alice4.clone());
+    for (cred, tok) in [
+        ("test-admin-token-xyz", alice4.clone()),
+        ("test-admin-token-xyz", bob.clone()),
+        ("wrong-admin-token-abcdef", alice4.clone()),
+    ] {
+        let r = http
+            .post(format!("{admin_url}/admin/exchange"))
+            .bearer_auth(cred)
+            .json(&serde_json::json!({"target": "kagenti", "subject_token": tok}))
+            .send()
+            .await
+            .unwrap();
+        let body = r.text().await.unwrap();
+        for s in &secrets {
+            for p in pieces(s) {
+                assert!(
+                    !body.contains(&p),
+                    "a secret or token piece in an admin answer"
+                );
+            }
+        }
+    }
+    secrets.push("wrong-admin-token-abcdef".into());
+    let metrics = http
+        .get(format!("{admin_url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("token_broker_tester_runs_total"));
+
     child.kill().ok();
     child.wait().ok();
     let mut logs = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
@@ -220,6 +257,36 @@ logging: {{format: json, level: info}}
     assert!(
         logs.contains("token request"),
         "audit lines are logged:\n{logs}"
+    );
+    // Audit lines are JSON objects with the documented fields.
+    let audit: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "token_request")
+        .collect();
+    assert!(audit.len() >= 9, "one audit line per token request");
+    for field in [
+        "timestamp",
+        "caller",
+        "user",
+        "target",
+        "outcome",
+        "cache",
+        "identity",
+        "idp_error",
+        "subject_fp",
+        "issued_fp",
+        "status",
+    ] {
+        assert!(
+            audit.iter().all(|v| v.get(field).is_some()),
+            "audit field {field}"
+        );
+    }
+    assert!(
+        audit
+            .iter()
+            .any(|v| v["idp_error"] == "access_denied" && v["idp_status"] == 403)
     );
     assert!(logs.lines().count() > 20, "trace logging captured");
     for s in &secrets {

@@ -6,7 +6,9 @@
 
 mod support;
 
+mod admin;
 mod bad_input;
+mod browser;
 mod cache;
 mod cli;
 mod exchange;
