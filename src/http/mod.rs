@@ -1,6 +1,7 @@
 //! The HTTP surface: the public listener's routes, the admin listener's routes, and the state
 //! they share. Handlers are thin; the logic lives in `broker`, `inbound` and `idp`.
 
+pub mod auth;
 pub mod form;
 pub mod health;
 pub mod token;
