@@ -22,4 +22,5 @@ pub mod error;
 pub mod http;
 pub mod idp;
 pub mod inbound;
+pub mod proxy;
 pub mod telemetry;
