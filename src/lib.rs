@@ -17,6 +17,7 @@ pub mod clock;
 pub mod config;
 pub mod dev;
 pub mod devidp;
+pub mod devupstream;
 pub mod digest;
 pub mod error;
 pub mod http;

@@ -129,7 +129,8 @@ pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<Strin
 /// and those `Connection` names, `Host` (the upstream's comes from config), framing
 /// (`Content-Length` is set again from the body, `Expect` is answered here), `Forwarded` and
 /// `X-Forwarded-*` (RFC 7239; the caller's claims about the path are not ours to vouch for),
-/// the target's token header and the broker's own headers (the caller cannot set them).
+/// the target's token header, any `X-Authorization-*` and the broker's own headers (the
+/// caller cannot set them).
 pub fn forward_request_header(
     name: &str,
     connection: &[String],
@@ -144,6 +145,9 @@ pub fn forward_request_header(
         )
         || name.starts_with("x-forwarded-")
         || name.starts_with("x-token-broker-")
+        // SonataFlow's credential-propagation family `X-Authorization-{Provider}`: only the
+        // broker supplies downstream credentials, whichever header the target reads.
+        || name.starts_with("x-authorization-")
         || name == BACKSTAGE_USER_HEADER
         || name.eq_ignore_ascii_case(user_token_header)
         || name == token_header)
@@ -304,6 +308,7 @@ mod tests {
             "x-forwarded-host",
             "x-forwarded-access-token",
             "x-authorization-keycloak",
+            "x-authorization-github",
             "x-backstage-user",
             "x-token-broker-identity",
             "content-length",

@@ -13,3 +13,4 @@ mod exchange;
 mod fallback;
 mod idp_errors;
 mod logs;
+mod proxy;
