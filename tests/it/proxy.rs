@@ -572,9 +572,11 @@ async fn upstream_failures_are_gateway_errors_and_retries_are_bounded() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let mut o = Opts::default();
-    o.upstream = Some(format!("http://127.0.0.1:{closed}/base"));
-    o.proxy_yaml = PROXY_YAML.into();
+    let o = Opts {
+        upstream: Some(format!("http://127.0.0.1:{closed}/base")),
+        proxy_yaml: PROXY_YAML.into(),
+        ..Default::default()
+    };
     let env = start(o).await;
     let started = Instant::now();
     let r = env
