@@ -105,15 +105,23 @@ pub async fn start_with_clock(
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
 
+    let forwarder = web::Data::new(
+        crate::http::proxy::Forwarder::new(&config.proxy).map_err(StartError::Http)?,
+    );
     let s = state.clone();
-    let public = HttpServer::new(move || App::new().app_data(s.clone()).configure(public_routes))
-        .workers(workers)
-        .disable_signals()
-        .bind(config.server.listen)
-        .map_err(|source| StartError::Bind {
-            addr: config.server.listen,
-            source,
-        })?;
+    let public = HttpServer::new(move || {
+        App::new()
+            .app_data(s.clone())
+            .app_data(forwarder.clone())
+            .configure(public_routes)
+    })
+    .workers(workers)
+    .disable_signals()
+    .bind(config.server.listen)
+    .map_err(|source| StartError::Bind {
+        addr: config.server.listen,
+        source,
+    })?;
     let public_addr = public
         .addrs()
         .first()

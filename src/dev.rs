@@ -1,6 +1,7 @@
 //! `token-broker dev`: the development set-up of dev-contract.md in one process, on loopback
-//! only — the dev IdP at `127.0.0.1:7080/realms/dev` and the broker at `127.0.0.1:7070`
-//! (admin `127.0.0.1:7071`) configured by the embedded `config/dev.yaml`.
+//! only — the dev IdP at `127.0.0.1:7080/realms/dev`, the dev echo upstream at
+//! `127.0.0.1:7090` (both targets' `upstream`) and the broker at `127.0.0.1:7070` (admin
+//! `127.0.0.1:7071`) configured by the embedded `config/dev.yaml`.
 //!
 //! Everything it prints says it is for development only: the IdP's users, passwords and
 //! client secret are public values.
@@ -10,6 +11,7 @@ use std::path::PathBuf;
 
 use crate::config::{self, ProcessEnv};
 use crate::devidp::{self, DevIdpConfig};
+use crate::devupstream::{self, DEV_UPSTREAM_ADDR};
 
 /// `config/dev.yaml`, embedded so `token-broker dev` works from any directory.
 pub const DEV_CONFIG_YAML: &str = include_str!("../config/dev.yaml");
@@ -30,6 +32,11 @@ pub enum DevError {
     },
     #[error("invalid development configuration:\n{0}")]
     Config(config::ConfigErrors),
+    #[error("the development echo upstream could not start on {addr}: {source}")]
+    Upstream {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Start(#[from] crate::app::StartError),
 }
@@ -63,11 +70,26 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
             addr: DEV_IDP_ADDR.into(),
             source,
         })?;
+    let up_addr: SocketAddr = DEV_UPSTREAM_ADDR.parse().map_err(|_| DevError::Upstream {
+        addr: DEV_UPSTREAM_ADDR.into(),
+        source: std::io::Error::other("bad address"),
+    })?;
+    let upstream = devupstream::start(up_addr)
+        .await
+        .map_err(|source| DevError::Upstream {
+            addr: DEV_UPSTREAM_ADDR.into(),
+            source,
+        })?;
     let broker = crate::app::start(cfg).await?;
     print_banner(&idp.issuer(), &broker.public_url(), broker.admin_addr);
+    println!(
+        " dev echo upstream {} (DEVELOPMENT ONLY): upstream of both targets\n",
+        upstream.url()
+    );
     wait_for_shutdown().await;
     eprintln!("token-broker dev: shutting down");
     broker.stop().await;
+    upstream.stop().await;
     idp.stop().await;
     Ok(())
 }
@@ -82,7 +104,7 @@ fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
  token-broker dev — DEVELOPMENT ONLY. Do not use in production.
  Users, passwords and secrets below are public development values.
 =====================================================================
- broker (public)  {broker}      POST /v1/token
+ broker (public)  {broker}      POST /v1/token, /v1/proxy/{{target}}/...
  broker (admin)   {admin}      /healthz /readyz /metrics
                   {admin}/tester  exchange tester (admin credential dev-admin-token)
  dev IdP (Keycloak-compatible, DEVELOPMENT ONLY)

@@ -96,6 +96,7 @@ pub struct Issued {
 }
 
 /// One token request, already authenticated.
+#[derive(Clone, Copy)]
 pub struct TokenRequest<'a> {
     pub principal: &'a Principal,
     pub target: &'a str,
@@ -257,6 +258,66 @@ impl TokenService {
         }
     }
 
+    /// Like [`TokenService::issue`], but for a call that must not run out of token: when the
+    /// token served has less than `min_remaining` left (a cached one near its end), that cache
+    /// entry is dropped and the token fetched once more. If the fresh token is still shorter
+    /// (the IdP issues shorter-lived tokens) it is served anyway. Nothing is revoked: a token
+    /// already handed out stays valid until its own `exp`.
+    pub async fn issue_with_min_lifetime(
+        &self,
+        req: TokenRequest<'_>,
+        min_remaining: std::time::Duration,
+    ) -> Result<Issued, BrokerError> {
+        let min = min_remaining.as_secs();
+        let first = self.issue(req).await?;
+        let left = |i: &Issued| i.token.expires_at.saturating_sub(self.clock.now_unix());
+        if left(&first) >= min {
+            return Ok(first);
+        }
+        let (user, service) = match first.identity {
+            Identity::User => (true, false),
+            Identity::Service => (false, true),
+        };
+        self.invalidate_entries(&req, user, service).await;
+        let second = self.issue(req).await?;
+        if left(&second) < min {
+            tracing::debug!(
+                target = req.target,
+                left = left(&second),
+                wanted = min,
+                "a fresh token has less than the wanted lifetime: the IdP's token lifespan is shorter; serving it"
+            );
+        }
+        Ok(second)
+    }
+
+    /// Drops the cached tokens `req` maps to: its exchanged token (if it has a user token) and
+    /// the target's service-account token, e.g. after the target refused one with 401.
+    pub async fn invalidate(&self, req: &TokenRequest<'_>) {
+        self.invalidate_entries(req, true, true).await;
+    }
+
+    async fn invalidate_entries(&self, req: &TokenRequest<'_>, user: bool, service: bool) {
+        let Some(target) = self.config.targets.get(req.target) else {
+            return;
+        };
+        let Ok(scopes) = policy::resolve_scopes(req.target, target, req.scope) else {
+            return;
+        };
+        if user
+            && let Some(u) = req.user_token
+            && let Ok(token_type) =
+                policy::resolve_token_type(req.target, target, req.requested_token_type)
+        {
+            let key = exchange_key(req.target, target, &scopes, token_type, u);
+            self.user_cache.invalidate(&key).await;
+        }
+        if service {
+            let key = service_key(req.target, target, &scopes);
+            self.service_cache.invalidate(&key).await;
+        }
+    }
+
     async fn exchange(
         &self,
         target_name: &str,
@@ -265,14 +326,7 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<(Arc<IssuedToken>, CacheStatus), FetchOutcome> {
-        use secrecy::ExposeSecret;
-        let key = KeyBuilder::new("exchange")
-            .field(user.raw.expose_secret().as_bytes())
-            .field(target_name.as_bytes())
-            .field(target.audience.as_bytes())
-            .field(scopes.join(" ").as_bytes())
-            .field(token_type.urn().as_bytes())
-            .finish();
+        let key = exchange_key(target_name, target, scopes, token_type, user);
         let fetch = async {
             let answer = self
                 .idp
@@ -304,11 +358,7 @@ impl TokenService {
         scopes: &[String],
         reason: FallbackReason,
     ) -> Result<Issued, BrokerError> {
-        let key = KeyBuilder::new("service")
-            .field(target_name.as_bytes())
-            .field(target.audience.as_bytes())
-            .field(scopes.join(" ").as_bytes())
-            .finish();
+        let key = service_key(target_name, target, scopes);
         let fetch = async {
             let answer = self
                 .idp
@@ -408,6 +458,38 @@ impl TokenService {
             cache_until: cap.saturating_sub(margin),
         }))
     }
+}
+
+/// The user-cache key of an exchange: the one place that decides what makes two exchange
+/// requests the same (see docs/architecture.md "Cache").
+fn exchange_key(
+    target_name: &str,
+    target: &TargetConfig,
+    scopes: &[String],
+    token_type: TokenType,
+    user: &VerifiedUserToken,
+) -> crate::digest::KeyDigest {
+    use secrecy::ExposeSecret;
+    KeyBuilder::new("exchange")
+        .field(user.raw.expose_secret().as_bytes())
+        .field(target_name.as_bytes())
+        .field(target.audience.as_bytes())
+        .field(scopes.join(" ").as_bytes())
+        .field(token_type.urn().as_bytes())
+        .finish()
+}
+
+/// The service-cache key of a target's client-credentials token.
+fn service_key(
+    target_name: &str,
+    target: &TargetConfig,
+    scopes: &[String],
+) -> crate::digest::KeyDigest {
+    KeyBuilder::new("service")
+        .field(target_name.as_bytes())
+        .field(target.audience.as_bytes())
+        .field(scopes.join(" ").as_bytes())
+        .finish()
 }
 
 enum FetchOutcome {

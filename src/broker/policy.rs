@@ -161,6 +161,7 @@ mod tests {
             requested_token_type: TokenType::AccessToken,
             fallback: FallbackPolicy::Deny,
             allowed_callers: None,
+            upstream: None,
         }
     }
 

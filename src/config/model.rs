@@ -76,6 +76,7 @@ pub struct Config {
     /// Keyed by target name (`^[a-z0-9][a-z0-9.-]*$`, at most 64 characters).
     pub targets: BTreeMap<String, TargetConfig>,
     pub logging: LoggingConfig,
+    pub proxy: ProxyConfig,
 }
 
 /// YAML `server`.
@@ -180,6 +181,67 @@ pub struct TargetConfig {
     /// `targets.<name>.allowedCallers`: glob patterns (`*` wildcard) over principal names;
     /// `None` = any authenticated caller.
     pub allowed_callers: Option<Vec<String>>,
+    /// `targets.<name>.upstream` (+ `tokenHeader`, `streaming`): proxy mode; `None` = the
+    /// target is not reachable through `/v1/proxy` (404).
+    pub upstream: Option<UpstreamConfig>,
+}
+
+/// Proxy mode of one target: where `/v1/proxy/<name>/...` forwards to and how the token goes.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// `targets.<name>.upstream`: absolute http(s) base URL without user info, query or
+    /// fragment; stored with its path ending in `/`. Request paths are appended below it.
+    pub base: Url,
+    /// `targets.<name>.tokenHeader`, default `Authorization`.
+    pub token_header: TokenHeader,
+    /// `targets.<name>.streaming`, default false: every call needs a token with at least
+    /// `proxy.minStreamTokenLifetime` left.
+    pub streaming: bool,
+}
+
+/// The header that carries the downstream token to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenHeader {
+    /// `Authorization: Bearer <token>` (RFC 6750 §2.1).
+    Authorization,
+    /// Any other header (lower-cased name): carries the bare token, no `Bearer ` prefix.
+    Custom(String),
+}
+
+/// YAML `proxy`: limits of proxy mode (`/v1/proxy`).
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// `proxy.maxHeaderBytes`, default 16384: the caller's request headers (names + values)
+    /// above this get 431; upstream response headers above it give 502.
+    pub max_header_bytes: usize,
+    /// `proxy.connectTimeout`, default 5s.
+    pub connect_timeout: Duration,
+    /// `proxy.idleTimeout`, default 60s: longest silence of the upstream (waiting for the
+    /// response head while nothing is being sent, or between two body chunks); then 504 or the
+    /// stream is cut.
+    pub idle_timeout: Duration,
+    /// `proxy.replayBufferBytes`, default 65536: request bodies up to this size are kept so a
+    /// 401 (or a retryable failure) can be retried; larger bodies stream and are not retried.
+    pub replay_buffer_bytes: usize,
+    /// `proxy.minStreamTokenLifetime`, default 300s: streaming calls get a token with at least
+    /// this much left.
+    pub min_stream_token_lifetime: Duration,
+    /// `proxy.maxRetries`, default 2 (0 = off): retries of idempotent requests after connection
+    /// errors and 502/503/504, with exponential backoff from 100 ms, capped at 2 s.
+    pub max_retries: u32,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            max_header_bytes: 16 * 1024,
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            replay_buffer_bytes: 64 * 1024,
+            min_stream_token_lifetime: Duration::from_secs(300),
+            max_retries: 2,
+        }
+    }
 }
 
 /// YAML `logging`.

@@ -963,3 +963,89 @@ fn javascript_whitespace_rules() {
     assert!(!is_js_non_space("abc\u{a0}def"));
     assert!(!is_js_non_space(""));
 }
+
+#[test]
+fn proxy_defaults_and_target_upstream() {
+    let c = load(MINIMAL).unwrap();
+    assert!(c.targets["kagenti"].upstream.is_none());
+    assert_eq!(c.proxy.max_header_bytes, 16 * 1024);
+    assert_eq!(c.proxy.connect_timeout, Duration::from_secs(5));
+    assert_eq!(c.proxy.idle_timeout, Duration::from_secs(60));
+    assert_eq!(c.proxy.replay_buffer_bytes, 64 * 1024);
+    assert_eq!(c.proxy.min_stream_token_lifetime, Duration::from_secs(300));
+    assert_eq!(c.proxy.max_retries, 2);
+
+    let c = load(&with_target(
+        "    upstream: http://127.0.0.1:7090/api\n    tokenHeader: X-Authorization-Keycloak\n    streaming: \"true\"\nproxy:\n  maxHeaderBytes: 4096\n  idleTimeout: 500ms\n  replayBufferBytes: 0\n  minStreamTokenLifetime: 0\n  maxRetries: 0\n  connectTimeout: 1s\n",
+    ))
+    .unwrap();
+    let u = c.targets["kagenti"].upstream.as_ref().unwrap();
+    assert_eq!(u.base.as_str(), "http://127.0.0.1:7090/api/");
+    assert_eq!(
+        u.token_header,
+        TokenHeader::Custom("x-authorization-keycloak".into())
+    );
+    assert!(u.streaming);
+    assert_eq!(c.proxy.max_header_bytes, 4096);
+    assert_eq!(c.proxy.idle_timeout, Duration::from_millis(500));
+    assert_eq!(c.proxy.replay_buffer_bytes, 0);
+    assert_eq!(c.proxy.min_stream_token_lifetime, Duration::ZERO);
+    assert_eq!(c.proxy.max_retries, 0);
+
+    let c = load(&with_target(
+        "    upstream: https://kagenti.example.com\n    tokenHeader: authorization\n",
+    ))
+    .unwrap();
+    let u = c.targets["kagenti"].upstream.as_ref().unwrap();
+    assert_eq!(u.base.as_str(), "https://kagenti.example.com/");
+    assert_eq!(u.token_header, TokenHeader::Authorization);
+    assert!(!u.streaming);
+}
+
+#[test]
+fn proxy_errors() {
+    for (upstream, needle) in [
+        ("ftp://x.example.com", "http or https"),
+        ("not a url", "absolute http or https URL"),
+        ("http://user:pw@x.example.com", "user name or password"),
+        ("http://x.example.com/?a=b", "query"),
+        ("http://x.example.com/#f", "fragment"),
+    ] {
+        let issues = errors(&with_target(&format!("    upstream: \"{upstream}\"\n")));
+        assert_issue(&issues, "targets.kagenti.upstream", needle);
+    }
+    for header in [
+        "Host",
+        "X-Forwarded-For",
+        "Connection",
+        "X-Token-Broker-Cache",
+    ] {
+        let issues = errors(&with_target(&format!(
+            "    upstream: http://x.example.com\n    tokenHeader: {header}\n"
+        )));
+        assert_issue(&issues, "targets.kagenti.tokenHeader", "sets or removes");
+    }
+    let issues = errors(&with_target(
+        "    upstream: http://x.example.com\n    tokenHeader: \"bad header\"\n",
+    ));
+    assert_issue(&issues, "targets.kagenti.tokenHeader", "HTTP header name");
+    let issues = errors(&with_target("    tokenHeader: X-A\n    streaming: true\n"));
+    assert_issue(&issues, "targets.kagenti.tokenHeader", "without upstream");
+    assert_issue(&issues, "targets.kagenti.streaming", "without upstream");
+    let issues = errors(&with_target(
+        "    upstream: http://x.example.com\n    streaming: yes please\n",
+    ));
+    assert_issue(&issues, "targets.kagenti.streaming", "boolean");
+    let issues = errors(&format!(
+        "{MINIMAL}proxy:\n  maxHeaderBytes: 10\n  idleTimeout: 0\n  maxRetries: 11\n  replayBufferBytes: -1\n  minStreamTokenLifetme: 1s\n"
+    ));
+    assert_issue(&issues, "proxy.maxHeaderBytes", "at least 1024");
+    assert_issue(&issues, "proxy.idleTimeout", "greater than zero");
+    assert_issue(&issues, "proxy.maxRetries", "at most 10");
+    assert_issue(&issues, "proxy.replayBufferBytes", "integer");
+    assert_issue(
+        &issues,
+        "proxy.minStreamTokenLifetme",
+        "did you mean minStreamTokenLifetime",
+    );
+}

@@ -29,6 +29,7 @@ const TOP_KEYS: &[&str] = &[
     "cache",
     "targets",
     "logging",
+    "proxy",
 ];
 
 pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
@@ -45,6 +46,7 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
     let cache = cache(&top.field("cache"), issues);
     let targets = targets(&top.field("targets"), issues);
     let logging = logging(&top.field("logging"), issues);
+    let proxy = proxy(&top.field("proxy"), issues);
     Some(Config {
         server: server?,
         admin: admin?,
@@ -54,6 +56,7 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         cache: cache?,
         targets: targets?,
         logging: logging?,
+        proxy: proxy?,
     })
 }
 
@@ -509,6 +512,9 @@ const TARGET_KEYS: &[&str] = &[
     "requestedTokenType",
     "fallback",
     "allowedCallers",
+    "upstream",
+    "tokenHeader",
+    "streaming",
 ];
 
 fn targets(field: &Field<'_>, issues: &mut Issues) -> Option<BTreeMap<String, TargetConfig>> {
@@ -604,7 +610,9 @@ fn target(field: &Field<'_>, issues: &mut Issues) -> Option<TargetConfig> {
             }
             other => Some(other),
         });
+    let upstream = target_upstream(&obj, issues);
     Some(TargetConfig {
+        upstream: upstream?,
         audience: audience?,
         scopes: scopes?,
         allowed_scopes: allowed_scopes?,
@@ -663,4 +671,162 @@ fn logging(field: &Field<'_>, issues: &mut Issues) -> Option<LoggingConfig> {
         format: format?,
         level: level?,
     })
+}
+
+/// `proxy`: the limits of proxy mode.
+fn proxy(field: &Field<'_>, issues: &mut Issues) -> Option<ProxyConfig> {
+    let obj = section(
+        field,
+        &[
+            "maxHeaderBytes",
+            "connectTimeout",
+            "idleTimeout",
+            "replayBufferBytes",
+            "minStreamTokenLifetime",
+            "maxRetries",
+        ],
+        issues,
+    )?;
+    let d = ProxyConfig::default();
+    let header_field = obj.field("maxHeaderBytes");
+    // Below 1 KiB not even an ordinary request's headers fit.
+    let max_header_bytes = to_usize(&header_field, header_field.opt_uint(1024, issues), issues);
+    let connect_timeout = obj
+        .field("connectTimeout")
+        .duration_or(d.connect_timeout, false, issues);
+    let idle_timeout = obj
+        .field("idleTimeout")
+        .duration_or(d.idle_timeout, false, issues);
+    let replay_field = obj.field("replayBufferBytes");
+    // 0 turns replaying (and so the 401 retry) off.
+    let replay_buffer_bytes = to_usize(&replay_field, replay_field.opt_uint(0, issues), issues);
+    let min_stream_token_lifetime =
+        obj.field("minStreamTokenLifetime")
+            .duration_or(d.min_stream_token_lifetime, true, issues);
+    let retries_field = obj.field("maxRetries");
+    let max_retries = match retries_field.opt_uint(0, issues) {
+        None => None,
+        Some(None) => Some(d.max_retries),
+        Some(Some(n)) if n <= 10 => u32::try_from(n).ok(),
+        Some(Some(_)) => {
+            issues.push(&retries_field.path, "must be at most 10");
+            None
+        }
+    };
+    Some(ProxyConfig {
+        max_header_bytes: max_header_bytes?.unwrap_or(d.max_header_bytes),
+        connect_timeout: connect_timeout?,
+        idle_timeout: idle_timeout?,
+        replay_buffer_bytes: replay_buffer_bytes?.unwrap_or(d.replay_buffer_bytes),
+        min_stream_token_lifetime: min_stream_token_lifetime?,
+        max_retries: max_retries?,
+    })
+}
+
+/// Headers a target may not use for its token: the broker sets or strips them itself
+/// (RFC 9110 §7.6.1 hop-by-hop fields, framing, `Host`, forwarding and broker headers).
+const RESERVED_TOKEN_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "content-type",
+    "cookie",
+    "forwarded",
+    "x-backstage-user",
+];
+
+/// `upstream`, `tokenHeader`, `streaming` of one target.
+fn target_upstream(obj: &Obj<'_>, issues: &mut Issues) -> Option<Option<UpstreamConfig>> {
+    let url_field = obj.field("upstream");
+    let header_field = obj.field("tokenHeader");
+    let streaming_field = obj.field("streaming");
+    let base = match url_field.opt_str(issues) {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(raw)) => upstream_url(&url_field, raw, issues).map(Some),
+    };
+    let token_header = match header_field.opt_str(issues) {
+        None => None,
+        Some(None) => Some(TokenHeader::Authorization),
+        Some(Some(h)) => {
+            let lower = h.to_ascii_lowercase();
+            if h.is_empty() || !h.bytes().all(is_tchar) {
+                issues.push(
+                    &header_field.path,
+                    "must be an HTTP header name (RFC 9110 §5.1: letters, digits and !#$%&'*+-.^_`|~)",
+                );
+                None
+            } else if RESERVED_TOKEN_HEADERS.contains(&lower.as_str())
+                || lower.starts_with("x-forwarded-")
+                || lower.starts_with("x-token-broker-")
+            {
+                issues.push(
+                    &header_field.path,
+                    "is a header the proxy sets or removes itself; choose another name",
+                );
+                None
+            } else if lower == "authorization" {
+                Some(TokenHeader::Authorization)
+            } else {
+                Some(TokenHeader::Custom(lower))
+            }
+        }
+    };
+    let streaming = streaming_field.bool_or(false, issues);
+    let base = base?;
+    if base.is_none() {
+        for f in [&header_field, &streaming_field] {
+            if f.value.is_some() {
+                issues.push(&f.path, "has no effect without upstream");
+            }
+        }
+    }
+    let (token_header, streaming) = (token_header?, streaming?);
+    Some(base.map(|base| UpstreamConfig {
+        base,
+        token_header,
+        streaming,
+    }))
+}
+
+/// An upstream base URL: absolute http(s), a host, no user info, query or fragment. Its path
+/// is stored ending in `/` so request paths append below it.
+fn upstream_url(field: &Field<'_>, raw: &str, issues: &mut Issues) -> Option<Url> {
+    let mut url = match Url::parse(raw) {
+        Ok(u) => u,
+        Err(_) => {
+            issues.push(
+                &field.path,
+                "must be an absolute http or https URL, e.g. https://kagenti.example.com/api",
+            );
+            return None;
+        }
+    };
+    let problem = if !matches!(url.scheme(), "http" | "https") {
+        Some("must use the http or https scheme")
+    } else if url.host().is_none() {
+        Some("must have a host")
+    } else if !url.username().is_empty() || url.password().is_some() {
+        Some("must not contain a user name or password")
+    } else if url.query().is_some() || url.fragment().is_some() {
+        Some("must not have a query (?) or fragment (#)")
+    } else {
+        None
+    };
+    if let Some(msg) = problem {
+        issues.push(&field.path, msg);
+        return None;
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Some(url)
 }

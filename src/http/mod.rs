@@ -2,8 +2,10 @@
 //! they share. Handlers are thin; the logic lives in `broker`, `inbound` and `idp`.
 
 pub mod admin;
+pub mod auth;
 pub mod form;
 pub mod health;
+pub mod proxy;
 pub mod token;
 
 use std::sync::Arc;
@@ -50,6 +52,8 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
                 ))
             })),
     )
+    // Any method; the handler reads the raw path itself (docs/proxy.md).
+    .route("/v1/proxy/{tail:.*}", web::route().to(proxy::proxy))
     .default_service(web::to(not_found));
 }
 

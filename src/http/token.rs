@@ -13,15 +13,13 @@ use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::AppState;
+use super::auth::{Authenticated, authenticate};
 use super::form::{self, FormError};
 use crate::audit;
 use crate::broker::{Issued, TokenRequest};
 use crate::config::TokenType;
-use crate::digest::fingerprint;
 use crate::error::{ApiError, from_broker};
 use crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE;
-use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError, VerifiedUserToken};
-use crate::inbound::{BearerHeader, Principal, PrincipalKind, parse_bearer};
 
 pub const IDENTITY_HEADER: &str = "x-token-broker-identity";
 pub const CACHE_HEADER: &str = "x-token-broker-cache";
@@ -55,45 +53,6 @@ async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, A
 
 fn form_error(e: FormError) -> ApiError {
     ApiError::invalid_request(e.to_string())
-}
-
-/// Reads the user-token header: at most one, printable ASCII, bounded.
-fn user_token_header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, ApiError> {
-    let mut values = req.headers().get_all(name);
-    let Some(first) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(ApiError::invalid_request(format!(
-            "header '{name}' is included more than once"
-        )));
-    }
-    let v = first
-        .to_str()
-        .map_err(|_| ApiError::invalid_request(format!("header '{name}' is not printable ASCII")))?
-        .trim();
-    // oauth2-proxy sends the bare token; tolerate a "Bearer " prefix some proxies add.
-    let v = match v.get(..7) {
-        Some(p) if p.eq_ignore_ascii_case("bearer ") => v.get(7..).unwrap_or("").trim(),
-        _ => v,
-    };
-    Ok(if v.is_empty() { None } else { Some(v) })
-}
-
-fn oidc_error_answer(e: &OidcError, caller_is_user: bool) -> ApiError {
-    if let OidcError::KeysUnavailable(_) = e {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the IdP's signing keys could not be loaded; try again shortly",
-        );
-    }
-    let description = format!("the user's token was rejected: {e}");
-    if caller_is_user {
-        ApiError::unauthenticated(description, Some("invalid_token"))
-    } else {
-        ApiError::invalid_request(description)
-    }
 }
 
 /// The handler: runs the request and writes its audit line (`audit.rs`), whatever the result.
@@ -163,90 +122,22 @@ async fn handle(
     };
     rec.target = target.chars().take(64).collect();
 
-    // The caller credential: a present but unknown one fails closed.
-    let static_caller = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes()))
-    {
-        BearerHeader::Token(t) => match state.statics.authenticate(t) {
-            Some(c) => Some(c),
-            None => {
-                crate::metrics::global().auth_failure("static_token", "unknown");
-                return Err(ApiError::unauthenticated(
-                    "the caller credential is not valid",
-                    Some("invalid_token"),
-                ));
-            }
-        },
-        BearerHeader::Absent | BearerHeader::NotBearer => None,
-    };
-
-    // The user's token: header or RFC 8693 subject_token; both must agree if both are sent.
-    let header_token = user_token_header(req, &state.config.user_token.header)?;
-    let form_token = form.non_empty("subject_token");
-    if let Some(_t) = form_token {
-        // RFC 8693 §2.1: subject_token_type is REQUIRED with subject_token.
-        match form.non_empty("subject_token_type") {
-            Some(TokenType::ACCESS_TOKEN_URN) => {}
-            Some(_) => {
-                return Err(ApiError::invalid_request(
-                    "subject_token_type must be urn:ietf:params:oauth:token-type:access_token",
-                ));
-            }
-            None => {
-                return Err(ApiError::invalid_request(
-                    "missing parameter: subject_token_type",
-                ));
-            }
-        }
-    }
-    let raw_user = match (header_token, form_token) {
-        (Some(h), Some(f)) if h != f => {
-            return Err(ApiError::invalid_request(format!(
-                "subject_token and the '{}' header carry different tokens",
-                state.config.user_token.header
-            )));
-        }
-        (Some(t), _) | (None, Some(t)) => Some(t),
-        (None, None) => None,
-    };
-    if raw_user.is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
-        return Err(ApiError::invalid_request(format!(
-            "the user's token is larger than {MAX_TOKEN_LEN} bytes"
-        )));
-    }
-    if let Some(t) = raw_user {
-        rec.subject_fp = fingerprint(t);
-    }
-    let user: Option<VerifiedUserToken> = match raw_user {
-        None => None,
-        Some(t) => match state.verifier.verify(t).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::info!(reason = e.kind(), "user token rejected");
-                crate::metrics::global().auth_failure("user_token", e.kind());
-                return Err(oidc_error_answer(&e, static_caller.is_none()));
-            }
+    // RFC 8693 §2.1: subject_token_type is REQUIRED with subject_token. Checked here, reported
+    // by `authenticate` after the caller credential so the order of errors is unchanged.
+    let form_token = match form.non_empty("subject_token") {
+        None => Ok(None),
+        Some(t) => match form.non_empty("subject_token_type") {
+            Some(TokenType::ACCESS_TOKEN_URN) => Ok(Some(t)),
+            Some(_) => Err(ApiError::invalid_request(
+                "subject_token_type must be urn:ietf:params:oauth:token-type:access_token",
+            )),
+            None => Err(ApiError::invalid_request(
+                "missing parameter: subject_token_type",
+            )),
         },
     };
-
-    let principal = match (&static_caller, &user) {
-        (Some(c), _) => Principal {
-            name: c.subject.clone(),
-            kind: PrincipalKind::Service,
-            restrictions: c.restrictions.clone(),
-        },
-        (None, Some(u)) => Principal {
-            name: format!("oidc:{}", u.sub),
-            kind: PrincipalKind::User,
-            restrictions: None,
-        },
-        (None, None) => {
-            crate::metrics::global().auth_failure("none", "missing");
-            return Err(ApiError::unauthenticated(
-                "no caller credential: send Authorization: Bearer <token> or the user's token",
-                None,
-            ));
-        }
-    };
+    let Authenticated { principal, user } =
+        authenticate(req, state, form_token, &mut rec.subject_fp).await?;
 
     let result = state
         .service

@@ -15,3 +15,4 @@ mod exchange;
 mod fallback;
 mod idp_errors;
 mod logs;
+mod proxy;

@@ -23,6 +23,11 @@ pub struct Opts {
     pub margin: &'static str,
     pub timeout: &'static str,
     pub max_body: usize,
+    /// Proxy mode: the `upstream` of `kagenti` (Authorization) and `sonataflow`
+    /// (X-Authorization-Keycloak); `None` = no proxy targets.
+    pub upstream: Option<String>,
+    /// A top-level `proxy:` section (YAML), empty for the defaults.
+    pub proxy_yaml: String,
 }
 
 impl Default for Opts {
@@ -45,6 +50,8 @@ impl Default for Opts {
             margin: "2s",
             timeout: "3s",
             max_body: 65536,
+            upstream: None,
+            proxy_yaml: String::new(),
         }
     }
 }
@@ -57,6 +64,13 @@ pub struct Env {
 }
 
 pub fn config_yaml(issuer: &str, o: &Opts) -> String {
+    let (kagenti_up, sonataflow_up) = match &o.upstream {
+        Some(u) => (
+            format!("\n    upstream: {u}"),
+            format!("\n    upstream: {u}\n    tokenHeader: X-Authorization-Keycloak"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         r#"
 server:
@@ -95,10 +109,10 @@ cache:
 targets:
   kagenti:
     audience: kagenti-api
-    fallback: service_account
+    fallback: service_account{kagenti_up}
   sonataflow:
     audience: sonataflow
-    fallback: deny
+    fallback: deny{sonataflow_up}
   unmapped:
     audience: unmapped-api
     fallback: service_account
@@ -112,7 +126,9 @@ targets:
 logging:
   format: plain
   level: info
+{proxy_yaml}
 "#,
+        proxy_yaml = o.proxy_yaml,
         max_body = o.max_body,
         auth = o.client_auth,
         timeout = o.timeout,
