@@ -19,7 +19,7 @@ use crate::config::TokenType;
 use crate::error::{ApiError, from_broker};
 use crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError, VerifiedUserToken};
-use crate::inbound::{BearerHeader, Principal, PrincipalKind, parse_bearer};
+use crate::inbound::{AuthError, Principal};
 
 pub const IDENTITY_HEADER: &str = "x-token-broker-identity";
 pub const CACHE_HEADER: &str = "x-token-broker-cache";
@@ -137,21 +137,6 @@ pub async fn token(
         ));
     };
 
-    // The caller credential: a present but unknown one fails closed.
-    let static_caller = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes()))
-    {
-        BearerHeader::Token(t) => match state.statics.authenticate(t) {
-            Some(c) => Some(c),
-            None => {
-                return Err(ApiError::unauthenticated(
-                    "the caller credential is not valid",
-                    Some("invalid_token"),
-                ));
-            }
-        },
-        BearerHeader::Absent | BearerHeader::NotBearer => None,
-    };
-
     // The user's token: header or RFC 8693 subject_token; both must agree if both are sent.
     let header_token = user_token_header(&req, &state.config.user_token.header)?;
     let form_token = form.non_empty("subject_token");
@@ -186,35 +171,27 @@ pub async fn token(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"
         )));
     }
-    let user: Option<VerifiedUserToken> = match raw_user {
-        None => None,
-        Some(t) => match state.verifier.verify(t).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::info!(reason = e.kind(), "user token rejected");
-                return Err(oidc_error_answer(&e, static_caller.is_none()));
-            }
-        },
-    };
-
-    let principal = match (&static_caller, &user) {
-        (Some(c), _) => Principal {
-            name: c.subject.clone(),
-            kind: PrincipalKind::Service,
-            restrictions: c.restrictions.clone(),
-        },
-        (None, Some(u)) => Principal {
-            name: format!("oidc:{}", u.sub),
-            kind: PrincipalKind::User,
-            restrictions: None,
-        },
-        (None, None) => {
-            return Err(ApiError::unauthenticated(
-                "no caller credential: send Authorization: Bearer <token> or the user's token",
-                None,
-            ));
-        }
-    };
+    // One principal per request (inbound::Authenticator).
+    let auth = state
+        .auth
+        .authenticate(
+            req.headers().get("authorization").map(|v| v.as_bytes()),
+            raw_user,
+        )
+        .await
+        .map_err(|e| match e {
+            AuthError::Unauthenticated {
+                description,
+                token_error,
+            } => ApiError::unauthenticated(description, token_error),
+            AuthError::Forbidden(m) => ApiError::new(StatusCode::FORBIDDEN, "access_denied", m),
+            AuthError::UserToken {
+                error,
+                caller_is_user,
+            } => oidc_error_answer(&error, caller_is_user),
+        })?;
+    let principal = auth.principal;
+    let user = auth.user;
 
     let result = state
         .service
@@ -261,6 +238,7 @@ fn audit(
         Ok(i) => tracing::info!(
             target: "token_broker::audit",
             caller = %principal.name,
+            actor = principal.actor.as_deref().unwrap_or(""),
             user = user.map(|u| u.sub.as_str()).unwrap_or(""),
             subject_fp = user.map(|u| u.fingerprint.as_str()).unwrap_or(""),
             target = %target,
