@@ -361,17 +361,16 @@ impl TokenService {
         principal: Option<&str>,
         reason: Option<FallbackReason>,
     ) -> Result<Issued, BrokerError> {
-        // A service principal's tokens are keyed by its name; fallback tokens are shared.
-        let key = KeyBuilder::new(if principal.is_some() {
-            "service-principal"
-        } else {
-            "service"
-        })
-        .field(principal.unwrap_or("").as_bytes())
-        .field(target_name.as_bytes())
-        .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
-        .finish();
+        // Every service principal gets the same token (the broker's own service account), so
+        // the entry is shared; the caller's name is only logged.
+        if let Some(name) = principal {
+            tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
+        }
+        let key = KeyBuilder::new("service")
+            .field(target_name.as_bytes())
+            .field(target.audience.as_bytes())
+            .field(scopes.join(" ").as_bytes())
+            .finish();
         let fetch = async {
             let answer = self
                 .idp

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod backstage;
 mod bad_input;
 mod cache;
 mod cli;
