@@ -427,5 +427,3 @@ impl BackstageVerifier {
     }
 }
 
-#[cfg(test)]
-mod tests;
