@@ -11,10 +11,13 @@ use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpServer, web};
 
 use crate::broker::TokenService;
+use crate::broker::assertion::AssertionSigner;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{AppState, admin_routes, public_routes};
 use crate::idp::{IdpClient, build_http};
+use crate::inbound::Authenticator;
+use crate::inbound::backstage::BackstageVerifier;
 use crate::inbound::jwks::JwksCache;
 use crate::inbound::oidc::OidcVerifier;
 use crate::inbound::static_token::StaticTokens;
@@ -23,6 +26,8 @@ use crate::inbound::static_token::StaticTokens;
 pub enum StartError {
     #[error("{0}")]
     Http(String),
+    #[error(transparent)]
+    Assertion(#[from] crate::broker::assertion::AssertionError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -82,13 +87,28 @@ pub async fn start_with_clock(
     if let Err(e) = idp.discover().await {
         tracing::warn!(error = %e, "IdP discovery failed at start-up; retrying on demand");
     }
-    let service = Arc::new(TokenService::new(
-        config.clone(),
-        idp.clone(),
-        verifier.clone(),
+    let assertion = match &config.assertion {
+        Some(a) => Some(Arc::new(AssertionSigner::from_config(a)?)),
+        None => None,
+    };
+    let service = Arc::new(
+        TokenService::new(config.clone(), idp.clone(), verifier.clone(), clock.clone())
+            .with_assertion_signer(assertion.clone()),
+    );
+    let backstage = Arc::new(BackstageVerifier::new(
+        &config.backstage,
+        &config.external_access,
+        idp.http().clone(),
         clock.clone(),
     ));
+    let auth = Arc::new(Authenticator::new(
+        backstage,
+        verifier.clone(),
+        config.user_token.clone(),
+    ));
     let state = web::Data::new(AppState {
+        auth,
+        assertion,
         statics: Arc::new(StaticTokens::new(&config.external_access)),
         config: config.clone(),
         service,

@@ -20,7 +20,10 @@ pub struct Record {
     pub caller: String,
     /// `service`, `user` or empty.
     pub caller_kind: &'static str,
-    /// The user's `sub` when a user token verified.
+    /// For a user via a plugin (Backstage `obo`): the acting plugin, `plugin:<id>`.
+    pub actor: String,
+    /// The user: the Backstage entity ref of a Backstage user principal, else the `sub` of the
+    /// user's verified Keycloak token.
     pub user: String,
     /// The requested target name (at most 64 characters).
     pub target: String,
@@ -117,6 +120,7 @@ impl Record {
             event = "token_request",
             caller = %self.caller,
             caller_kind = self.caller_kind,
+            actor = %self.actor,
             user = %self.user,
             target = %self.target,
             status = self.status,

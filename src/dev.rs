@@ -21,6 +21,8 @@ pub const DEV_IDP_ADDR: &str = "127.0.0.1:7080";
 
 pub struct DevOptions {
     pub config: Option<PathBuf>,
+    /// `--backstage URL`: trust the Backstage backend at URL (dev-contract.md).
+    pub backstage: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,8 @@ pub enum DevError {
     },
     #[error(transparent)]
     Start(#[from] crate::app::StartError),
+    #[error("--backstage must be an http or https URL, e.g. http://127.0.0.1:7007 (got '{0}')")]
+    Backstage(String),
 }
 
 /// The dev configuration: the given file, or the embedded `config/dev.yaml`.
@@ -53,7 +57,17 @@ pub fn dev_config(path: Option<&std::path::Path>) -> Result<config::Config, conf
 }
 
 pub async fn run(opts: DevOptions) -> Result<(), DevError> {
-    let cfg = dev_config(opts.config.as_deref()).map_err(DevError::Config)?;
+    let mut cfg = dev_config(opts.config.as_deref()).map_err(DevError::Config)?;
+    if let Some(url) = &opts.backstage {
+        // Plugins at URL/api/{pluginId}, the auth backend at URL/api/auth (HostDiscovery's
+        // default layout, backstage-tokens.md §2.2).
+        let parsed = url::Url::parse(url.trim_end_matches('/'))
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https"))
+            .ok_or_else(|| DevError::Backstage(url.clone()))?;
+        cfg.backstage.base_url = Some(parsed);
+        eprintln!("token-broker dev: trusting the Backstage backend at {url} (DEVELOPMENT ONLY)");
+    }
     crate::telemetry::init(cfg.logging.format, &cfg.logging.level);
     let idp_addr: SocketAddr = DEV_IDP_ADDR.parse().map_err(|_| DevError::Idp {
         addr: DEV_IDP_ADDR.into(),

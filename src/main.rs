@@ -46,6 +46,9 @@ enum Command {
         /// Use this configuration instead of the embedded config/dev.yaml.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// Trust a Backstage backend at URL (plugins at URL/api/{pluginId}, auth at URL/api/auth).
+        #[arg(long, value_name = "URL")]
+        backstage: Option<String>,
     },
 }
 
@@ -98,8 +101,8 @@ fn main() -> ExitCode {
             &subject_token_file,
             explain,
         )),
-        Command::Dev { config } => run_system(async move {
-            token_broker::dev::run(token_broker::dev::DevOptions { config })
+        Command::Dev { config, backstage } => run_system(async move {
+            token_broker::dev::run(token_broker::dev::DevOptions { config, backstage })
                 .await
                 .map_err(|e| e.to_string())
         }),

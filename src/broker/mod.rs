@@ -11,7 +11,14 @@
 //!    token exchange turned off (`unsupported_grant_type`): the target's fallback policy —
 //!    `service_account` serves the broker's client-credentials token (its own cache, shared in
 //!    flight), `deny` refuses. Every other Keycloak refusal is returned as is, never hidden.
+//!
+//! Backstage principals (issue 3): a service principal without a user token gets the broker's
+//! client-credentials token (cached per principal name); a Backstage user without a Keycloak
+//! token goes through the target's `userMapping` — an RFC 7523 JWT authorization grant with an
+//! assertion the broker signs, or V1 impersonation — cached per user credential and capped at
+//! its expiry; without a mapping the fallback policy applies.
 
+pub mod assertion;
 pub mod cache;
 pub mod policy;
 
@@ -21,7 +28,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
-use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
 use crate::digest::{KeyBuilder, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
@@ -162,6 +169,7 @@ pub struct TokenService {
     user_cache: TokenCache,
     service_cache: TokenCache,
     clock: Arc<dyn Clock>,
+    assertion: Option<Arc<assertion::AssertionSigner>>,
 }
 
 impl TokenService {
@@ -180,7 +188,17 @@ impl TokenService {
             idp,
             verifier,
             clock,
+            assertion: None,
         }
+    }
+
+    /// Sets the RFC 7523 assertion signer (`userMapping: jwt_authorization_grant`).
+    pub fn with_assertion_signer(
+        mut self,
+        signer: Option<Arc<assertion::AssertionSigner>>,
+    ) -> Self {
+        self.assertion = signer;
+        self
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -197,19 +215,63 @@ impl TokenService {
             .targets
             .get(req.target)
             .ok_or_else(|| BrokerError::UnknownTarget(req.target.to_owned()))?;
-        policy::check_caller(req.target, target, req.principal)?;
+        policy::check_caller(
+            req.target,
+            target,
+            req.principal,
+            &self.config.backstage.plugin_id,
+        )?;
         let scopes = policy::resolve_scopes(req.target, target, req.scope)?;
         let token_type = policy::resolve_token_type(req.target, target, req.requested_token_type)?;
 
         let Some(user) = req.user_token else {
+            if req.principal.kind == crate::inbound::PrincipalKind::Service {
+                // A service acting as itself: the broker's service-account token, where the
+                // target allows service principals (`servicePrincipals`).
+                return match target.service_principals {
+                    FallbackPolicy::ServiceAccount => {
+                        self.service_token(
+                            req.target,
+                            target,
+                            &scopes,
+                            Some(&req.principal.name),
+                            None,
+                        )
+                        .await
+                    }
+                    FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
+                        target: req.target.to_owned(),
+                    }),
+                };
+            }
+            if let (Some(bs), Some(mapping)) = (&req.principal.backstage_user, &target.user_mapping)
+            {
+                return self
+                    .mapped_user(
+                        req.target,
+                        target,
+                        &scopes,
+                        token_type,
+                        req.principal,
+                        bs,
+                        mapping,
+                    )
+                    .await;
+            }
             return match target.fallback {
                 FallbackPolicy::ServiceAccount => {
                     tracing::debug!(
                         target = req.target,
                         "no user credential: serving the service-account token"
                     );
-                    self.service_token(req.target, target, &scopes, FallbackReason::NoUserToken)
-                        .await
+                    self.service_token(
+                        req.target,
+                        target,
+                        &scopes,
+                        None,
+                        Some(FallbackReason::NoUserToken),
+                    )
+                    .await
                 }
                 FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
                     target: req.target.to_owned(),
@@ -246,7 +308,8 @@ impl TokenService {
                             subject = %user.fingerprint,
                             "token exchange failed: serving the service-account token"
                         );
-                        self.service_token(req.target, target, &scopes, r).await
+                        self.service_token(req.target, target, &scopes, None, Some(r))
+                            .await
                     }
                     (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
                         target: req.target.to_owned(),
@@ -338,9 +401,15 @@ impl TokenService {
                 })
                 .await
                 .map_err(FetchError::Idp)?;
-            self.check_answer(answer, &target.audience, Some(token_type), Some(user))
-                .await
-                .map_err(FetchError::Invalid)
+            self.check_answer(
+                answer,
+                &target.audience,
+                Some(token_type),
+                Some(&user.sub),
+                Some(user.exp),
+            )
+            .await
+            .map_err(FetchError::Invalid)
         };
         self.user_cache
             .get_or_fetch(key, fetch)
@@ -356,8 +425,14 @@ impl TokenService {
         target_name: &str,
         target: &TargetConfig,
         scopes: &[String],
-        reason: FallbackReason,
+        principal: Option<&str>,
+        reason: Option<FallbackReason>,
     ) -> Result<Issued, BrokerError> {
+        // Every service principal gets the same token (the broker's own service account), so
+        // the entry is shared; the caller's name is only logged.
+        if let Some(name) = principal {
+            tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
+        }
         let key = service_key(target_name, target, scopes);
         let fetch = async {
             let answer = self
@@ -365,7 +440,7 @@ impl TokenService {
                 .client_credentials(scopes)
                 .await
                 .map_err(FetchError::Idp)?;
-            self.check_answer(answer, &target.audience, None, None)
+            self.check_answer(answer, &target.audience, None, None, None)
                 .await
                 .map_err(FetchError::Invalid)
         };
@@ -374,13 +449,110 @@ impl TokenService {
                 token,
                 identity: Identity::Service,
                 cache,
-                fallback: Some(reason),
+                fallback: reason,
             }),
             Err(e) => match &*e {
                 FetchError::Idp(i) => Err(BrokerError::ServiceAccountFailed {
                     target: target_name.to_owned(),
                     source: i.clone(),
                 }),
+                FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
+            },
+        }
+    }
+
+    /// A Backstage user without a Keycloak token, through the target's `userMapping`.
+    #[allow(clippy::too_many_arguments)]
+    async fn mapped_user(
+        &self,
+        target_name: &str,
+        target: &TargetConfig,
+        scopes: &[String],
+        token_type: TokenType,
+        principal: &Principal,
+        bs: &crate::inbound::BackstageUser,
+        mapping: &crate::config::UserMapping,
+    ) -> Result<Issued, BrokerError> {
+        use secrecy::ExposeSecret;
+        let subject = crate::inbound::expand_template(&mapping.subject, &principal.name);
+        let domain = match mapping.kind {
+            UserMappingKind::JwtAuthorizationGrant => "jwt-authorization-grant",
+            UserMappingKind::Impersonation => "impersonation",
+        };
+        // Keyed by the user credential the principal carries (plugin tokens are minted per
+        // request), capped at its expiry.
+        let key = KeyBuilder::new(domain)
+            .field(bs.credential.expose_secret().as_bytes())
+            .field(subject.as_bytes())
+            .field(target_name.as_bytes())
+            .field(target.audience.as_bytes())
+            .field(scopes.join(" ").as_bytes())
+            .field(token_type.urn().as_bytes())
+            .finish();
+        let signer = self.assertion.clone();
+        let fetch = async {
+            let answer = match mapping.kind {
+                UserMappingKind::JwtAuthorizationGrant => {
+                    let signer = signer.ok_or_else(|| {
+                        FetchError::Invalid("no assertion signer is configured".into())
+                    })?;
+                    let now = self.clock.now_unix();
+                    let (jwt, _) = signer
+                        .sign(&subject, self.idp.issuer(), now)
+                        .map_err(|e| FetchError::Invalid(e.to_string()))?;
+                    self.idp.jwt_bearer(&jwt, scopes).await
+                }
+                UserMappingKind::Impersonation => {
+                    self.idp
+                        .impersonate(&subject, &target.audience, scopes, token_type)
+                        .await
+                }
+            }
+            .map_err(FetchError::Idp)?;
+            let requested = match mapping.kind {
+                UserMappingKind::JwtAuthorizationGrant => None,
+                UserMappingKind::Impersonation => Some(token_type),
+            };
+            self.check_answer(
+                answer,
+                &target.audience,
+                requested,
+                None,
+                Some(bs.expires_at),
+            )
+            .await
+            .map_err(FetchError::Invalid)
+        };
+        match self.user_cache.get_or_fetch(key, fetch).await {
+            Ok((token, cache)) => Ok(Issued {
+                token,
+                identity: Identity::User,
+                cache,
+                fallback: None,
+            }),
+            Err(e) => match &*e {
+                FetchError::Idp(i) => {
+                    let unavailable = i.is_unavailable()
+                        || matches!(i, IdpError::Rejected { error, .. } if error == "unsupported_grant_type");
+                    match (unavailable, target.fallback) {
+                        (true, FallbackPolicy::ServiceAccount) => {
+                            tracing::warn!(target = target_name, error = %i, "user mapping failed: serving the service-account token");
+                            self.service_token(
+                                target_name,
+                                target,
+                                scopes,
+                                None,
+                                Some(FallbackReason::IdpUnavailable),
+                            )
+                            .await
+                        }
+                        (true, FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
+                            target: target_name.to_owned(),
+                            source: i.clone(),
+                        }),
+                        (false, _) => Err(BrokerError::ExchangeRejected(i.clone())),
+                    }
+                }
                 FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
             },
         }
@@ -393,7 +565,8 @@ impl TokenService {
         answer: TokenResponse,
         audience: &str,
         requested: Option<TokenType>,
-        subject: Option<&VerifiedUserToken>,
+        expected_sub: Option<&str>,
+        cap_at: Option<u64>,
     ) -> Result<Arc<IssuedToken>, String> {
         if answer.access_token.is_empty() {
             return Err("the answer has an empty access_token".into());
@@ -428,8 +601,8 @@ impl TokenService {
                 "the issued token's aud does not contain '{audience}'"
             ));
         }
-        if let Some(subject) = subject
-            && claims.sub.as_deref() != Some(subject.sub.as_str())
+        if let Some(subject) = expected_sub
+            && claims.sub.as_deref() != Some(subject)
         {
             return Err("the issued token's sub differs from the subject token's sub".into());
         }
@@ -439,9 +612,9 @@ impl TokenService {
             expires_at = expires_at.min(now.saturating_add(ei));
         }
         let mut cap = expires_at;
-        if let Some(s) = subject {
-            // A cached exchange result must not outlive the credential it was derived from.
-            cap = cap.min(s.exp);
+        if let Some(c) = cap_at {
+            // A cached result must not outlive the credential it was derived from.
+            cap = cap.min(c);
         }
         let margin = self.config.cache.safety_margin.as_secs();
         Ok(Arc::new(IssuedToken {

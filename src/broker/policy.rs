@@ -1,7 +1,8 @@
 //! Per-target authorisation of callers and resolution of what to request.
 //!
 //! - `allowedCallers`: glob patterns (`*` matches any run of characters) over the principal's
-//!   name; absent = any authenticated caller.
+//!   name (or, for a user via a plugin, the acting `plugin:<id>`); absent = any authenticated
+//!   caller.
 //! - Backstage `accessRestrictions` (backstage-tokens.md §3.4): a restricted caller must have an
 //!   entry for the broker's plugin id, else 403 with Backstage's own wording. Within that
 //!   entry, `permission` names restrict targets (`token-broker.target.<name>`), and
@@ -60,9 +61,10 @@ pub fn check_caller(
     target_name: &str,
     target: &TargetConfig,
     principal: &Principal,
+    plugin_id: &str,
 ) -> Result<(), PolicyError> {
     if let Some(restrictions) = &principal.restrictions {
-        let Some(mine) = restrictions.iter().find(|r| r.plugin == PLUGIN_ID) else {
+        let Some(mine) = restrictions.iter().find(|r| r.plugin == plugin_id) else {
             let plugins: Vec<String> = restrictions
                 .iter()
                 .map(|r| format!("'{}'", r.plugin))
@@ -73,7 +75,7 @@ pub fn check_caller(
             )));
         };
         if let Some(names) = &mine.permission_names {
-            let needed = target_permission(target_name);
+            let needed = format!("{plugin_id}.target.{target_name}");
             if !names.iter().any(|n| n == &needed) {
                 return Err(PolicyError::Forbidden(format!(
                     "the caller's access restrictions do not include permission '{needed}'"
@@ -88,8 +90,12 @@ pub fn check_caller(
             ));
         }
     }
+    // A user via a plugin is allowed when the user or the acting plugin is listed.
     if let Some(allowed) = &target.allowed_callers
-        && !allowed.iter().any(|p| glob_match(p, &principal.name))
+        && !allowed.iter().any(|p| {
+            glob_match(p, &principal.name)
+                || principal.actor.as_deref().is_some_and(|a| glob_match(p, a))
+        })
     {
         return Err(PolicyError::Forbidden(format!(
             "caller '{}' may not obtain tokens for target '{target_name}'",
@@ -160,17 +166,32 @@ mod tests {
             allowed_scopes: vec!["c".into()],
             requested_token_type: TokenType::AccessToken,
             fallback: FallbackPolicy::Deny,
+            service_principals: FallbackPolicy::Deny,
             allowed_callers: None,
             upstream: None,
+            user_mapping: None,
         }
     }
 
     fn principal(name: &str, restrictions: Option<Vec<AccessRestriction>>) -> Principal {
-        Principal {
-            name: name.into(),
-            kind: PrincipalKind::Service,
-            restrictions,
-        }
+        Principal::service(name, restrictions)
+    }
+
+    fn check_caller(n: &str, t: &TargetConfig, p: &Principal) -> Result<(), PolicyError> {
+        super::check_caller(n, t, p, PLUGIN_ID)
+    }
+
+    #[test]
+    fn allow_list_matches_the_acting_plugin() {
+        let mut t = target();
+        t.allowed_callers = Some(vec!["plugin:augment".into()]);
+        let mut p = principal("user:default/alice", None);
+        p.kind = PrincipalKind::User;
+        assert!(check_caller("kagenti", &t, &p).is_err());
+        p.actor = Some("plugin:augment".into());
+        assert!(check_caller("kagenti", &t, &p).is_ok());
+        p.actor = Some("plugin:catalog".into());
+        assert!(check_caller("kagenti", &t, &p).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //!    `TOKEN_BROKER_CONFIG_*` overrides (Backstage's `APP_CONFIG_` convention);
 //! 3. [`validate`]: the tree to [`Config`], with defaults. Key reference: docs/configuration.md.
 
+pub mod backstage;
 mod env;
 mod error;
 mod load;

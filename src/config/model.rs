@@ -71,7 +71,14 @@ pub struct Config {
     pub admin: AdminConfig,
     pub keycloak: KeycloakConfig,
     pub user_token: UserTokenConfig,
+    /// `backend.auth.externalAccess` entries, then one `legacy` entry per `backend.auth.keys`
+    /// item (subject `external:backstage-plugin`), in Backstage's order (backstage-tokens.md §3.4).
     pub external_access: Vec<ExternalAccessEntry>,
+    /// `backstage`, `backend.baseUrl` and `discovery`: which Backstage the broker trusts.
+    pub backstage: BackstageConfig,
+    /// `assertion`: the broker's RFC 7523 assertion signer; required when a target uses
+    /// `userMapping: jwt_authorization_grant`.
+    pub assertion: Option<AssertionConfig>,
     pub cache: CacheConfig,
     /// Keyed by target name (`^[a-z0-9][a-z0-9.-]*$`, at most 64 characters).
     pub targets: BTreeMap<String, TargetConfig>,
@@ -125,6 +132,12 @@ pub struct KeycloakConfig {
 pub struct UserTokenConfig {
     /// `userToken.header`, default `X-Forwarded-Access-Token`; a valid HTTP header name.
     pub header: String,
+    /// `userToken.matchClaim`, default `preferred_username`: the Keycloak token claim that must
+    /// name the same person as a Backstage user principal.
+    pub match_claim: String,
+    /// `userToken.matchValue`, default `{name}`: template over the Backstage entity ref
+    /// (`{ref}`, `{kind}`, `{namespace}`, `{name}`) the claim must equal.
+    pub match_value: String,
 }
 
 /// One entry of YAML `backend.auth.externalAccess` (Backstage's shape).
@@ -141,6 +154,25 @@ pub enum ExternalAccessKind {
     /// `options.subject` (`^\S+$`).
     Static {
         token: SecretString,
+        subject: String,
+    },
+    /// `type: jwks`: tokens of an external IdP, verified with the keys at `options.url`.
+    Jwks {
+        /// `options.url` (`^\S+$`, http or https).
+        url: Url,
+        /// `options.algorithm`, `options.issuer`, `options.audience`: split on spaces and
+        /// commas; empty = not checked (Backstage helpers.ts).
+        algorithms: Vec<String>,
+        issuers: Vec<String>,
+        audiences: Vec<String>,
+        /// `options.subjectPrefix`: subject is `external:<prefix>:<sub>` or `external:<sub>`.
+        subject_prefix: Option<String>,
+    },
+    /// `type: legacy` (and each `backend.auth.keys` item): HS256 with a shared secret.
+    Legacy {
+        /// `options.secret` (`^\S+$`), as written; decoded leniently as base64url when used.
+        secret: SecretString,
+        /// `options.subject`; `external:backstage-plugin` for `backend.auth.keys`.
         subject: String,
     },
 }
@@ -176,14 +208,24 @@ pub struct TargetConfig {
     pub allowed_scopes: Vec<String>,
     /// `targets.<name>.requestedTokenType`, default access token URN.
     pub requested_token_type: TokenType,
-    /// `targets.<name>.fallback`, default `deny`.
+    /// `targets.<name>.fallback`, default `deny`: what a *user* request gets when the user's
+    /// token cannot be exchanged (none sent, no user mapping, IdP unreachable or without
+    /// token exchange).
     pub fallback: FallbackPolicy,
+    /// `targets.<name>.servicePrincipals`, default: the value of `fallback`. What a *service*
+    /// caller acting as itself (a static token, a plugin token without `obo`, an external
+    /// token) gets without a user token: `service_account` = the broker's client-credentials
+    /// token, `deny` = 401. A scheduled job on a strict target needs `service_account` here.
+    pub service_principals: FallbackPolicy,
     /// `targets.<name>.allowedCallers`: glob patterns (`*` wildcard) over principal names;
     /// `None` = any authenticated caller.
     pub allowed_callers: Option<Vec<String>>,
     /// `targets.<name>.upstream` (+ `tokenHeader`, `streaming`): proxy mode; `None` = the
     /// target is not reachable through `/v1/proxy` (404).
     pub upstream: Option<UpstreamConfig>,
+    /// `targets.<name>.userMapping`: how a Backstage user without a Keycloak token is mapped to
+    /// a Keycloak user; `None` = the target's fallback policy applies.
+    pub user_mapping: Option<UserMapping>,
 }
 
 /// Proxy mode of one target: where `/v1/proxy/<name>/...` forwards to and how the token goes.
@@ -242,6 +284,57 @@ impl Default for ProxyConfig {
             max_retries: 2,
         }
     }
+}
+
+/// How a Backstage user principal becomes a Keycloak user for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserMapping {
+    pub kind: UserMappingKind,
+    /// `subject`: template over the entity ref (`{ref}`, `{kind}`, `{namespace}`, `{name}`);
+    /// default `{ref}` for `jwt_authorization_grant`, `{name}` for `impersonation`.
+    pub subject: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserMappingKind {
+    /// RFC 7523 JWT authorization grant with an assertion the broker signs (Keycloak 26.5+).
+    JwtAuthorizationGrant,
+    /// Legacy token exchange V1 naked impersonation (`requested_subject`).
+    Impersonation,
+}
+
+/// Which Backstage the broker trusts (backstage-tokens.md §2.2).
+#[derive(Debug, Clone)]
+pub struct BackstageConfig {
+    /// `backstage.pluginId`, default `token-broker`: plugin tokens must carry this `aud`, and
+    /// `accessRestrictions` entries for it apply to the broker.
+    pub plugin_id: String,
+    /// `backend.baseUrl`: the default base URL of plugin `p` is `{baseUrl}/api/{p}`.
+    pub base_url: Option<Url>,
+    /// `discovery.endpoints`, in order; the first entry listing a plugin (or `*`) wins.
+    pub endpoints: Vec<DiscoveryEndpoint>,
+}
+
+/// One `discovery.endpoints` item (Backstage HostDiscovery).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryEndpoint {
+    /// `target` (or `target.internal`), with `{{pluginId}}` / `{{ pluginId }}` placeholders.
+    pub target: String,
+    /// `plugins`: plugin ids, or `*` for every plugin.
+    pub plugins: Vec<String>,
+}
+
+/// YAML `assertion`: the RFC 7523 assertions the broker signs.
+#[derive(Debug, Clone)]
+pub struct AssertionConfig {
+    /// `assertion.issuer` (required): the `iss` of assertions; the issuer of the identity
+    /// provider configured in Keycloak.
+    pub issuer: String,
+    /// `assertion.keyFile`: PKCS#8 PEM P-256 private key; absent = generated at start
+    /// (development: replicas would not share it).
+    pub key_file: Option<std::path::PathBuf>,
+    /// `assertion.lifetime`, default 2m, at most 5m (Keycloak's default maximum).
+    pub lifetime: Duration,
 }
 
 /// YAML `logging`.

@@ -152,7 +152,9 @@ logging:
     assert_eq!(c.user_token.header, "X-User-Token");
     assert_eq!(c.external_access.len(), 2);
     let first = &c.external_access[0];
-    let ExternalAccessKind::Static { token, subject } = &first.kind;
+    let ExternalAccessKind::Static { token, subject } = &first.kind else {
+        panic!("static entry expected")
+    };
     assert_eq!(token.expose_secret(), "static-token-1");
     assert_eq!(subject, "ci");
     assert_eq!(
@@ -306,7 +308,7 @@ fn unknown_keys_with_hints() {
         "expected one of: issuer, clientId",
     );
     assert_issue(&issues, "extra", "unknown key");
-    assert_issue(&issues, "backend.baseUrl", "unknown key");
+    assert_issue(&issues, "backend.baseUrl", "http or https");
 }
 
 #[test]
@@ -463,7 +465,7 @@ fn external_access_errors() {
           extra: 1
       - type: jwks
         options:
-          url: https://x
+          url: not-a-url
       - type: legacy
         options: {secret: abc}
       - type: custom
@@ -495,15 +497,15 @@ fn external_access_errors() {
     assert_issue(&issues, &format!("{p}[0].options.extra"), "unknown key");
     assert_issue(
         &issues,
-        &format!("{p}[1].type"),
-        "type 'jwks' is not supported yet",
+        &format!("{p}[1].options.url"),
+        "absolute http or https URL",
     );
+    assert_issue(&issues, &format!("{p}[2].options.subject"), "is required");
     assert_issue(
         &issues,
-        &format!("{p}[2].type"),
-        "type 'legacy' is not supported yet",
+        &format!("{p}[3].type"),
+        "must be one of: static, jwks, legacy",
     );
-    assert_issue(&issues, &format!("{p}[3].type"), "must be static");
     assert_issue(&issues, &format!("{p}[4].type"), "is required");
     assert_issue(&issues, &format!("{p}[5].options.token"), "no whitespace");
     assert_issue(&issues, &format!("{p}[5].options.subject"), "is required");
@@ -836,7 +838,9 @@ fn env_overrides() {
         )],
     )
     .unwrap();
-    let ExternalAccessKind::Static { subject, .. } = &c.external_access[0].kind;
+    let ExternalAccessKind::Static { subject, .. } = &c.external_access[0].kind else {
+        panic!("static entry expected")
+    };
     assert_eq!(subject, "${X}");
 }
 
@@ -917,7 +921,9 @@ fn dev_yaml_loads() {
         ClientAuthMethod::ClientSecretBasic
     );
     assert_eq!(c.user_token.header, "X-Forwarded-Access-Token");
-    let ExternalAccessKind::Static { token, subject } = &c.external_access[0].kind;
+    let ExternalAccessKind::Static { token, subject } = &c.external_access[0].kind else {
+        panic!("static entry expected")
+    };
     assert_eq!(token.expose_secret(), "dev-static-token");
     assert_eq!(subject, "dev-caller");
     assert_eq!(c.cache.safety_margin, Duration::from_secs(30));
@@ -1048,4 +1054,111 @@ fn proxy_errors() {
         "proxy.minStreamTokenLifetme",
         "did you mean minStreamTokenLifetime",
     );
+}
+
+#[test]
+fn backstage_keys() {
+    let yaml = format!(
+        "{MINIMAL}    userMapping: jwt_authorization_grant\n  sonataflow:\n    audience: sonataflow\n    userMapping: {{type: impersonation, subject: \"bs-{{name}}\"}}\n{}",
+        r#"backstage:
+  pluginId: my-broker
+backend:
+  baseUrl: http://backstage:7007/
+  auth:
+    keys:
+      - secret: c2VjcmV0LWtleQ
+    externalAccess:
+      - type: jwks
+        options:
+          url: https://idp.example/jwks
+          algorithm: "RS256, ES256"
+          issuer: https://idp.example
+          subjectPrefix: ci
+        accessRestrictions:
+          - plugin: my-broker
+      - type: legacy
+        options: {secret: c2VjcmV0, subject: old-backend}
+discovery:
+  endpoints:
+    - target: http://catalog.internal/api/{{pluginId}}
+      plugins: [catalog]
+    - target: {internal: "http://all/{{ pluginId }}", external: "https://x"}
+      plugins: ["*"]
+assertion:
+  issuer: https://broker.example
+  lifetime: 3m
+userToken:
+  matchClaim: email
+  matchValue: "{name}@example.com"
+"#
+    );
+    let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.backstage.plugin_id, "my-broker");
+    assert_eq!(
+        c.backstage.base_url.as_ref().unwrap().as_str(),
+        "http://backstage:7007/"
+    );
+    assert_eq!(c.backstage.endpoints.len(), 2);
+    assert_eq!(c.backstage.endpoints[1].target, "http://all/{{ pluginId }}");
+    assert_eq!(c.external_access.len(), 3);
+    let ExternalAccessKind::Jwks {
+        algorithms,
+        subject_prefix,
+        ..
+    } = &c.external_access[0].kind
+    else {
+        panic!("jwks entry expected")
+    };
+    assert_eq!(algorithms, &["RS256", "ES256"]);
+    assert_eq!(subject_prefix.as_deref(), Some("ci"));
+    let ExternalAccessKind::Legacy { subject, .. } = &c.external_access[2].kind else {
+        panic!("legacy entry expected")
+    };
+    assert_eq!(subject, "external:backstage-plugin");
+    assert_eq!(c.user_token.match_claim, "email");
+    let m = c.targets["kagenti"].user_mapping.as_ref().unwrap();
+    assert_eq!(
+        (m.kind, m.subject.as_str()),
+        (UserMappingKind::JwtAuthorizationGrant, "{ref}")
+    );
+    let m = c.targets["sonataflow"].user_mapping.as_ref().unwrap();
+    assert_eq!(
+        (m.kind, m.subject.as_str()),
+        (UserMappingKind::Impersonation, "bs-{name}")
+    );
+    assert_eq!(
+        c.assertion.as_ref().unwrap().lifetime,
+        Duration::from_secs(180)
+    );
+}
+
+#[test]
+fn backstage_key_errors() {
+    let issues = errors(&format!(
+        "{MINIMAL}    userMapping: magic\n{}",
+        r#"backstage: {pluginId: "bad id"}
+backend:
+  baseUrl: ftp://x
+  auth:
+    keys: [{secret: "***"}]
+discovery:
+  endpoints:
+    - target: "http+srv://x"
+      plugins: []
+assertion: {issuer: x, lifetime: 10m}
+userToken: {matchValue: "{user}"}
+"#
+    ));
+    assert_issue(&issues, "backstage.pluginId", "plugin id");
+    assert_issue(&issues, "backend.baseUrl", "http or https");
+    assert_issue(&issues, "backend.auth.keys[0].secret", "base64");
+    assert_issue(&issues, "discovery.endpoints[0].target", "http+srv");
+    assert_issue(&issues, "discovery.endpoints[0].plugins", "non-empty");
+    assert_issue(&issues, "assertion.lifetime", "at most 5m");
+    assert_issue(&issues, "userToken.matchValue", "placeholders");
+    assert_issue(&issues, "targets.kagenti.userMapping", "must be one of");
+    let issues = errors(&format!(
+        "{MINIMAL}    userMapping: jwt_authorization_grant\n"
+    ));
+    assert_issue(&issues, "assertion", "is required");
 }

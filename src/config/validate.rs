@@ -30,6 +30,9 @@ const TOP_KEYS: &[&str] = &[
     "targets",
     "logging",
     "proxy",
+    "backstage",
+    "discovery",
+    "assertion",
 ];
 
 pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
@@ -42,17 +45,41 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
     );
     let keycloak = keycloak(&top.field("keycloak"), issues);
     let user_token = user_token(&top.field("userToken"), issues);
-    let external_access = backend(&top.field("backend"), issues);
+    let backend = backend(&top.field("backend"), issues);
+    let plugin_id = super::backstage::backstage_section(&top.field("backstage"), issues);
+    let endpoints = super::backstage::discovery(&top.field("discovery"), issues);
+    let assertion_field = top.field("assertion");
+    let assertion = super::backstage::assertion(&assertion_field, issues);
     let cache = cache(&top.field("cache"), issues);
     let targets = targets(&top.field("targets"), issues);
     let logging = logging(&top.field("logging"), issues);
     let proxy = proxy(&top.field("proxy"), issues);
+    if let (Some(t), Some(None)) = (&targets, &assertion)
+        && let Some((name, _)) = t.iter().find(|(_, t)| {
+            t.user_mapping
+                .as_ref()
+                .is_some_and(|m| m.kind == UserMappingKind::JwtAuthorizationGrant)
+        })
+    {
+        issues.push(
+            &assertion_field.path,
+            format!("is required: target '{name}' uses userMapping jwt_authorization_grant"),
+        );
+        return None;
+    }
+    let (base_url, external_access) = backend?;
     Some(Config {
         server: server?,
         admin: admin?,
         keycloak: keycloak?,
         user_token: user_token?,
-        external_access: external_access?,
+        external_access,
+        backstage: BackstageConfig {
+            plugin_id: plugin_id?,
+            base_url,
+            endpoints: endpoints?,
+        },
+        assertion: assertion?,
         cache: cache?,
         targets: targets?,
         logging: logging?,
@@ -256,7 +283,8 @@ fn issuer(field: &Field<'_>, issues: &mut Issues) -> Option<Url> {
 }
 
 fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserTokenConfig> {
-    let obj = section(field, &["header"], issues)?;
+    let obj = section(field, &["header", "matchClaim", "matchValue"], issues)?;
+    let matching = super::backstage::user_match(&obj, issues);
     let header_field = obj.field("header");
     let header = match header_field.opt_str(issues)? {
         None => "X-Forwarded-Access-Token".to_owned(),
@@ -278,7 +306,12 @@ fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserTokenConfig>
             h.to_owned()
         }
     };
-    Some(UserTokenConfig { header })
+    let (match_claim, match_value) = matching?;
+    Some(UserTokenConfig {
+        header,
+        match_claim,
+        match_value,
+    })
 }
 
 /// RFC 9110 §5.6.2 `tchar`.
@@ -286,12 +319,16 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
-fn backend(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<ExternalAccessEntry>> {
-    let backend = section(field, &["auth"], issues)?;
-    let auth = section(&backend.field("auth"), &["externalAccess"], issues)?;
+type BackendParts = (Option<Url>, Vec<ExternalAccessEntry>);
+
+fn backend(field: &Field<'_>, issues: &mut Issues) -> Option<BackendParts> {
+    let backend = section(field, &["auth", "baseUrl"], issues)?;
+    let base_url = super::backstage::base_url(&backend.field("baseUrl"), issues);
+    let auth = section(&backend.field("auth"), &["externalAccess", "keys"], issues)?;
+    let keys = super::backstage::auth_keys(&auth.field("keys"), issues);
     let list = auth.field("externalAccess");
     let items = match list.value {
-        None => return Some(Vec::new()),
+        None => &Vec::new(),
         Some(Value::Array(items)) => items,
         Some(other) => {
             issues.push(
@@ -313,19 +350,21 @@ fn backend(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<ExternalAccessE
             None => ok = false,
         }
     }
-    ok.then_some(out)
+    // backend.auth.keys come after externalAccess (ExternalAuthTokenHandler.ts 64–141).
+    out.extend(keys?);
+    let base_url = base_url?;
+    ok.then_some((base_url, out))
 }
 
-/// Parser of one handler type's `options`; `None` in [`HANDLERS`] marks a type Backstage has
-/// that the broker does not implement yet.
+/// Parser of one handler type's `options`; `None` in [`HANDLERS`] would mark a type Backstage
+/// has that the broker does not implement.
 type HandlerParser = fn(&Field<'_>, &mut Issues) -> Option<ExternalAccessKind>;
 
-/// Backstage's built-in `externalAccess` types (ExternalAuthTokenHandler.ts). Adding `jwks` or
-/// `legacy` means adding a variant to `ExternalAccessKind` and a parser here.
+/// Backstage's built-in `externalAccess` types (ExternalAuthTokenHandler.ts).
 const HANDLERS: &[(&str, Option<HandlerParser>)] = &[
     ("static", Some(static_handler)),
-    ("jwks", None),
-    ("legacy", None),
+    ("jwks", Some(super::backstage::jwks_handler)),
+    ("legacy", Some(super::backstage::legacy_handler)),
 ];
 
 fn external_access_entry(field: &Field<'_>, issues: &mut Issues) -> Option<ExternalAccessEntry> {
@@ -345,7 +384,7 @@ fn external_access_entry(field: &Field<'_>, issues: &mut Issues) -> Option<Exter
             None => {
                 issues.push(
                     &type_field.path,
-                    "must be static (jwks and legacy are recognised but not supported yet)",
+                    "must be one of: static, jwks, legacy (custom handlers are not supported)",
                 );
                 None
             }
@@ -511,10 +550,12 @@ const TARGET_KEYS: &[&str] = &[
     "allowedScopes",
     "requestedTokenType",
     "fallback",
+    "servicePrincipals",
     "allowedCallers",
     "upstream",
     "tokenHeader",
     "streaming",
+    "userMapping",
 ];
 
 fn targets(field: &Field<'_>, issues: &mut Issues) -> Option<BTreeMap<String, TargetConfig>> {
@@ -589,6 +630,16 @@ fn target(field: &Field<'_>, issues: &mut Issues) -> Option<TargetConfig> {
         ],
         issues,
     );
+    // Service principals default to the fallback policy: a strict (`deny`) target hands the
+    // broker's service-account token to nobody unless it says so explicitly.
+    let service_principals = obj.field("servicePrincipals").enum_or(
+        fallback.unwrap_or(FallbackPolicy::Deny),
+        &[
+            ("service_account", FallbackPolicy::ServiceAccount),
+            ("deny", FallbackPolicy::Deny),
+        ],
+        issues,
+    );
     let callers_field = obj.field("allowedCallers");
     let allowed_callers = callers_field
         .opt_str_list(
@@ -611,13 +662,16 @@ fn target(field: &Field<'_>, issues: &mut Issues) -> Option<TargetConfig> {
             other => Some(other),
         });
     let upstream = target_upstream(&obj, issues);
+    let user_mapping = super::backstage::user_mapping(&obj.field("userMapping"), issues);
     Some(TargetConfig {
         upstream: upstream?,
+        user_mapping: user_mapping?,
         audience: audience?,
         scopes: scopes?,
         allowed_scopes: allowed_scopes?,
         requested_token_type: requested_token_type?,
         fallback: fallback?,
+        service_principals: service_principals?,
         allowed_callers: allowed_callers?,
     })
 }

@@ -1,52 +1,30 @@
 //! Authentication of a request to the public listener, shared by `/v1/token` and `/v1/proxy`
 //! so both accept exactly the same credentials in exactly the same way.
 //!
-//! The caller credential is `Authorization: Bearer` (RFC 6750 §2.1); a present but unknown one
-//! fails closed. The user's token comes from the configured header or, on `/v1/token` only, the
-//! RFC 8693 §2.1 `subject_token` (both must agree if both are sent) and is verified locally
-//! before anything else happens. Without a caller credential a verified user token makes the
-//! user the principal (`oidc:<sub>`).
+//! This module only reads the request: the caller credential (`Authorization`) and the user's
+//! token — the configured header or, on `/v1/token` only, the RFC 8693 §2.1 `subject_token`
+//! (both must agree if both are sent). Who the caller is, and whether the user token is valid,
+//! is decided by [`crate::inbound::Authenticator`]; this module maps its verdict onto HTTP
+//! answers and counts failures.
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError, VerifiedUserToken};
-use crate::inbound::{BearerHeader, Principal, PrincipalKind, parse_bearer};
-
-/// Who is calling, and the user's verified token if one came with the call.
-pub struct Authenticated {
-    pub principal: Principal,
-    pub user: Option<VerifiedUserToken>,
-}
+use crate::inbound::AuthError;
+pub use crate::inbound::Authenticated;
+use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError};
 
 /// Authenticates `req`. `form_token` is the `subject_token` of a token request (already checked
-/// against `subject_token_type`; its error is reported after the caller credential's and the
-/// header's, as before); `Ok(None)` where there is no form.
+/// against `subject_token_type`; its error is reported after the header's); `Ok(None)` where
+/// there is no form. `subject_fp` receives the user token's fingerprint for the audit line.
 pub async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
     form_token: Result<Option<&str>, ApiError>,
     subject_fp: &mut String,
 ) -> Result<Authenticated, ApiError> {
-    // The caller credential: a present but unknown one fails closed.
-    let static_caller = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes()))
-    {
-        BearerHeader::Token(t) => match state.statics.authenticate(t) {
-            Some(c) => Some(c),
-            None => {
-                crate::metrics::global().auth_failure("static_token", "unknown");
-                return Err(ApiError::unauthenticated(
-                    "the caller credential is not valid",
-                    Some("invalid_token"),
-                ));
-            }
-        },
-        BearerHeader::Absent | BearerHeader::NotBearer => None,
-    };
-
-    // The user's token: header or RFC 8693 subject_token; both must agree if both are sent.
     let header_token = user_token_header(req, &state.config.user_token.header)?;
     let form_token = form_token?;
     let raw_user = match (header_token, form_token) {
@@ -68,38 +46,38 @@ pub async fn authenticate(
         // For the audit line: a fingerprint, never the token.
         *subject_fp = crate::digest::fingerprint(t);
     }
-    let user: Option<VerifiedUserToken> = match raw_user {
-        None => None,
-        Some(t) => match state.verifier.verify(t).await {
-            Ok(v) => Some(v),
-            Err(e) => {
-                tracing::info!(reason = e.kind(), "user token rejected");
-                crate::metrics::global().auth_failure("user_token", e.kind());
-                return Err(oidc_error_answer(&e, static_caller.is_none()));
+    let metrics = crate::metrics::global();
+    state
+        .auth
+        .authenticate(
+            req.headers().get("authorization").map(|v| v.as_bytes()),
+            raw_user,
+        )
+        .await
+        .map_err(|e| match e {
+            AuthError::Unauthenticated {
+                description,
+                token_error,
+            } => {
+                match token_error {
+                    Some(_) => metrics.auth_failure("caller", "invalid"),
+                    None => metrics.auth_failure("none", "missing"),
+                }
+                ApiError::unauthenticated(description, token_error)
             }
-        },
-    };
-
-    let principal = match (&static_caller, &user) {
-        (Some(c), _) => Principal {
-            name: c.subject.clone(),
-            kind: PrincipalKind::Service,
-            restrictions: c.restrictions.clone(),
-        },
-        (None, Some(u)) => Principal {
-            name: format!("oidc:{}", u.sub),
-            kind: PrincipalKind::User,
-            restrictions: None,
-        },
-        (None, None) => {
-            crate::metrics::global().auth_failure("none", "missing");
-            return Err(ApiError::unauthenticated(
-                "no caller credential: send Authorization: Bearer <token> or the user's token",
-                None,
-            ));
-        }
-    };
-    Ok(Authenticated { principal, user })
+            AuthError::Forbidden(m) => {
+                metrics.auth_failure("caller", "forbidden");
+                ApiError::new(StatusCode::FORBIDDEN, "access_denied", m)
+            }
+            AuthError::UserToken {
+                error,
+                caller_is_user,
+            } => {
+                tracing::info!(reason = error.kind(), "user token rejected");
+                metrics.auth_failure("user_token", error.kind());
+                oidc_error_answer(&error, caller_is_user)
+            }
+        })
 }
 
 /// Reads the user-token header: at most one, printable ASCII, bounded.

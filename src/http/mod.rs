@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod form;
 pub mod health;
+pub mod jwks;
 pub mod proxy;
 pub mod token;
 
@@ -14,10 +15,12 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
 use crate::broker::TokenService;
+use crate::broker::assertion::AssertionSigner;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::idp::IdpClient;
+use crate::inbound::Authenticator;
 use crate::inbound::oidc::OidcVerifier;
 use crate::inbound::static_token::StaticTokens;
 
@@ -26,6 +29,10 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub service: Arc<TokenService>,
     pub statics: Arc<StaticTokens>,
+    /// Caller authentication: one principal per request.
+    pub auth: Arc<Authenticator>,
+    /// The RFC 7523 assertion signer, when a target uses `jwt_authorization_grant`.
+    pub assertion: Option<Arc<AssertionSigner>>,
     pub verifier: Arc<OidcVerifier>,
     pub idp: Arc<IdpClient>,
     pub clock: Arc<dyn Clock>,
@@ -54,6 +61,19 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
     )
     // Any method; the handler reads the raw path itself (docs/proxy.md).
     .route("/v1/proxy/{tail:.*}", web::route().to(proxy::proxy))
+    // The older-caller probe (backstage-tokens.md §8) and the assertion key set (RFC 7517).
+    .route(
+        "/.backstage/auth/v1/jwks.json",
+        web::get().to(jwks::empty_plugin_jwks),
+    )
+    .route(
+        "/api/{plugin}/.backstage/auth/v1/jwks.json",
+        web::get().to(jwks::prefixed_plugin_jwks),
+    )
+    .route(
+        "/.well-known/jwks.json",
+        web::get().to(jwks::assertion_jwks),
+    )
     .default_service(web::to(not_found));
 }
 

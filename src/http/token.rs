@@ -151,7 +151,12 @@ async fn handle(
         .await;
     rec.caller = principal.name.clone();
     rec.caller_kind = principal.kind.as_str();
-    rec.user = user.as_ref().map(|u| u.sub.clone()).unwrap_or_default();
+    rec.actor = principal.actor.clone().unwrap_or_default();
+    rec.user = if principal.backstage_user.is_some() {
+        principal.name.clone()
+    } else {
+        user.as_ref().map(|u| u.sub.clone()).unwrap_or_default()
+    };
     rec.issued(state.config.targets.contains_key(target), &result);
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),

@@ -9,6 +9,7 @@
 
 pub mod client_credentials;
 pub mod exchange;
+pub mod user_mapping;
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};

@@ -33,6 +33,8 @@ pub struct VerifiedUserToken {
     pub exp: u64,
     pub preferred_username: Option<String>,
     pub azp: Option<String>,
+    /// The token's other claims (for the Backstage identity match, `userToken.matchClaim`).
+    pub claims: serde_json::Map<String, serde_json::Value>,
     pub kid: String,
     /// Short SHA-256 prefix of the raw token, for logs.
     pub fingerprint: String,
@@ -105,6 +107,8 @@ struct Claims {
     typ: Option<String>,
     preferred_username: Option<String>,
     azp: Option<String>,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
 }
 
 /// Verifies Keycloak access tokens of one realm.
@@ -145,6 +149,7 @@ impl OidcVerifier {
             exp,
             preferred_username: c.preferred_username,
             azp: c.azp,
+            claims: c.rest,
             kid,
             fingerprint: crate::digest::fingerprint(token),
         })

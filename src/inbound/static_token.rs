@@ -34,12 +34,13 @@ impl StaticTokens {
     pub fn new(config: &[ExternalAccessEntry]) -> Self {
         let entries = config
             .iter()
-            .map(|e| match &e.kind {
-                ExternalAccessKind::Static { token, subject } => Entry {
+            .filter_map(|e| match &e.kind {
+                ExternalAccessKind::Static { token, subject } => Some(Entry {
                     digest: sha256(token.expose_secret().as_bytes()),
                     subject: subject.clone(),
                     restrictions: e.access_restrictions.clone(),
-                },
+                }),
+                _ => None,
             })
             .collect();
         StaticTokens { entries }

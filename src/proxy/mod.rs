@@ -163,11 +163,14 @@ pub fn forward_response_header(name: &str, connection: &[String]) -> bool {
         || name.starts_with("x-token-broker-"))
 }
 
-/// The `X-Backstage-User` value: the user entity ref of the user whose verified token came
-/// with the call, `user:default/<preferred_username>` (or `<sub>` when the username is not a
-/// valid Backstage entity name). `None` without a user token. Issue 3 (Backstage callers) will
-/// take the ref from the Backstage token instead: this is the one place to change.
-pub fn user_entity_ref(_principal: &Principal, user: Option<&VerifiedUserToken>) -> Option<String> {
+/// The `X-Backstage-User` value: for a Backstage user principal (a user token, or a plugin
+/// token on behalf of a user) its entity ref as Backstage verified it; otherwise the user whose
+/// verified Keycloak token came with the call, `user:default/<preferred_username>` (or `<sub>`
+/// when the username is not a valid Backstage entity name). `None` when no user is involved.
+pub fn user_entity_ref(principal: &Principal, user: Option<&VerifiedUserToken>) -> Option<String> {
+    if principal.backstage_user.is_some() && principal.name.starts_with("user:") {
+        return Some(principal.name.clone());
+    }
     let user = user?;
     let name = user
         .preferred_username
@@ -331,6 +334,8 @@ mod tests {
             name: "oidc:1".into(),
             kind: PrincipalKind::User,
             restrictions: None,
+            actor: None,
+            backstage_user: None,
         };
         let mut u = VerifiedUserToken {
             raw: SecretString::from("x".to_owned()),
@@ -338,6 +343,7 @@ mod tests {
             exp: 0,
             preferred_username: Some("alice".into()),
             azp: None,
+            claims: serde_json::Map::new(),
             kid: "k".into(),
             fingerprint: "f".into(),
         };
@@ -348,6 +354,18 @@ mod tests {
             "user:default/0b7c-42"
         );
         assert_eq!(user_entity_ref(&p, None), None);
+        // A Backstage user principal: the ref Backstage verified, even without a Keycloak token.
+        let b = Principal {
+            name: "user:default/bob".into(),
+            kind: PrincipalKind::User,
+            restrictions: None,
+            actor: Some("plugin:augment".into()),
+            backstage_user: Some(crate::inbound::BackstageUser {
+                expires_at: 0,
+                credential: SecretString::from("t".to_owned()),
+            }),
+        };
+        assert_eq!(user_entity_ref(&b, None).unwrap(), "user:default/bob");
 
         assert!(is_idempotent("GET") && is_idempotent("PUT") && !is_idempotent("POST"));
         assert!(!is_idempotent("PATCH"));

@@ -33,6 +33,10 @@ async fn metrics_are_prometheus_text_with_fixed_labels() {
     assert_eq!(env.exchange(Some(&alice), "kagenti").await.status(), 200);
     assert_eq!(env.exchange(None, "kagenti").await.status(), 200);
     assert_eq!(env.exchange(Some(&alice), "no-such").await.status(), 400);
+    // A user request the IdP cannot exchange falls back to the service account.
+    env.idp.set_token_exchange_enabled(false);
+    let bob = env.login("bob").await;
+    assert_eq!(env.exchange(Some(&bob), "kagenti").await.status(), 200);
     let r = env
         .http
         .get(format!("{}/metrics", admin_url(&env)))
@@ -48,7 +52,7 @@ async fn metrics_are_prometheus_text_with_fixed_labels() {
         "token_broker_token_requests_total{target=\"_unknown\",outcome=\"unknown_target\"}",
         "token_broker_cache_requests_total{cache=\"user\",result=\"hit\"}",
         "token_broker_cache_requests_total{cache=\"user\",result=\"miss\"}",
-        "token_broker_fallbacks_total{reason=\"no_user_token\"}",
+        "token_broker_fallbacks_total{reason=\"exchange_unsupported\"}",
         "token_broker_idp_request_duration_seconds_count{request=\"token_exchange\"}",
         "token_broker_jwks_refreshes_total{result=\"ok\"}",
         "token_broker_cache_entries{cache=\"user\"}",

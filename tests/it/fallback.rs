@@ -25,6 +25,9 @@ async fn service_account_target_without_user_token_serves_the_service_token() {
     env.stop().await;
 }
 
+/// A service principal acting as itself gets the broker's service token even for a `deny`
+/// target (issue 3 §3): `deny` governs users whose token cannot be exchanged. The 401 of a
+/// Backstage user without a token or mapping is tested in `backstage.rs`.
 #[actix_web::test]
 async fn deny_target_without_user_token_is_401() {
     let env = start_default().await;
@@ -33,6 +36,7 @@ async fn deny_target_without_user_token_is_401() {
     let (status, id, _, body) = parts(r).await;
     assert_eq!(status, 401);
     assert_eq!(id, "");
+    assert_eq!(body["error"], "invalid_request");
     assert!(
         body["error_description"]
             .as_str()
@@ -40,6 +44,22 @@ async fn deny_target_without_user_token_is_401() {
             .contains("sonataflow")
     );
     assert_eq!(env.client_credentials() + env.exchanges(), 0);
+    env.stop().await;
+}
+
+#[actix_web::test]
+async fn service_caller_on_a_strict_target_allowing_services_gets_the_service_token() {
+    let env = start_default().await;
+    // `jobs`: fallback deny, servicePrincipals service_account.
+    let (status, id, _, body) = parts(env.exchange(None, "jobs").await).await;
+    assert_eq!((status, id.as_str()), (200, "service"), "{body}");
+    assert_eq!(env.client_credentials(), 1);
+    // A user request there still never degrades to the service account.
+    let alice = env.login("alice").await;
+    env.idp.set_token_exchange_enabled(false);
+    let (status, id, _, _) = parts(env.exchange(Some(&alice), "jobs").await).await;
+    assert_eq!((status, id.as_str()), (502, ""));
+    assert_eq!(env.exchanges(), 1);
     env.stop().await;
 }
 

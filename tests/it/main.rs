@@ -7,6 +7,7 @@
 mod support;
 
 mod admin;
+mod backstage;
 mod bad_input;
 mod browser;
 mod cache;

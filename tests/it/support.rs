@@ -113,6 +113,12 @@ targets:
   sonataflow:
     audience: sonataflow
     fallback: deny{sonataflow_up}
+  jobs:
+    # sonataflow-like strict target that serves scheduled jobs: users must bring their own
+    # token, service principals acting as themselves get the service-account token.
+    audience: sonataflow
+    fallback: deny
+    servicePrincipals: service_account
   unmapped:
     audience: unmapped-api
     fallback: service_account
@@ -137,10 +143,15 @@ logging:
 }
 
 pub async fn start(o: Opts) -> Env {
+    start_with_yaml(o, |y| y).await
+}
+
+/// Like [`start`], with the generated YAML rewritten by `edit` first.
+pub async fn start_with_yaml(o: Opts, edit: impl FnOnce(String) -> String) -> Env {
     let idp = devidp::start(o.idp.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .expect("dev IdP starts");
-    let yaml = config_yaml(&idp.issuer(), &o);
+    let yaml = edit(config_yaml(&idp.issuer(), &o));
     let env: HashMap<String, String> =
         HashMap::from([("BROKER_SECRET".to_owned(), o.client_secret.clone())]);
     let cfg = token_broker::config::load_str(&yaml, &env, std::path::Path::new("."))
