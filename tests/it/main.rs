@@ -4,8 +4,10 @@
 // Test code may panic: a panic is a failed assertion here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod backstage_support;
 mod support;
 
+mod backstage_harness;
 mod bad_input;
 mod cache;
 mod cli;
