@@ -46,6 +46,9 @@ const {
 const { ConfigReader } = require('@backstage/config');
 const express = require('express');
 
+// Backstage resolves its paths from the package.json upwards of the working directory.
+process.chdir(__dirname);
+
 const port = Number(process.argv[2] || process.env.BACKSTAGE_HARNESS_PORT || 7007);
 if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error(`backend.js: bad port ${process.argv[2] || process.env.BACKSTAGE_HARNESS_PORT}`);
