@@ -4,10 +4,13 @@
 // Test code may panic: a panic is a failed assertion here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod backstage_support;
 mod support;
 
 mod admin;
 mod backstage;
+mod backstage_harness;
+mod backstage_interop;
 mod bad_input;
 mod browser;
 mod cache;
