@@ -426,4 +426,3 @@ impl BackstageVerifier {
         Ok(true)
     }
 }
-
