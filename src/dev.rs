@@ -151,8 +151,11 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     if let Some(trust) = AssertionTrust::from_config(&cfg_for_trust, &broker.public_url()) {
         trust_broker_assertions(&idp, &trust);
         eprintln!(
-            "token-broker dev: the dev IdP trusts the broker's assertions (issuer {}, keys {}) for client {}; alice and bob are linked as {} (DEVELOPMENT ONLY)",
-            trust.issuer, trust.jwks_url, trust.client_id, trust.subject_template
+            "token-broker dev: the dev IdP trusts the broker's assertions (issuer {}, keys {}) for client {}; alice and bob are linked as e.g. {} (DEVELOPMENT ONLY)",
+            trust.issuer,
+            trust.jwks_url,
+            trust.client_id,
+            crate::inbound::expand_template(&trust.subject_template, "user:default/alice")
         );
     }
     print_banner(&idp.issuer(), &broker.public_url(), broker.admin_addr);

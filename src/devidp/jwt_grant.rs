@@ -263,8 +263,7 @@ pub(super) fn jwt_bearer_grant(
     }
     if !client
         .jwt_authorization_grant_idps
-        .iter()
-        .any(|a| *a == provider.alias)
+        .contains(&provider.alias)
     {
         return Err(grant_error(format!(
             "Identity provider '{}' is not allowed for the client",

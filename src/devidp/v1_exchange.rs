@@ -98,8 +98,7 @@ pub(super) fn v1_exchange(
     if to_other
         && !target
             .v1_token_exchange_clients
-            .iter()
-            .any(|c| *c == requester.client_id)
+            .contains(&requester.client_id)
     {
         return Err(not_allowed());
     }
