@@ -5,12 +5,18 @@
 //!
 //! Everything it prints says it is for development only: the IdP's users, passwords and
 //! client secret are public values.
+//!
+//! The dev IdP trusts the broker's own RFC 7523 assertions (keycloak-token-exchange.md §6, the
+//! Keycloak set-up of docs/backstage-integration.md done for you): the broker's `assertion.issuer`
+//! with the broker's `/.well-known/jwks.json` is an identity provider allowed for the broker's
+//! client, and `alice`/`bob` are linked to it as their `userMapping.subject` (e.g.
+//! `user:default/alice`). It is harmless without Backstage callers, so it is always done.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::config::{self, ProcessEnv};
-use crate::devidp::{self, DevIdpConfig};
+use crate::config::{self, ProcessEnv, UserMappingKind};
+use crate::devidp::{self, DevIdentityProvider, DevIdpConfig, DevIdpHandle};
 use crate::devupstream::{self, DEV_UPSTREAM_ADDR};
 
 /// `config/dev.yaml`, embedded so `token-broker dev` works from any directory.
@@ -18,6 +24,74 @@ pub const DEV_CONFIG_YAML: &str = include_str!("../config/dev.yaml");
 
 /// The dev IdP's address (dev-contract.md).
 pub const DEV_IDP_ADDR: &str = "127.0.0.1:7080";
+
+/// Alias of the identity provider standing for the broker's assertion issuer at the dev IdP.
+pub const BROKER_IDP_ALIAS: &str = "token-broker-assertions";
+
+/// The dev users linked to the broker's identity provider.
+const DEV_USERS: [&str; 2] = ["alice", "bob"];
+
+/// What the dev IdP needs to trust the broker's assertions (§6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssertionTrust {
+    /// `assertion.issuer`.
+    pub issuer: String,
+    /// `{broker}/.well-known/jwks.json`.
+    pub jwks_url: String,
+    /// The broker's client at the IdP (`keycloak.clientId`).
+    pub client_id: String,
+    /// `userMapping.subject` of the first `jwt_authorization_grant` target (`{ref}` if none).
+    pub subject_template: String,
+}
+
+impl AssertionTrust {
+    /// From the broker configuration; `None` without an `assertion` section.
+    pub fn from_config(cfg: &config::Config, broker_url: &str) -> Option<Self> {
+        let assertion = cfg.assertion.as_ref()?;
+        let subject_template = cfg
+            .targets
+            .values()
+            .filter_map(|t| t.user_mapping.as_ref())
+            .find(|m| m.kind == UserMappingKind::JwtAuthorizationGrant)
+            .map(|m| m.subject.clone())
+            .unwrap_or_else(|| "{ref}".to_owned());
+        Some(Self {
+            issuer: assertion.issuer.clone(),
+            jwks_url: format!("{}/.well-known/jwks.json", broker_url.trim_end_matches('/')),
+            client_id: cfg.keycloak.client_id.clone(),
+            subject_template,
+        })
+    }
+}
+
+/// Configures the dev IdP like the Keycloak steps 2–4 of docs/backstage-integration.md
+/// (`jwt_authorization_grant`): the identity provider, the client's allowed-IdP list, and the
+/// links of alice and bob (`user:default/<name>` through the subject template).
+pub fn trust_broker_assertions(idp: &DevIdpHandle, trust: &AssertionTrust) {
+    idp.add_identity_provider(DevIdentityProvider::new(
+        BROKER_IDP_ALIAS,
+        &trust.issuer,
+        &trust.jwks_url,
+    ));
+    idp.update_client(&trust.client_id, |c| {
+        c.jwt_authorization_grant_enabled = true;
+        if !c
+            .jwt_authorization_grant_idps
+            .iter()
+            .any(|a| a == BROKER_IDP_ALIAS)
+        {
+            c.jwt_authorization_grant_idps
+                .push(BROKER_IDP_ALIAS.to_owned());
+        }
+    });
+    for user in DEV_USERS {
+        let subject = crate::inbound::expand_template(
+            &trust.subject_template,
+            &format!("user:default/{user}"),
+        );
+        idp.link_user(user, BROKER_IDP_ALIAS, &subject);
+    }
+}
 
 pub struct DevOptions {
     pub config: Option<PathBuf>,
@@ -94,7 +168,18 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
             addr: DEV_UPSTREAM_ADDR.into(),
             source,
         })?;
+    let cfg_for_trust = cfg.clone();
     let broker = crate::app::start(cfg).await?;
+    if let Some(trust) = AssertionTrust::from_config(&cfg_for_trust, &broker.public_url()) {
+        trust_broker_assertions(&idp, &trust);
+        eprintln!(
+            "token-broker dev: the dev IdP trusts the broker's assertions (issuer {}, keys {}) for client {}; alice and bob are linked as e.g. {} (DEVELOPMENT ONLY)",
+            trust.issuer,
+            trust.jwks_url,
+            trust.client_id,
+            crate::inbound::expand_template(&trust.subject_template, "user:default/alice")
+        );
+    }
     print_banner(&idp.issuer(), &broker.public_url(), broker.admin_addr);
     println!(
         " dev echo upstream {} (DEVELOPMENT ONLY): upstream of both targets\n",

@@ -33,8 +33,9 @@ pub fn realm_not_found() -> HttpResponse {
 }
 
 /// Sorted like Keycloak's list (§1): every registered grant factory plus `implicit`, sorted
-/// alphabetically; the token-exchange URN only while the feature is on.
-fn grant_types_supported(token_exchange: bool) -> Vec<&'static str> {
+/// alphabetically; the token-exchange URN only while the feature is on, and jwt-bearer only
+/// while the JWT authorization grant feature is on (§1, §6).
+fn grant_types_supported(token_exchange: bool, jwt_grant: bool) -> Vec<&'static str> {
     let mut grants = vec![
         "authorization_code",
         "client_credentials",
@@ -48,12 +49,15 @@ fn grant_types_supported(token_exchange: bool) -> Vec<&'static str> {
     if token_exchange {
         grants.push(TOKEN_EXCHANGE_GRANT);
     }
+    if jwt_grant {
+        grants.push(super::jwt_grant::JWT_BEARER_GRANT);
+    }
     grants.sort_unstable();
     grants
 }
 
 /// The discovery document with Keycloak's field set (§1), built for the request's issuer.
-pub fn discovery_document(issuer: &str, token_exchange: bool) -> Value {
+pub fn discovery_document(issuer: &str, token_exchange: bool, jwt_grant: bool) -> Value {
     let oidc = format!("{issuer}/protocol/openid-connect");
     let algs = json!([
         "PS384", "RS384", "EdDSA", "ES384", "HS256", "HS512", "ES256", "RS256", "HS384", "ES512",
@@ -77,7 +81,7 @@ pub fn discovery_document(issuer: &str, token_exchange: bool) -> Value {
         "frontchannel_logout_supported": true,
         "jwks_uri": format!("{oidc}/certs"),
         "check_session_iframe": format!("{oidc}/login-status-iframe.html"),
-        "grant_types_supported": grant_types_supported(token_exchange),
+        "grant_types_supported": grant_types_supported(token_exchange, jwt_grant),
         "acr_values_supported": ["0", "1"],
         "response_types_supported": [
             "code", "none", "id_token", "token", "id_token token", "code id_token",
@@ -146,8 +150,14 @@ pub async fn openid_configuration(
     if realm != idp.realm {
         return realm_not_found();
     }
-    let te = idp.state().token_exchange_enabled;
-    HttpResponse::Ok().json(discovery_document(&request_issuer(&req, &realm), te))
+    let (te, jwt) = {
+        let st = idp.state();
+        (
+            st.token_exchange_enabled,
+            st.jwt_authorization_grant_enabled,
+        )
+    };
+    HttpResponse::Ok().json(discovery_document(&request_issuer(&req, &realm), te, jwt))
 }
 
 /// `GET /realms/{realm}/protocol/openid-connect/certs`. Keycloak serves it with

@@ -1,7 +1,8 @@
 //! A Keycloak-compatible **development** identity provider embedded in token-broker: one realm
-//! with discovery, JWKS, and a token endpoint implementing the password, client_credentials and
-//! standard token exchange V2 grants with Keycloak's wire behaviour
-//! (`/work/shared/docs/keycloak-token-exchange.md` §1–§4, §8, §10; `docs/dev-idp.md`).
+//! with discovery, JWKS, and a token endpoint implementing the password, client_credentials,
+//! standard token exchange V2, JWT authorization grant (RFC 7523) and legacy V1 naked
+//! impersonation grants with Keycloak's wire behaviour
+//! (`/work/shared/docs/keycloak-token-exchange.md` §1–§6, §8, §10; `docs/dev-idp.md`).
 //!
 //! This module owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
 //! state and the actix-web server. It is for development and tests only: no TLS, no UI, no
@@ -9,20 +10,25 @@
 
 mod claims;
 mod discovery;
+mod jwt_grant;
 mod keys;
 mod realm;
 mod token_endpoint;
+mod v1_exchange;
 
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 
-pub use realm::{DevClient, DevIdpConfig, DevUser, ExchangeFault};
+pub use realm::{
+    DevClient, DevIdentityProvider, DevIdpConfig, DevUser, ExchangeFault, FederatedIdentity,
+};
 
 use keys::RealmKeys;
 use realm::RealmState;
@@ -49,17 +55,28 @@ pub(crate) struct Shared {
     keys: RealmKeys,
     state: Mutex<RealmState>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Identity providers' key sets by JWKS URL (§6 JWT authorization grant).
+    idp_keys: Mutex<HashMap<String, jwt_grant::CachedJwks>>,
+    /// Client for fetching identity providers' JWKS.
+    http: reqwest::Client,
 }
 
 impl Shared {
-    fn new(config: &DevIdpConfig, keys: RealmKeys) -> Arc<Self> {
-        Arc::new(Self {
+    fn new(config: &DevIdpConfig, keys: RealmKeys) -> std::io::Result<Arc<Self>> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Arc::new(Self {
             realm: config.realm.clone(),
             realm_lifespan: config.access_token_lifespan,
             keys,
             state: Mutex::new(RealmState::new(config)),
             requests: Mutex::new(Vec::new()),
-        })
+            idp_keys: Mutex::new(HashMap::new()),
+            http,
+        }))
     }
 
     /// Locks the realm state. A poisoned lock only means another thread panicked mid-update;
@@ -70,6 +87,10 @@ impl Shared {
 
     fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
         self.requests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn idp_keys(&self) -> MutexGuard<'_, HashMap<String, jwt_grant::CachedJwks>> {
+        self.idp_keys.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -100,7 +121,7 @@ pub async fn start(config: DevIdpConfig, listen: SocketAddr) -> std::io::Result<
     let keys = tokio::task::spawn_blocking(RealmKeys::generate)
         .await
         .map_err(std::io::Error::other)??;
-    let shared = Shared::new(&config, keys);
+    let shared = Shared::new(&config, keys)?;
     let data = web::Data::from(Arc::clone(&shared));
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
         .workers(2)
@@ -187,6 +208,59 @@ impl DevIdpHandle {
     /// Switches the token-exchange feature (keycloak-token-exchange.md §1, §2 step 3).
     pub fn set_token_exchange_enabled(&self, on: bool) {
         self.shared.state().token_exchange_enabled = on;
+    }
+
+    /// Switches the preview feature `jwt-authorization-grant` (keycloak-token-exchange.md §6).
+    pub fn set_jwt_authorization_grant_enabled(&self, on: bool) {
+        self.shared.state().jwt_authorization_grant_enabled = on;
+    }
+
+    /// Switches legacy token exchange V1 (`token-exchange` + `admin-fine-grained-authz:v1`,
+    /// keycloak-token-exchange.md §5). Off by default.
+    pub fn set_token_exchange_v1_enabled(&self, on: bool) {
+        self.shared.state().token_exchange_v1_enabled = on;
+    }
+
+    /// Adds an identity provider, replacing one with the same alias (§6). Its cached keys are
+    /// dropped, so a changed JWKS URL or key set is fetched afresh.
+    pub fn add_identity_provider(&self, idp: DevIdentityProvider) {
+        self.shared.idp_keys().remove(&idp.jwks_url);
+        self.shared.state().upsert_identity_provider(idp);
+    }
+
+    /// Links user `username` to identity provider `alias` as `idp_user_id` there (a federated
+    /// identity, §6), replacing the user's earlier link to that IdP. Returns `false` when there
+    /// is no such user.
+    pub fn link_user(&self, username: &str, alias: &str, idp_user_id: &str) -> bool {
+        let mut st = self.shared.state();
+        match st.users.iter_mut().find(|u| u.username == username) {
+            Some(u) => {
+                u.link(alias, idp_user_id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes user `username`'s link to identity provider `alias`.
+    pub fn unlink_user(&self, username: &str, alias: &str) {
+        let mut st = self.shared.state();
+        if let Some(u) = st.users.iter_mut().find(|u| u.username == username) {
+            u.federated_identities.retain(|f| f.alias != alias);
+        }
+    }
+
+    /// Changes an existing client in place (e.g. to allow an identity provider for the JWT
+    /// authorization grant). Returns `false` when there is no such client.
+    pub fn update_client(&self, client_id: &str, change: impl FnOnce(&mut DevClient)) -> bool {
+        let mut st = self.shared.state();
+        match st.clients.iter_mut().find(|c| c.client_id == client_id) {
+            Some(c) => {
+                change(c);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Delay before the token endpoint answers (to test timeouts and in-flight coalescing).

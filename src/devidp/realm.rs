@@ -1,6 +1,7 @@
-//! The realm model of the dev IdP: users, clients (with the Keycloak client attributes that the
-//! token-exchange path depends on), user sessions, service-account users, the runtime switches,
-//! and the fixed development contract (`DevIdpConfig::contract()`, see
+//! The realm model of the dev IdP: users (with federated identity links), clients (with the
+//! Keycloak client attributes that the token-exchange, JWT authorization grant and V1
+//! impersonation paths depend on), identity providers, user sessions, service-account users, the
+//! runtime switches, and the fixed development contract (`DevIdpConfig::contract()`, see
 //! `/work/shared/docs/dev-contract.md`).
 //!
 //! Everything here is plain data behind one `Mutex` owned by `mod.rs`; no actix types.
@@ -34,10 +35,55 @@ pub struct DevIdpConfig {
     /// 400 `unsupported_grant_type` and the URN is absent from `grant_types_supported`
     /// (keycloak-token-exchange.md §1, §2 step 3).
     pub token_exchange_enabled: bool,
+    /// Preview feature `jwt-authorization-grant` (keycloak-token-exchange.md §6): `false`
+    /// answers the jwt-bearer grant with 400 `unsupported_grant_type` and leaves it out of
+    /// `grant_types_supported` (§1). On in `contract()`.
+    pub jwt_authorization_grant_enabled: bool,
+    /// Legacy token exchange V1 (`--features=token-exchange,admin-fine-grained-authz:v1`, §5):
+    /// handles the exchange requests that standard V2 declines (§3.3), of which the dev IdP
+    /// emulates naked impersonation (`requested_subject` without `subject_token`). Off by
+    /// default, as in Keycloak.
+    pub token_exchange_v1_enabled: bool,
     /// Realm users.
     pub users: Vec<DevUser>,
     /// Realm clients.
     pub clients: Vec<DevClient>,
+    /// Identity providers trusted for the JWT authorization grant (§6).
+    pub identity_providers: Vec<DevIdentityProvider>,
+}
+
+/// A realm identity provider as the JWT authorization grant uses it (keycloak-token-exchange.md
+/// §6): the "JWT Authorization Grant" (or OIDC) provider type with an issuer and a JWKS URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevIdentityProvider {
+    /// The IdP alias: what federated identity links and the client's allowed-IdP list name.
+    pub alias: String,
+    /// Assertions must carry exactly this `iss`.
+    pub issuer: String,
+    /// Where the IdP's signing keys are fetched (a JWKS document, RFC 7517).
+    pub jwks_url: String,
+    /// The IdP's "JWT Authorization Grant" switch.
+    pub jwt_authorization_grant_enabled: bool,
+}
+
+impl DevIdentityProvider {
+    /// An identity provider with the "JWT Authorization Grant" switch on.
+    pub fn new(alias: &str, issuer: &str, jwks_url: &str) -> Self {
+        Self {
+            alias: alias.to_owned(),
+            issuer: issuer.to_owned(),
+            jwks_url: jwks_url.to_owned(),
+            jwt_authorization_grant_enabled: true,
+        }
+    }
+}
+
+/// A federated identity link: the user is known as `user_id` at the identity provider `alias`
+/// (Keycloak's `FederatedIdentityModel`; keycloak-token-exchange.md §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FederatedIdentity {
+    pub alias: String,
+    pub user_id: String,
 }
 
 /// A realm user.
@@ -51,6 +97,8 @@ pub struct DevUser {
     pub first_name: String,
     pub last_name: String,
     pub enabled: bool,
+    /// Links to identity providers (§6: the assertion's `sub` is the user id at the IdP).
+    pub federated_identities: Vec<FederatedIdentity>,
 }
 
 impl std::fmt::Debug for DevUser {
@@ -77,7 +125,18 @@ impl DevUser {
             first_name: capitalise(username),
             last_name: "Example".to_owned(),
             enabled: true,
+            federated_identities: Vec::new(),
         }
+    }
+
+    /// Links the user to identity provider `alias` as `user_id` there (replacing an earlier
+    /// link to the same IdP: Keycloak keeps one link per IdP and user).
+    pub fn link(&mut self, alias: &str, user_id: &str) {
+        self.federated_identities.retain(|f| f.alias != alias);
+        self.federated_identities.push(FederatedIdentity {
+            alias: alias.to_owned(),
+            user_id: user_id.to_owned(),
+        });
     }
 
     /// `name` claim: Keycloak's full-name mapper joins first and last name.
@@ -112,6 +171,18 @@ pub struct DevClient {
     pub optional_scopes: BTreeMap<String, Vec<String>>,
     /// Client attribute `access.token.lifespan`; `None` = realm default.
     pub access_token_lifespan: Option<Duration>,
+    /// Client attribute `oauth2.jwt.authorization.grant.enabled`: the "JWT Authorization Grant"
+    /// capability (keycloak-token-exchange.md §6).
+    pub jwt_authorization_grant_enabled: bool,
+    /// Client attribute `oauth2.jwt.authorization.grant.idp`: aliases of the identity providers
+    /// whose assertions this client may redeem (§6).
+    pub jwt_authorization_grant_idps: Vec<String>,
+    /// FGAP v1 Users → "impersonate" permission includes this client: it may do naked V1
+    /// impersonation (§5).
+    pub v1_impersonation_allowed: bool,
+    /// FGAP v1 "token-exchange" permission of this client as a *target*: the requester client
+    /// ids allowed to exchange to it with V1 (§5, internal→internal).
+    pub v1_token_exchange_clients: Vec<String>,
 }
 
 impl std::fmt::Debug for DevClient {
@@ -146,6 +217,10 @@ impl DevClient {
             audience_mappers: Vec::new(),
             optional_scopes: BTreeMap::new(),
             access_token_lifespan: None,
+            jwt_authorization_grant_enabled: false,
+            jwt_authorization_grant_idps: Vec::new(),
+            v1_impersonation_allowed: false,
+            v1_token_exchange_clients: Vec::new(),
         }
     }
 
@@ -176,16 +251,26 @@ impl DevIdpConfig {
         broker.service_accounts_enabled = true;
         broker.standard_token_exchange_enabled = true;
         broker.audience_mappers = vec!["kagenti-api".to_owned(), "sonataflow".to_owned()];
+        // §6: the capability is on; the allowed IdPs are added with the IdP itself
+        // (`token-broker dev` adds the broker's assertion issuer).
+        broker.jwt_authorization_grant_enabled = true;
+        // §5: ready for V1 impersonation, which stays off until the realm switch is on.
+        broker.v1_impersonation_allowed = true;
 
-        let kagenti = DevClient::confidential("kagenti-api", &random_secret());
-        let sonataflow = DevClient::confidential("sonataflow", &random_secret());
+        let mut kagenti = DevClient::confidential("kagenti-api", &random_secret());
+        kagenti.v1_token_exchange_clients = vec!["token-broker".to_owned()];
+        let mut sonataflow = DevClient::confidential("sonataflow", &random_secret());
+        sonataflow.v1_token_exchange_clients = vec!["token-broker".to_owned()];
 
         Self {
             realm: "dev".to_owned(),
             access_token_lifespan: DEFAULT_ACCESS_TOKEN_LIFESPAN,
             token_exchange_enabled: true,
+            jwt_authorization_grant_enabled: true,
+            token_exchange_v1_enabled: false,
             users: vec![DevUser::new("alice", "alice"), DevUser::new("bob", "bob")],
             clients: vec![frontend, broker, kagenti, sonataflow],
+            identity_providers: Vec::new(),
         }
     }
 }
@@ -213,6 +298,12 @@ pub struct RealmState {
     /// sid -> session.
     pub sessions: HashMap<String, UserSession>,
     pub token_exchange_enabled: bool,
+    pub jwt_authorization_grant_enabled: bool,
+    pub token_exchange_v1_enabled: bool,
+    pub identity_providers: Vec<DevIdentityProvider>,
+    /// Redeemed assertion ids (`iss` + `jti`) → the assertion's `exp`: §6 "`jti` is required and
+    /// single-use". Entries are dropped once expired (the assertion is refused anyway then).
+    pub used_assertions: HashMap<(String, String), u64>,
     pub token_endpoint_delay: Duration,
     /// Test fault: corrupt successful exchange answers (never set by `token-broker dev`).
     pub exchange_fault: Option<ExchangeFault>,
@@ -241,6 +332,10 @@ impl RealmState {
             clients: config.clients.clone(),
             sessions: HashMap::new(),
             token_exchange_enabled: config.token_exchange_enabled,
+            jwt_authorization_grant_enabled: config.jwt_authorization_grant_enabled,
+            token_exchange_v1_enabled: config.token_exchange_v1_enabled,
+            identity_providers: config.identity_providers.clone(),
+            used_assertions: HashMap::new(),
             token_endpoint_delay: Duration::ZERO,
             exchange_fault: None,
         }
@@ -264,6 +359,26 @@ impl RealmState {
     pub fn upsert_client(&mut self, client: DevClient) {
         self.clients.retain(|c| c.client_id != client.client_id);
         self.clients.push(client);
+    }
+
+    /// Adds or replaces (same alias) an identity provider.
+    pub fn upsert_identity_provider(&mut self, idp: DevIdentityProvider) {
+        self.identity_providers.retain(|i| i.alias != idp.alias);
+        self.identity_providers.push(idp);
+    }
+
+    /// The identity provider whose issuer is exactly `issuer`.
+    pub fn identity_provider_by_issuer(&self, issuer: &str) -> Option<&DevIdentityProvider> {
+        self.identity_providers.iter().find(|i| i.issuer == issuer)
+    }
+
+    /// The user linked to identity provider `alias` as `idp_user_id` (§6).
+    pub fn user_by_federated_identity(&self, alias: &str, idp_user_id: &str) -> Option<&DevUser> {
+        self.users.iter().find(|u| {
+            u.federated_identities
+                .iter()
+                .any(|f| f.alias == alias && f.user_id == idp_user_id)
+        })
     }
 
     /// Resolves a token's `sub`: a realm user, or the service-account user of a client with

@@ -13,6 +13,7 @@ use super::*;
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 const BROKER_SECRET: &str = "token-broker-dev-secret";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 async fn start_contract() -> DevIdpHandle {
     start(DevIdpConfig::contract(), "127.0.0.1:0".parse().unwrap())
@@ -153,6 +154,10 @@ async fn discovery_is_accepted_by_openidconnect_and_jwks_has_both_keys() {
     sorted.sort_unstable();
     assert_eq!(grants, sorted, "grant_types_supported is sorted (§1)");
     assert!(grants.contains(&TE));
+    assert!(
+        grants.contains(&JWT_BEARER),
+        "the contract has the §6 feature on"
+    );
     assert_eq!(
         doc["subject_types_supported"],
         json!(["public", "pairwise"])
@@ -504,11 +509,7 @@ async fn grant_type_errors_and_feature_switch() {
         "invalid_request",
         "Missing form parameter: grant_type",
     );
-    for g in [
-        "foo",
-        "urn:ietf:params:oauth:grant-type:jwt-bearer",
-        "refresh_token",
-    ] {
+    for g in ["foo", "refresh_token"] {
         assert_error(
             &post(&idp, &[("grant_type", g), ("client_id", "token-broker")]).await,
             400,
@@ -992,7 +993,7 @@ async fn https_required_from_a_public_address() {
     use actix_web::test::{TestRequest, call_service, init_service, read_body_json};
 
     let config = DevIdpConfig::contract();
-    let shared = Shared::new(&config, keys::RealmKeys::generate().unwrap());
+    let shared = Shared::new(&config, keys::RealmKeys::generate().unwrap()).unwrap();
     let app = init_service(
         App::new()
             .app_data(web::Data::from(Arc::clone(&shared)))
@@ -1038,6 +1039,9 @@ fn contract_values() {
     assert_eq!(c.realm, "dev");
     assert_eq!(c.access_token_lifespan, Duration::from_secs(300));
     assert!(c.token_exchange_enabled);
+    assert!(c.jwt_authorization_grant_enabled);
+    assert!(!c.token_exchange_v1_enabled, "V1 is off by default (§5)");
+    assert!(c.identity_providers.is_empty());
     let names: Vec<&str> = c.users.iter().map(|u| u.username.as_str()).collect();
     assert_eq!(names, ["alice", "bob"]);
     let broker = c
@@ -1059,4 +1063,572 @@ fn contract_values() {
     assert_eq!(DevUser::new("alice", "x").id, DevUser::new("alice", "y").id);
     assert_ne!(DevUser::new("alice", "x").id, DevUser::new("bob", "x").id);
     assert!(uuid::Uuid::parse_str(&DevUser::new("alice", "x").id).is_ok());
+}
+
+// ---------------------------------------------------------------------------------------------
+// JWT authorization grant (keycloak-token-exchange.md §6)
+
+const ASSERTION_ISS: &str = "http://backstage-broker.test";
+const ALIAS: &str = "backstage";
+
+/// An ES256 key of the identity provider that signs assertions.
+struct EsKey {
+    kid: String,
+    pair: aws_lc_rs::signature::EcdsaKeyPair,
+}
+
+impl EsKey {
+    fn new(kid: &str) -> Self {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        Self {
+            kid: kid.to_owned(),
+            pair: EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        use aws_lc_rs::signature::KeyPair as _;
+        let p = self.pair.public_key().as_ref();
+        json!({"kty": "EC", "crv": "P-256", "kid": self.kid, "alg": "ES256", "use": "sig",
+            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])})
+    }
+
+    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = self
+            .pair
+            .sign(&aws_lc_rs::rand::SystemRandom::new(), input.as_bytes())
+            .unwrap();
+        format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_with_header(
+            &json!({"alg": "ES256", "typ": "JWT", "kid": self.kid}),
+            claims,
+        )
+    }
+}
+
+/// A JWKS endpoint on 127.0.0.1:0 that counts its fetches.
+struct JwksServer {
+    url: String,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    server: actix_web::dev::ServerHandle,
+}
+
+async fn serve_jwks(jwks: Value) -> JwksServer {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = Arc::new(AtomicUsize::new(0));
+    let h = hits.clone();
+    let server = actix_web::HttpServer::new(move || {
+        let jwks = jwks.clone();
+        let h = h.clone();
+        actix_web::App::new().route(
+            "/jwks.json",
+            actix_web::web::get().to(move || {
+                h.fetch_add(1, Ordering::SeqCst);
+                let jwks = jwks.clone();
+                async move { actix_web::HttpResponse::Ok().json(jwks) }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    let server = server.run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    JwksServer {
+        url: format!("http://{addr}/jwks.json"),
+        hits,
+        server: handle,
+    }
+}
+
+fn now() -> u64 {
+    claims::now_secs()
+}
+
+/// Claims of a valid assertion for `sub`.
+fn assertion_claims(idp: &DevIdpHandle, sub: &str) -> Value {
+    let now = now();
+    json!({"iss": ASSERTION_ISS, "sub": sub, "aud": idp.issuer(), "iat": now, "nbf": now,
+        "exp": now + 120, "jti": uuid::Uuid::new_v4().to_string()})
+}
+
+/// The contract realm trusting `ASSERTION_ISS` (alias `backstage`) for `token-broker`, alice
+/// linked as `user:default/alice`, the IdP's keys (ES256 and RS256) served by a test JWKS
+/// server.
+async fn jwt_setup() -> (DevIdpHandle, EsKey, keys::RealmKeys, JwksServer) {
+    let idp = start_contract().await;
+    let key = EsKey::new("es-1");
+    let rsa = keys::RealmKeys::generate().unwrap();
+    let mut set = rsa.jwks();
+    set["keys"].as_array_mut().unwrap().push(key.jwk());
+    let jwks = serve_jwks(set).await;
+    idp.add_identity_provider(DevIdentityProvider::new(ALIAS, ASSERTION_ISS, &jwks.url));
+    assert!(idp.update_client("token-broker", |c| {
+        c.jwt_authorization_grant_idps.push(ALIAS.to_owned());
+    }));
+    assert!(idp.link_user("alice", ALIAS, "user:default/alice"));
+    (idp, key, rsa, jwks)
+}
+
+async fn jwt_grant_as(
+    idp: &DevIdpHandle,
+    client: (&str, Option<&str>),
+    assertion: Option<&str>,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = vec![("grant_type", JWT_BEARER), ("client_id", client.0)];
+    if let Some(secret) = client.1 {
+        form.push(("client_secret", secret));
+    }
+    if let Some(a) = assertion {
+        form.push(("assertion", a));
+    }
+    form.extend_from_slice(extra);
+    post(idp, &form).await
+}
+
+async fn jwt_grant(idp: &DevIdpHandle, assertion: &str) -> (u16, Value) {
+    jwt_grant_as(
+        idp,
+        ("token-broker", Some(BROKER_SECRET)),
+        Some(assertion),
+        &[],
+    )
+    .await
+}
+
+#[actix_web::test]
+async fn jwt_authorization_grant_issues_a_transient_user_token() {
+    let (idp, key, rsa, jwks) = jwt_setup().await;
+    let alice_id = idp.user_id("alice").unwrap();
+
+    let assertion = key.sign(&assertion_claims(&idp, "user:default/alice"));
+    let (status, body) = jwt_grant(&idp, &assertion).await;
+    assert_eq!(status, 200, "{body}");
+    // §6: access token only, no refresh token, no session_state.
+    let mut fields: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    fields.sort_unstable();
+    assert_eq!(
+        fields,
+        [
+            "access_token",
+            "expires_in",
+            "not-before-policy",
+            "refresh_expires_in",
+            "scope",
+            "token_type"
+        ]
+    );
+    assert_eq!(body["expires_in"], 300);
+    assert_eq!(body["refresh_expires_in"], 0);
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["not-before-policy"], 0);
+    assert_eq!(body["scope"], "profile email");
+    let at = body["access_token"].as_str().unwrap();
+    let c = payload(at);
+    assert_eq!(c["sub"], alice_id.as_str());
+    assert_eq!(c["preferred_username"], "alice");
+    assert_eq!(c["azp"], "token-broker");
+    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(c["typ"], "Bearer");
+    assert_eq!(c["iss"], idp.issuer().as_str());
+    assert!(c.get("sid").is_none(), "transient session: no sid (§6)");
+    assert!(c["jti"].as_str().unwrap().starts_with("trrtjg:"), "{c}");
+    // The realm key signed it: it verifies as a subject token for V2 exchange.
+    assert_eq!(
+        exchange(&idp, at, &[("audience", "kagenti-api")]).await.0,
+        200
+    );
+
+    // §6: `jti` is single-use.
+    assert_error(
+        &jwt_grant(&idp, &assertion).await,
+        400,
+        "invalid_grant",
+        "Assertion has already been used",
+    );
+
+    // `aud` = the token endpoint URL is accepted too, and so is an array.
+    let mut c = assertion_claims(&idp, "user:default/alice");
+    c["aud"] = json!(["someone", idp.token_endpoint()]);
+    assert_eq!(jwt_grant(&idp, &key.sign(&c)).await.0, 200);
+
+    // RS256 by an RSA key of the same JWKS (selected by kid).
+    let rs = rsa.sign(&assertion_claims(&idp, "user:default/alice"));
+    let (status, body) = jwt_grant(&idp, &rs).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Optional scopes as for other grants; the JWKS was fetched once for all of the above.
+    let (status, body) = jwt_grant_as(
+        &idp,
+        ("token-broker", Some(BROKER_SECRET)),
+        Some(&key.sign(&assertion_claims(&idp, "user:default/alice"))),
+        &[("scope", "openid")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "openid profile email");
+    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    assert_eq!(jwks.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    jwks.server.stop(true).await;
+    idp.stop().await;
+}
+
+#[actix_web::test]
+async fn jwt_authorization_grant_errors() {
+    let (idp, key, _rsa, jwks) = jwt_setup().await;
+    let grant_err = |d: &str| (400u16, "invalid_grant", d.to_owned());
+    let sign = |f: &dyn Fn(&mut Value)| {
+        let mut c = assertion_claims(&idp, "user:default/alice");
+        f(&mut c);
+        key.sign(&c)
+    };
+    let now = now();
+
+    // Missing assertion.
+    assert_error(
+        &jwt_grant_as(&idp, ("token-broker", Some(BROKER_SECRET)), None, &[]).await,
+        400,
+        "invalid_request",
+        "Missing parameter: assertion",
+    );
+    // Client authentication runs first (§2 step 5).
+    let good = sign(&|_| {});
+    assert_error(
+        &jwt_grant_as(&idp, ("token-broker", Some("wrong")), Some(&good), &[]).await,
+        401,
+        "unauthorized_client",
+        "Invalid client or Invalid client credentials",
+    );
+    // A public client, and a confidential client without the capability.
+    let (s, e, d) = grant_err("Public client not allowed to use the JWT Authorization Grant");
+    assert_error(
+        &jwt_grant_as(&idp, ("dev-frontend", None), Some(&good), &[]).await,
+        s,
+        e,
+        &d,
+    );
+    idp.add_client(DevClient::confidential("plain", "plain-secret"));
+    let (s, e, d) = grant_err("JWT Authorization Grant is not enabled for the client");
+    assert_error(
+        &jwt_grant_as(&idp, ("plain", Some("plain-secret")), Some(&good), &[]).await,
+        s,
+        e,
+        &d,
+    );
+
+    let mut cases: Vec<(&str, String, String)> = Vec::new();
+    cases.push(("garbage", "not-a-jwt".into(), "Invalid assertion".into()));
+    let unsigned = format!(
+        "{}.{}.",
+        URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
+        URL_SAFE_NO_PAD.encode(assertion_claims(&idp, "user:default/alice").to_string())
+    );
+    cases.push(("alg none", unsigned, "Assertion must be signed".into()));
+    cases.push((
+        "no iss",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("iss");
+        }),
+        "Assertion has no 'iss' claim".into(),
+    ));
+    cases.push((
+        "no sub",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("sub");
+        }),
+        "Assertion has no 'sub' claim".into(),
+    ));
+    cases.push((
+        "unknown issuer",
+        sign(&|c| c["iss"] = json!("http://elsewhere")),
+        "No identity provider found for the assertion issuer".into(),
+    ));
+    let other = EsKey::new("es-1");
+    cases.push((
+        "foreign key, same kid",
+        other.sign(&assertion_claims(&idp, "user:default/alice")),
+        "Invalid assertion signature".into(),
+    ));
+    cases.push((
+        "unknown kid",
+        EsKey::new("es-unknown").sign(&assertion_claims(&idp, "user:default/alice")),
+        "Invalid assertion signature".into(),
+    ));
+    cases.push((
+        "no exp",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("exp");
+        }),
+        "Assertion has no 'exp' claim".into(),
+    ));
+    cases.push((
+        "expired",
+        sign(&|c| c["exp"] = json!(now - 1)),
+        "Assertion has expired".into(),
+    ));
+    cases.push((
+        "exp too far ahead",
+        sign(&|c| c["exp"] = json!(now + 400)),
+        "Assertion expiration is more than 300 s in the future".into(),
+    ));
+    cases.push((
+        "nbf in the future",
+        sign(&|c| c["nbf"] = json!(now + 60)),
+        "Assertion is not yet valid".into(),
+    ));
+    cases.push((
+        "wrong aud",
+        sign(&|c| c["aud"] = json!("backstage")),
+        "Invalid assertion audience".into(),
+    ));
+    cases.push((
+        "no aud",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("aud");
+        }),
+        "Invalid assertion audience".into(),
+    ));
+    cases.push((
+        "no jti",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("jti");
+        }),
+        "Assertion has no 'jti' claim".into(),
+    ));
+    cases.push((
+        "unlinked user",
+        sign(&|c| c["sub"] = json!("user:default/bob")),
+        "No user is linked to the assertion subject at the identity provider".into(),
+    ));
+    for (name, assertion, description) in cases {
+        let got = jwt_grant(&idp, &assertion).await;
+        assert_eq!(got.0, 400, "{name}: {}", got.1);
+        assert_eq!(got.1["error"], "invalid_grant", "{name}: {}", got.1);
+        assert_eq!(got.1["error_description"], description.as_str(), "{name}");
+    }
+
+    // Bad scope: as for other grants.
+    assert_error(
+        &jwt_grant_as(
+            &idp,
+            ("token-broker", Some(BROKER_SECRET)),
+            Some(&sign(&|_| {})),
+            &[("scope", "nope")],
+        )
+        .await,
+        400,
+        "invalid_scope",
+        "Invalid scopes: nope",
+    );
+    // Disabled user (the 26.5.3 CVE fix).
+    idp.set_user_enabled("alice", false);
+    let (s, e, d) = grant_err("User is disabled");
+    assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
+    idp.set_user_enabled("alice", true);
+    // The IdP's switch, then the client's allowed list.
+    idp.add_identity_provider(DevIdentityProvider {
+        jwt_authorization_grant_enabled: false,
+        ..DevIdentityProvider::new(ALIAS, ASSERTION_ISS, &jwks.url)
+    });
+    let (s, e, d) = grant_err("JWT Authorization Grant is not enabled for the identity provider");
+    assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
+    idp.add_identity_provider(DevIdentityProvider::new(
+        "other-idp",
+        "http://other.test",
+        &jwks.url,
+    ));
+    let (s, e, d) = grant_err("Identity provider 'other-idp' is not allowed for the client");
+    assert_error(
+        &jwt_grant(&idp, &sign(&|c| c["iss"] = json!("http://other.test"))).await,
+        s,
+        e,
+        &d,
+    );
+    // JWKS unreachable.
+    idp.add_identity_provider(DevIdentityProvider::new(
+        ALIAS,
+        ASSERTION_ISS,
+        "http://127.0.0.1:9/jwks.json",
+    ));
+    let (s, e, d) = grant_err("Unable to fetch the identity provider's keys");
+    assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
+
+    // The realm feature off: unsupported grant, absent from discovery (§1).
+    idp.set_jwt_authorization_grant_enabled(false);
+    assert_error(
+        &jwt_grant(&idp, &sign(&|_| {})).await,
+        400,
+        "unsupported_grant_type",
+        "Unsupported grant_type",
+    );
+    let doc: Value = http()
+        .get(format!("{}/.well-known/openid-configuration", idp.issuer()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !doc["grant_types_supported"]
+            .as_array()
+            .unwrap()
+            .contains(&json!(JWT_BEARER))
+    );
+    jwks.server.stop(true).await;
+    idp.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Legacy token exchange V1, naked impersonation (keycloak-token-exchange.md §5)
+
+async fn impersonate_as(
+    idp: &DevIdpHandle,
+    client: (&str, &str),
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut form = vec![
+        ("grant_type", TE),
+        ("client_id", client.0),
+        ("client_secret", client.1),
+        ("requested_subject", subject),
+    ];
+    form.extend_from_slice(extra);
+    post(idp, &form).await
+}
+
+async fn impersonate(idp: &DevIdpHandle, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+    impersonate_as(idp, ("token-broker", BROKER_SECRET), subject, extra).await
+}
+
+#[actix_web::test]
+async fn v1_naked_impersonation() {
+    let idp = start_contract().await;
+    let access = [("requested_token_type", AT), ("audience", "kagenti-api")];
+
+    // V1 off (the default): V2's supports() reason is the answer (§3.3).
+    assert_error(
+        &impersonate(&idp, "alice", &access).await,
+        400,
+        "invalid_request",
+        "Parameter 'requested_subject' is not supported for standard token exchange",
+    );
+
+    idp.set_token_exchange_v1_enabled(true);
+    let (status, body) = impersonate(&idp, "alice", &access).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_token_type"], AT);
+    assert_eq!(body["token_type"], "Bearer");
+    assert!(body.get("refresh_token").is_none());
+    let c = payload(body["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], idp.user_id("alice").unwrap().as_str());
+    assert_eq!(c["azp"], "token-broker");
+    // Minted for the target: its mappers (none) plus the target itself.
+    assert_eq!(c["aud"], "kagenti-api");
+    // A new user session (§5).
+    assert_eq!(body["session_state"], c["sid"]);
+    assert!(c["jti"].as_str().unwrap().starts_with("onrtte:"));
+
+    // By user id too; the default requested_token_type is refresh_token (§5).
+    let alice_id = idp.user_id("alice").unwrap();
+    let (status, body) = impersonate(&idp, &alice_id, &[("audience", "kagenti-api")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:refresh_token"
+    );
+    assert!(body["refresh_token"].is_string());
+    assert_eq!(body["refresh_expires_in"], 1800);
+
+    // Anti-fishing and permissions: the same 403 (§5).
+    let denied = |got: &(u16, Value)| {
+        assert_error(got, 403, "access_denied", "Client not allowed to exchange")
+    };
+    denied(&impersonate(&idp, "nobody", &access).await);
+    idp.set_user_enabled("bob", false);
+    denied(&impersonate(&idp, "bob", &access).await);
+    idp.set_user_enabled("bob", true);
+    assert_eq!(impersonate(&idp, "bob", &access).await.0, 200);
+    // A client without the "impersonate" permission.
+    let mut plain = DevClient::confidential("plain", "plain-secret");
+    plain.standard_token_exchange_enabled = true;
+    idp.add_client(plain);
+    denied(&impersonate_as(&idp, ("plain", "plain-secret"), "alice", &access).await);
+    // A target whose "token-exchange" permission does not include the requester.
+    idp.add_client(DevClient::confidential("closed-api", "x"));
+    denied(
+        &impersonate(
+            &idp,
+            "alice",
+            &[("requested_token_type", AT), ("audience", "closed-api")],
+        )
+        .await,
+    );
+    // exchangeClientToClient errors.
+    assert_error(
+        &impersonate(&idp, "alice", &[("audience", "no-such-client")]).await,
+        400,
+        "invalid_client",
+        "Audience not found",
+    );
+    let mut disabled = DevClient::confidential("off-api", "x");
+    disabled.enabled = false;
+    disabled.v1_token_exchange_clients = vec!["token-broker".into()];
+    idp.add_client(disabled);
+    assert_error(
+        &impersonate(&idp, "alice", &[("audience", "off-api")]).await,
+        400,
+        "invalid_client",
+        "Client disabled",
+    );
+    assert_error(
+        &impersonate(
+            &idp,
+            "alice",
+            &[
+                ("audience", "kagenti-api"),
+                (
+                    "requested_token_type",
+                    "urn:ietf:params:oauth:token-type:id_token",
+                ),
+            ],
+        )
+        .await,
+        400,
+        "invalid_request",
+        "requested_token_type unsupported",
+    );
+
+    // V2 still handles what it supports while V1 is on.
+    let subject = alice_token(&idp).await;
+    assert_eq!(
+        exchange(&idp, &subject, &[("audience", "kagenti-api")])
+            .await
+            .0,
+        200
+    );
+    idp.stop().await;
 }

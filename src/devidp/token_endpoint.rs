@@ -1,7 +1,8 @@
 //! The token endpoint: Keycloak's common pipeline (keycloak-token-exchange.md §2) followed by the
-//! `password`, `client_credentials` (§8) and standard token exchange V2 (§3.3–§3.6) grants,
-//! with the statuses and error texts of §2/§3.8/§8 verbatim. Every request is recorded for
-//! `DevIdpHandle::requests()`.
+//! `password`, `client_credentials` (§8), standard token exchange V2 (§3.3–§3.6, handing what V2
+//! declines to V1 when that is on, §5: `v1_exchange.rs`) and JWT authorization (§6:
+//! `jwt_grant.rs`) grants, with the statuses and error texts of §2/§3.8/§8 verbatim. Every
+//! request is recorded for `DevIdpHandle::requests()`.
 
 use std::net::IpAddr;
 
@@ -13,18 +14,20 @@ use serde_json::{Map, Value, json};
 
 use super::claims::{self, TokenKind, TokenSpec, now_secs};
 use super::discovery::{TOKEN_EXCHANGE_GRANT, realm_not_found, request_issuer};
+use super::jwt_grant::{self, JWT_BEARER_GRANT};
 use super::realm::{
     DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession,
 };
+use super::v1_exchange;
 use super::{RecordedRequest, Shared};
 
-const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(super) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 const INVALID_CLIENT_CREDENTIALS: &str = "Invalid client or Invalid client credentials";
 
 /// An OAuth error answer.
 #[derive(Debug)]
-struct OAuthError {
+pub(super) struct OAuthError {
     status: StatusCode,
     error: &'static str,
     description: String,
@@ -33,7 +36,11 @@ struct OAuthError {
 }
 
 impl OAuthError {
-    fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn new(
+        status: StatusCode,
+        error: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             status,
             error,
@@ -42,7 +49,7 @@ impl OAuthError {
         }
     }
 
-    fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
+    pub(super) fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, error, description)
     }
 
@@ -63,17 +70,17 @@ struct RequestCtx {
 }
 
 /// The parsed form, duplicates kept.
-struct Form<'a>(&'a [(String, String)]);
+pub(super) struct Form<'a>(pub(super) &'a [(String, String)]);
 
 impl Form<'_> {
-    fn first(&self, key: &str) -> Option<&str> {
+    pub(super) fn first(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
-    fn all(&self, key: &str) -> Vec<&str> {
+    pub(super) fn all(&self, key: &str) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -81,7 +88,7 @@ impl Form<'_> {
             .collect()
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(super) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 }
@@ -107,6 +114,14 @@ pub async fn token(
         actix_web::rt::time::sleep(delay).await;
     }
 
+    // §6: the assertion's identity-provider keys are fetched here, before the synchronous
+    // pipeline takes the realm lock.
+    let prefetched = if grant_type.as_deref() == Some(JWT_BEARER_GRANT) {
+        jwt_grant::prefetch_keys(&idp, &form).await
+    } else {
+        None
+    };
+
     let realm = path.into_inner();
     let (response, status, recorded_body) = if realm != idp.realm {
         (
@@ -121,7 +136,7 @@ pub async fn token(
             authorization,
             basic: basic.clone(),
         };
-        match process(&idp, &ctx, &Form(&form)) {
+        match process(&idp, &ctx, &Form(&form), prefetched.as_ref()) {
             Ok(body) => (no_store(HttpResponse::Ok()).json(&body), 200, body),
             Err(e) => error_response(&e),
         }
@@ -207,7 +222,12 @@ fn is_local(ip: IpAddr) -> bool {
 
 /// The §2 pipeline, then the grant. Synchronous: it holds the realm lock throughout, which is
 /// fine because nothing in here awaits.
-fn process(idp: &Shared, ctx: &RequestCtx, form: &Form<'_>) -> Result<Value, OAuthError> {
+fn process(
+    idp: &Shared,
+    ctx: &RequestCtx,
+    form: &Form<'_>,
+    prefetched: Option<&jwt_grant::Prefetched>,
+) -> Result<Value, OAuthError> {
     // §2 step 1 checkSsl.
     if let Some(ip) = ctx.peer
         && !is_local(ip)
@@ -232,6 +252,7 @@ fn process(idp: &Shared, ctx: &RequestCtx, form: &Form<'_>) -> Result<Value, OAu
         "password" => Grant::Password,
         "client_credentials" => Grant::ClientCredentials,
         TOKEN_EXCHANGE_GRANT if st.token_exchange_enabled => Grant::TokenExchange,
+        JWT_BEARER_GRANT if st.jwt_authorization_grant_enabled => Grant::JwtBearer,
         _ => {
             return Err(OAuthError::bad_request(
                 "unsupported_grant_type",
@@ -262,7 +283,10 @@ fn process(idp: &Shared, ctx: &RequestCtx, form: &Form<'_>) -> Result<Value, OAu
     match grant {
         Grant::Password => password_grant(&issued, &mut st, &client, form),
         Grant::ClientCredentials => client_credentials_grant(&issued, &client, form, ctx),
-        Grant::TokenExchange => token_exchange_grant(&issued, &st, &client, form),
+        Grant::TokenExchange => token_exchange_grant(&issued, &mut st, &client, form),
+        Grant::JwtBearer => {
+            jwt_grant::jwt_bearer_grant(&issued, &mut st, &client, form, prefetched)
+        }
     }
 }
 
@@ -271,6 +295,7 @@ enum Grant {
     Password,
     ClientCredentials,
     TokenExchange,
+    JwtBearer,
 }
 
 /// §2 step 5 (`ClientIdAndSecretAuthenticator` + `AuthorizeClientUtil`), in Keycloak's order.
@@ -344,20 +369,20 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Signs tokens for the request's issuer.
-struct Issuer<'a> {
-    idp: &'a Shared,
-    issuer: &'a str,
+pub(super) struct Issuer<'a> {
+    pub(super) idp: &'a Shared,
+    pub(super) issuer: &'a str,
 }
 
 impl Issuer<'_> {
-    fn lifespan_secs(&self, client: &DevClient) -> u64 {
+    pub(super) fn lifespan_secs(&self, client: &DevClient) -> u64 {
         client
             .access_token_lifespan
             .unwrap_or(self.idp.realm_lifespan)
             .as_secs()
     }
 
-    fn mint(&self, spec: &TokenSpec<'_>, kind: TokenKind) -> String {
+    pub(super) fn mint(&self, spec: &TokenSpec<'_>, kind: TokenKind) -> String {
         self.idp.keys.sign(&claims::build(spec, kind))
     }
 }
@@ -366,13 +391,16 @@ impl Issuer<'_> {
 /// each value must be `openid`, a default scope (`profile`, `email`) or one of the client's
 /// optional scopes; otherwise 400 `invalid_scope` / `Invalid scopes: <param verbatim>`
 /// (§3.4 step 6, §8).
-struct RequestedScopes {
-    openid: bool,
+pub(super) struct RequestedScopes {
+    pub(super) openid: bool,
     /// Optional client scopes requested, in request order, without duplicates.
-    optional: Vec<String>,
+    pub(super) optional: Vec<String>,
 }
 
-fn requested_scopes(client: &DevClient, form: &Form<'_>) -> Result<RequestedScopes, OAuthError> {
+pub(super) fn requested_scopes(
+    client: &DevClient,
+    form: &Form<'_>,
+) -> Result<RequestedScopes, OAuthError> {
     let mut scopes = RequestedScopes {
         openid: false,
         optional: Vec::new(),
@@ -401,7 +429,7 @@ fn requested_scopes(client: &DevClient, form: &Form<'_>) -> Result<RequestedScop
 
 /// The `scope` claim/response value: `openid` if requested, the default scopes, then the
 /// optional scopes kept.
-fn scope_string(openid: bool, optional: &[String]) -> String {
+pub(super) fn scope_string(openid: bool, optional: &[String]) -> String {
     let mut parts: Vec<&str> = Vec::new();
     if openid {
         parts.push("openid");
@@ -413,7 +441,7 @@ fn scope_string(openid: bool, optional: &[String]) -> String {
 
 /// `aud` of a token issued to `client`: its Audience mappers plus the audiences of the
 /// requested optional scopes, without duplicates (§3.5).
-fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
+pub(super) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
     let mut aud: Vec<String> = Vec::new();
     let extra = optional
         .iter()
@@ -428,7 +456,11 @@ fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
 }
 
 /// Base fields of a successful token response (§3.6, §8).
-fn token_response(access_token: String, expires_in: u64, scope: &str) -> Map<String, Value> {
+pub(super) fn token_response(
+    access_token: String,
+    expires_in: u64,
+    scope: &str,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("access_token".into(), json!(access_token));
     m.insert("expires_in".into(), json!(expires_in));
@@ -565,45 +597,49 @@ fn client_credentials_grant(
 }
 
 /// Standard token exchange V2 (§3.3 `supports()`, then §3.4 steps 2–9).
-fn token_exchange_grant(
-    issuer: &Issuer<'_>,
-    st: &RealmState,
-    requester: &DevClient,
-    form: &Form<'_>,
-) -> Result<Value, OAuthError> {
-    // §3.3: StandardTokenExchangeProvider.supports() reasons, in check order.
+/// §3.3: the reason `StandardTokenExchangeProvider.supports()` declines a request, in check
+/// order; `None` when V2 accepts it.
+fn standard_unsupported_reason(requester: &DevClient, form: &Form<'_>) -> Option<OAuthError> {
+    let reason = |text: String| Some(OAuthError::bad_request("invalid_request", text));
     for p in ["requested_subject", "requested_issuer", "subject_issuer"] {
         if form.has(p) {
-            return Err(OAuthError::bad_request(
-                "invalid_request",
-                format!("Parameter '{p}' is not supported for standard token exchange"),
+            return reason(format!(
+                "Parameter '{p}' is not supported for standard token exchange"
             ));
         }
     }
     if !requester.standard_token_exchange_enabled {
-        return Err(OAuthError::bad_request(
-            "invalid_request",
-            "Standard token exchange is not enabled for the requested client",
-        ));
+        return reason("Standard token exchange is not enabled for the requested client".into());
+    }
+    if !form.has("subject_token") {
+        return reason("Parameter 'subject_token' required for standard token exchange".into());
+    }
+    match form.first("subject_token_type") {
+        None => {
+            reason("Parameter 'subject_token_type' required for standard token exchange".into())
+        }
+        Some(ACCESS_TOKEN_TYPE) => None,
+        Some(_) => reason("Parameter 'subject_token' supports access tokens only".into()),
+    }
+}
+
+fn token_exchange_grant(
+    issuer: &Issuer<'_>,
+    st: &mut RealmState,
+    requester: &DevClient,
+    form: &Form<'_>,
+) -> Result<Value, OAuthError> {
+    if let Some(reason) = standard_unsupported_reason(requester, form) {
+        // §3.3: with V1 on, V1's `supports()` accepts whatever V2 declines (§5); otherwise the
+        // recorded reason is the answer.
+        if st.token_exchange_v1_enabled {
+            return v1_exchange::v1_exchange(issuer, st, requester, form);
+        }
+        return Err(reason);
     }
     let Some(subject_token) = form.first("subject_token") else {
-        return Err(OAuthError::bad_request(
-            "invalid_request",
-            "Parameter 'subject_token' required for standard token exchange",
-        ));
+        return Err(OAuthError::invalid_token());
     };
-    let Some(subject_token_type) = form.first("subject_token_type") else {
-        return Err(OAuthError::bad_request(
-            "invalid_request",
-            "Parameter 'subject_token_type' required for standard token exchange",
-        ));
-    };
-    if subject_token_type != ACCESS_TOKEN_TYPE {
-        return Err(OAuthError::bad_request(
-            "invalid_request",
-            "Parameter 'subject_token' supports access tokens only",
-        ));
-    }
 
     // §3.4 step 2: subject token validation; any failure is `Invalid token`.
     let subject_claims = issuer

@@ -139,6 +139,11 @@ struct Keys {
 }
 
 async fn start_env() -> (Env, FakeBackstage, Keys) {
+    start_env_with(|y| y).await
+}
+
+/// Like [`start_env`], with the generated YAML further rewritten by `edit`.
+async fn start_env_with(edit: impl FnOnce(String) -> String) -> (Env, FakeBackstage, Keys) {
     let keys = Keys {
         auth: EsKey::new(),
         catalog: EsKey::new(),
@@ -161,13 +166,13 @@ async fn start_env() -> (Env, FakeBackstage, Keys) {
     ]);
     let bs = start_backstage(sets).await;
     let env = start_with_yaml(Opts::default(), |yaml| {
-        yaml.replace(
+        edit(yaml.replace(
             "backend:\n  auth:\n",
             &format!(
                 "backend:\n  baseUrl: {}\n  auth:\n    keys:\n      - secret: bGVnYWN5LXNlY3JldA\n",
                 bs.url
             ),
-        )
+        ))
     })
     .await;
     (env, bs, keys)
@@ -364,6 +369,191 @@ async fn every_refusal_case_is_refused_with_backstages_status() {
     .unwrap();
     let (s, _, _) = call(&env, &wrong, "sonataflow").await;
     assert_eq!(s, 401);
+    bs.server.stop(true).await;
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// userMapping: the broker's RFC 7523 assertion (keycloak-token-exchange.md §6) and legacy V1
+// naked impersonation (§5), against the dev IdP's emulation of both.
+
+const ASSERTION_ISSUER: &str = "http://token-broker.test";
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// The Backstage environment plus an `assertion` signer and two targets with a user mapping
+/// (fallback `service_account`, so a silent service token would show), and the dev IdP set up
+/// like `token-broker dev` does: the broker's issuer + JWKS as an identity provider allowed for
+/// `token-broker`, alice and bob linked as `user:default/<name>`.
+async fn start_mapping_env() -> (Env, FakeBackstage, Keys) {
+    let (env, bs, keys) = start_env_with(|yaml| {
+        yaml.replace(
+            "cache:\n",
+            &format!("assertion:\n  issuer: {ASSERTION_ISSUER}\n  lifetime: 2m\ncache:\n"),
+        )
+        .replace(
+            "targets:\n",
+            "targets:\n  kagenti-jwt:\n    audience: kagenti-api\n    fallback: service_account\n    userMapping: jwt_authorization_grant\n  kagenti-imp:\n    audience: kagenti-api\n    fallback: service_account\n    userMapping: impersonation\n",
+        )
+    })
+    .await;
+    token_broker::dev::trust_broker_assertions(
+        &env.idp,
+        &token_broker::dev::AssertionTrust {
+            issuer: ASSERTION_ISSUER.into(),
+            jwks_url: format!("{}/.well-known/jwks.json", env.url),
+            client_id: "token-broker".into(),
+            subject_template: "{ref}".into(),
+        },
+    );
+    (env, bs, keys)
+}
+
+/// A plugin token of `catalog` on behalf of `user` (a fresh credential at every call).
+fn obo_for(k: &Keys, user: &str) -> String {
+    let exp = now() + 3600;
+    let limited = k.auth.limited_token(user, exp);
+    k.catalog
+        .plugin_token("catalog", "token-broker", exp, Some(&limited))
+}
+
+/// The last `assertion` the broker sent to the IdP.
+fn last_assertion(env: &Env) -> String {
+    let r = env
+        .idp
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.grant_type.as_deref() == Some(JWT_BEARER))
+        .expect("a jwt-bearer request");
+    r.form
+        .iter()
+        .find(|(k, _)| k == "assertion")
+        .map(|(_, v)| v.clone())
+        .expect("an assertion")
+}
+
+#[actix_web::test]
+async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users() {
+    let (env, bs, k) = start_mapping_env().await;
+    let alice_id = env.idp.user_id("alice").unwrap();
+
+    // alice through a plugin → the broker's assertion → alice's own Keycloak token.
+    let obo = obo_for(&k, "user:default/alice");
+    let (s, id, body) = call(&env, &obo, "kagenti-jwt").await;
+    assert_eq!((s, id.as_str()), (200, "user"), "{body}");
+    let c = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], alice_id.as_str());
+    assert_eq!(c["preferred_username"], "alice");
+    assert_eq!(c["azp"], "token-broker");
+    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow"]));
+    assert!(c.get("sid").is_none(), "transient session (§6)");
+    assert_eq!(env.idp.count_grant(JWT_BEARER), 1);
+
+    // The assertion as the IdP received it follows §6.
+    let assertion = last_assertion(&env);
+    let a = claims(&assertion);
+    assert_eq!(a["iss"], ASSERTION_ISSUER);
+    assert_eq!(a["sub"], "user:default/alice");
+    assert_eq!(a["aud"], env.idp.issuer().as_str());
+    let (iat, exp) = (a["iat"].as_u64().unwrap(), a["exp"].as_u64().unwrap());
+    assert!(exp > iat && exp - iat <= 300, "{a}");
+    assert!(a["jti"].is_string());
+
+    // Replaying that assertion is refused: `jti` is single-use.
+    let r = env
+        .http
+        .post(env.idp.token_endpoint())
+        .basic_auth("token-broker", Some(BROKER_SECRET))
+        .form(&[
+            ("grant_type", JWT_BEARER),
+            ("assertion", assertion.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(body["error_description"], "Assertion has already been used");
+
+    // The same credential again is a cache hit; a new one gets a fresh assertion (new jti).
+    // (The replay above is the second recorded jwt-bearer request.)
+    let (s, _, _) = call(&env, &obo, "kagenti-jwt").await;
+    assert_eq!(s, 200);
+    assert_eq!(env.idp.count_grant(JWT_BEARER), 2);
+    let (s, id, body) = call(&env, &obo_for(&k, "user:default/alice"), "kagenti-jwt").await;
+    assert_eq!((s, id.as_str()), (200, "user"), "{body}");
+    assert_eq!(env.idp.count_grant(JWT_BEARER), 3);
+    assert_ne!(claims(&last_assertion(&env))["jti"], a["jti"]);
+
+    // bob is linked too.
+    let (s, _, body) = call(&env, &obo_for(&k, "user:default/bob"), "kagenti-jwt").await;
+    assert_eq!(s, 200, "{body}");
+    let c = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], env.idp.user_id("bob").unwrap().as_str());
+
+    // A Backstage user with no linked Keycloak user: Keycloak's refusal is passed through,
+    // never a silent service token (the target's fallback is service_account).
+    let (s, id, body) = call(&env, &obo_for(&k, "user:default/carol"), "kagenti-jwt").await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(id, "");
+    assert_eq!(body["error"], "invalid_grant");
+    assert_eq!(
+        body["error_description"],
+        "No user is linked to the assertion subject at the identity provider"
+    );
+    // A disabled Keycloak user likewise.
+    env.idp.set_user_enabled("bob", false);
+    let (s, _, body) = call(&env, &obo_for(&k, "user:default/bob"), "kagenti-jwt").await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(body["error_description"], "User is disabled");
+    assert_eq!(env.client_credentials(), 0, "no service token was fetched");
+    bs.server.stop(true).await;
+    env.stop().await;
+}
+
+#[actix_web::test]
+async fn impersonation_user_mapping_follows_the_v1_switch() {
+    let (env, bs, k) = start_mapping_env().await;
+
+    // V1 off (Keycloak's default): V2 declines `requested_subject` and that error is passed
+    // through, not replaced by the fallback's service token.
+    let (s, id, body) = call(&env, &obo_for(&k, "user:default/alice"), "kagenti-imp").await;
+    assert_eq!(s, 400, "{body}");
+    assert_eq!(id, "");
+    assert_eq!(body["error"], "invalid_request");
+    assert_eq!(
+        body["error_description"],
+        "Parameter 'requested_subject' is not supported for standard token exchange"
+    );
+    assert_eq!(env.client_credentials(), 0);
+
+    // V1 on: naked impersonation of alice for the target.
+    env.idp.set_token_exchange_v1_enabled(true);
+    let (s, id, body) = call(&env, &obo_for(&k, "user:default/alice"), "kagenti-imp").await;
+    assert_eq!((s, id.as_str()), (200, "user"), "{body}");
+    let c = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(c["sub"], env.idp.user_id("alice").unwrap().as_str());
+    assert_eq!(c["azp"], "token-broker");
+    assert_eq!(c["aud"], "kagenti-api");
+    let sent = env
+        .idp
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.grant_type.as_deref() == Some(TE))
+        .unwrap();
+    let form: HashMap<_, _> = sent.form.into_iter().collect();
+    assert_eq!(form["requested_subject"], "alice");
+    assert_eq!(form["requested_token_type"], AT);
+    assert!(!form.contains_key("subject_token"));
+
+    // An unknown user: V1's anti-fishing 403, passed through.
+    let (s, _, body) = call(&env, &obo_for(&k, "user:default/carol"), "kagenti-imp").await;
+    assert_eq!(s, 403, "{body}");
+    assert_eq!(body["error"], "access_denied");
+    assert_eq!(body["error_description"], "Client not allowed to exchange");
+    assert_eq!(env.client_credentials(), 0);
     bs.server.stop(true).await;
     env.stop().await;
 }

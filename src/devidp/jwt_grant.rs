@@ -1,0 +1,352 @@
+//! The JWT authorization grant (RFC 7521/7523 `jwt-bearer`) as keycloak-token-exchange.md §6
+//! describes Keycloak's preview feature `jwt-authorization-grant`: a confidential client with
+//! the "JWT Authorization Grant" capability redeems an assertion signed by a trusted identity
+//! provider (issuer + JWKS URL, on the client's allowed-IdP list) for an access token of the
+//! Keycloak user linked to the assertion's `sub` at that IdP.
+//!
+//! The doc gives no verbatim error texts for this grant, so every refusal is 400
+//! `invalid_grant` with a descriptive text of ours (approximations; `docs/dev-idp.md` lists
+//! them), except a missing `assertion` (`invalid_request`) and an invalid `scope`, which is
+//! answered like every other grant (`invalid_scope` / `Invalid scopes: <scope>`, §3.4 step 6,
+//! §8).
+//!
+//! The IdP's JWKS is fetched over HTTP before the synchronous grant runs (the grant holds the
+//! realm lock and must not await), and cached per JWKS URL: it is refetched only for an unknown
+//! `kid`, at most once per [`JWKS_REFETCH_COOLDOWN`].
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::Value;
+
+use super::Shared;
+use super::claims::{TokenKind, TokenSpec, now_secs};
+use super::realm::{DevClient, RealmState, Subject};
+use super::token_endpoint::{
+    Form, Issuer, OAuthError, audiences, requested_scopes, scope_string, token_response,
+};
+
+/// RFC 7523 §2.1 grant type.
+pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// Keycloak's default "Max allowed assertion expiration" (§6): `exp` at most 5 min ahead.
+pub const MAX_ASSERTION_EXPIRATION_SECS: u64 = 300;
+
+/// Minimum time between two fetches of one JWKS URL for an unknown `kid`.
+const JWKS_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
+
+/// The `jti` grant shortcut of tokens from this grant. §4 lists no shortcut for it (only `ac`,
+/// `ro`, `cc`, `te`), so `jg` is the dev IdP's choice; the session type is `tr` (transient,
+/// §6) and the token type `rt` (regular).
+const JTI_PREFIX: &str = "trrtjg";
+
+/// One identity provider's key set, as last fetched.
+#[derive(Clone, Debug)]
+pub struct CachedJwks {
+    fetched: Instant,
+    keys: Value,
+}
+
+/// The keys fetched for a request's assertion before the grant runs.
+#[derive(Debug)]
+pub struct Prefetched {
+    /// The JWKS URL they came from (the grant checks it is still the IdP's).
+    jwks_url: String,
+    keys: Result<Value, String>,
+}
+
+fn grant_error(description: impl Into<String>) -> OAuthError {
+    OAuthError::bad_request("invalid_grant", description)
+}
+
+/// Header and claims of a compact JWS, without verifying anything.
+fn decode_unverified(token: &str) -> Option<(Value, Value)> {
+    let mut parts = token.split('.');
+    let (h, p, _s) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let decode = |part: &str| -> Option<Value> {
+        let bytes = URL_SAFE_NO_PAD.decode(part).ok()?;
+        serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .filter(Value::is_object)
+    };
+    Some((decode(h)?, decode(p)?))
+}
+
+/// For a jwt-bearer request while the feature is on: the keys of the identity provider named
+/// by the assertion's (unverified) `iss`. `None` when there is nothing to fetch; the grant then
+/// reports what is wrong in its own check order.
+pub async fn prefetch_keys(idp: &Shared, form: &[(String, String)]) -> Option<Prefetched> {
+    let form = Form(form);
+    let assertion = form.first("assertion")?;
+    let (header, claims) = decode_unverified(assertion)?;
+    let iss = claims.get("iss").and_then(Value::as_str)?;
+    let jwks_url = {
+        let st = idp.state();
+        if !st.jwt_authorization_grant_enabled {
+            return None;
+        }
+        st.identity_provider_by_issuer(iss)?.jwks_url.clone()
+    };
+    let kid = header.get("kid").and_then(Value::as_str);
+    let keys = fetch_jwks(idp, &jwks_url, kid).await;
+    Some(Prefetched { jwks_url, keys })
+}
+
+fn jwks_has_kid(jwks: &Value, kid: &str) -> bool {
+    jwks.get("keys")
+        .and_then(Value::as_array)
+        .is_some_and(|keys| keys.iter().any(|k| k.get("kid") == Some(&Value::from(kid))))
+}
+
+/// The cached key set of `url`, refetched when it lacks `kid` (cooldown permitting).
+async fn fetch_jwks(idp: &Shared, url: &str, kid: Option<&str>) -> Result<Value, String> {
+    let cached = idp.idp_keys().get(url).cloned();
+    if let Some(c) = &cached {
+        let known = kid.is_none_or(|k| jwks_has_kid(&c.keys, k));
+        if known || c.fetched.elapsed() < JWKS_REFETCH_COOLDOWN {
+            return Ok(c.keys.clone());
+        }
+    }
+    let fetched = async {
+        let resp = idp.http.get(url).send().await.map_err(|e| e.to_string())?;
+        if !resp.status().is_success() {
+            return Err(format!("HTTP {}", resp.status().as_u16()));
+        }
+        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if v.get("keys").is_some_and(Value::is_array) {
+            Ok(v)
+        } else {
+            Err("not a JWKS document".to_owned())
+        }
+    }
+    .await;
+    match fetched {
+        Ok(keys) => {
+            idp.idp_keys().insert(
+                url.to_owned(),
+                CachedJwks {
+                    fetched: Instant::now(),
+                    keys: keys.clone(),
+                },
+            );
+            Ok(keys)
+        }
+        Err(e) => {
+            tracing::warn!(jwks_url = url, error = %e, "dev IdP could not fetch an identity provider's JWKS");
+            // A stale set is better than none (the unknown kid then fails verification).
+            cached.map(|c| c.keys).ok_or(e)
+        }
+    }
+}
+
+/// Verifies the assertion's signature with the IdP's keys (ES256 or RS256, by `kid` when the
+/// header names one) and returns its claims. Claims are checked by the caller.
+fn verify_signature(assertion: &str, header: &Value, jwks: &Value) -> Result<Value, OAuthError> {
+    let invalid = || grant_error("Invalid assertion signature");
+    let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
+    let alg = match alg_name {
+        "ES256" => Algorithm::ES256,
+        "RS256" => Algorithm::RS256,
+        _ => return Err(invalid()),
+    };
+    let kid = header.get("kid").and_then(Value::as_str);
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.leeway = 0;
+    validation.required_spec_claims = HashSet::new();
+    let keys = jwks
+        .get("keys")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for k in keys {
+        if kid.is_some_and(|kid| k.get("kid").and_then(Value::as_str) != Some(kid)) {
+            continue;
+        }
+        if k.get("alg")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a != alg_name)
+        {
+            continue;
+        }
+        if k.get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
+            continue;
+        }
+        // A key of another type (or a malformed one) is skipped, not fatal.
+        let Ok(jwk) = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(k.clone()) else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(&jwk) else {
+            continue;
+        };
+        if let Ok(data) = jsonwebtoken::decode::<Value>(assertion, &key, &validation) {
+            return Ok(data.claims);
+        }
+    }
+    Err(invalid())
+}
+
+/// `aud` contains the realm issuer or the token endpoint URL (§6).
+fn audience_ok(claims: &Value, issuer: &str) -> bool {
+    let token_endpoint = format!("{issuer}/protocol/openid-connect/token");
+    let ok = |a: &Value| {
+        a.as_str()
+            .is_some_and(|a| a == issuer || a == token_endpoint)
+    };
+    match claims.get("aud") {
+        Some(Value::Array(list)) => list.iter().any(ok),
+        Some(a) => ok(a),
+        None => false,
+    }
+}
+
+/// The grant (§6), after the common pipeline of §2.
+pub(super) fn jwt_bearer_grant(
+    issuer: &Issuer<'_>,
+    st: &mut RealmState,
+    client: &DevClient,
+    form: &Form<'_>,
+    prefetched: Option<&Prefetched>,
+) -> Result<serde_json::Value, OAuthError> {
+    let Some(assertion) = form.first("assertion") else {
+        return Err(OAuthError::bad_request(
+            "invalid_request",
+            "Missing parameter: assertion",
+        ));
+    };
+    // §6: confidential client authentication, and the client's capability.
+    if client.is_public() {
+        return Err(grant_error(
+            "Public client not allowed to use the JWT Authorization Grant",
+        ));
+    }
+    if !client.jwt_authorization_grant_enabled {
+        return Err(grant_error(
+            "JWT Authorization Grant is not enabled for the client",
+        ));
+    }
+    let (header, unverified) =
+        decode_unverified(assertion).ok_or_else(|| grant_error("Invalid assertion"))?;
+    // §6: "The assertion must be signed".
+    let alg = header.get("alg").and_then(Value::as_str).unwrap_or("none");
+    if alg.eq_ignore_ascii_case("none") || assertion.ends_with('.') {
+        return Err(grant_error("Assertion must be signed"));
+    }
+    // §6: `iss` = the IdP issuer; `sub` = the user id at the IdP.
+    let Some(iss) = unverified.get("iss").and_then(Value::as_str) else {
+        return Err(grant_error("Assertion has no 'iss' claim"));
+    };
+    if unverified.get("sub").and_then(Value::as_str).is_none() {
+        return Err(grant_error("Assertion has no 'sub' claim"));
+    }
+    // §6: trust comes from an identity provider with that issuer, its "JWT Authorization
+    // Grant" switch, and the client's allowed-IdP list.
+    let provider = st
+        .identity_provider_by_issuer(iss)
+        .cloned()
+        .ok_or_else(|| grant_error("No identity provider found for the assertion issuer"))?;
+    if !provider.jwt_authorization_grant_enabled {
+        return Err(grant_error(
+            "JWT Authorization Grant is not enabled for the identity provider",
+        ));
+    }
+    if !client
+        .jwt_authorization_grant_idps
+        .contains(&provider.alias)
+    {
+        return Err(grant_error(format!(
+            "Identity provider '{}' is not allowed for the client",
+            provider.alias
+        )));
+    }
+    // Signature with the IdP's keys (fetched before the grant ran).
+    let keys = prefetched
+        .filter(|p| p.jwks_url == provider.jwks_url)
+        .and_then(|p| p.keys.as_ref().ok())
+        .ok_or_else(|| grant_error("Unable to fetch the identity provider's keys"))?;
+    let claims = verify_signature(assertion, &header, keys)?;
+
+    // §6: `exp` required and at most 5 min ahead; `nbf` if present; no clock skew.
+    let now = now_secs();
+    let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
+        return Err(grant_error("Assertion has no 'exp' claim"));
+    };
+    if exp <= now {
+        return Err(grant_error("Assertion has expired"));
+    }
+    if exp - now > MAX_ASSERTION_EXPIRATION_SECS {
+        return Err(grant_error(format!(
+            "Assertion expiration is more than {MAX_ASSERTION_EXPIRATION_SECS} s in the future"
+        )));
+    }
+    if let Some(nbf) = claims.get("nbf")
+        && nbf.as_u64().is_none_or(|nbf| nbf > now)
+    {
+        return Err(grant_error("Assertion is not yet valid"));
+    }
+    // §6: `aud` = the realm issuer or the token endpoint URL.
+    if !audience_ok(&claims, issuer.issuer) {
+        return Err(grant_error("Invalid assertion audience"));
+    }
+    // §6: `jti` required and single-use ("Allow assertion reuse" is off).
+    let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
+        return Err(grant_error("Assertion has no 'jti' claim"));
+    };
+    st.used_assertions.retain(|_, e| *e >= now);
+    let id = (iss.to_owned(), jti.to_owned());
+    if st.used_assertions.contains_key(&id) {
+        return Err(grant_error("Assertion has already been used"));
+    }
+    st.used_assertions.insert(id, exp);
+
+    // §6: the Keycloak user linked to that IdP as `sub`; it must be enabled (the 26.5.3 CVE
+    // fix: disabled users must not get tokens).
+    let sub = claims
+        .get("sub")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let user = st
+        .user_by_federated_identity(&provider.alias, sub)
+        .cloned()
+        .ok_or_else(|| {
+            grant_error("No user is linked to the assertion subject at the identity provider")
+        })?;
+    if !user.enabled {
+        return Err(grant_error("User is disabled"));
+    }
+    let scopes = requested_scopes(client, form)?;
+
+    // §6: access token only, transient session (no `sid`, no refresh token); `azp` = the
+    // client; `aud` from its Audience mappers and requested optional scopes, as for any grant.
+    let subject = Subject::User(user);
+    let aud = audiences(client, &scopes.optional);
+    let scope = scope_string(scopes.openid, &scopes.optional);
+    let lifespan = issuer.lifespan_secs(client);
+    let spec = TokenSpec {
+        issuer: issuer.issuer,
+        realm: &issuer.idp.realm,
+        subject: &subject,
+        azp: &client.client_id,
+        aud: &aud,
+        sid: None,
+        auth_time: Some(now),
+        scope: &scope,
+        lifespan_secs: lifespan,
+        jti_prefix: JTI_PREFIX,
+        client_address: None,
+        service_account_session: false,
+    };
+    let body = token_response(issuer.mint(&spec, TokenKind::Access), lifespan, &scope);
+    Ok(Value::Object(body))
+}
