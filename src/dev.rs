@@ -216,7 +216,8 @@ fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
  Try it:
    USER_TOKEN=$(curl -s -d grant_type=password -d client_id=dev-frontend \
      -d username=alice -d password=alice \
-     {issuer}/protocol/openid-connect/token | jq -r .access_token)
+     {issuer}/protocol/openid-connect/token \
+     | sed -E 's/.*"access_token":"([^"]+)".*/\1/')
    curl -si {broker}/v1/token -H 'Authorization: Bearer dev-static-token' \
      -H "X-Forwarded-Access-Token: $USER_TOKEN" \
      -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d audience=kagenti
