@@ -56,6 +56,25 @@ impl RunningBroker {
         }
     }
 
+    /// Graceful shutdown (SIGTERM, Ctrl-C): readiness turns false first, then after
+    /// `server.drainDelay` the listeners stop accepting, and in-flight requests and open
+    /// streams get up to `server.shutdownTimeout` to finish.
+    pub async fn shutdown(&self) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let drain = self.state.config.server.drain_delay;
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: readiness is now false"
+        );
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
+        self.stop().await;
+        tracing::info!("shutdown complete");
+    }
+
     /// Waits until the servers end (after a signal or [`RunningBroker::stop`]).
     pub async fn wait(self) {
         for t in self.tasks {
@@ -95,6 +114,18 @@ pub async fn start_with_clock(
         TokenService::new(config.clone(), idp.clone(), verifier.clone(), clock.clone())
             .with_assertion_signer(assertion.clone()),
     );
+    {
+        // Entries exchanged for subject tokens whose key left the JWKS can never be served
+        // again (the subject no longer verifies): drop them now rather than at expiry.
+        let svc = Arc::downgrade(&service);
+        verifier
+            .jwks()
+            .on_keys_removed(Arc::new(move |kids: &[String]| {
+                if let Some(s) = svc.upgrade() {
+                    s.user_cache().drop_subject_kids(kids);
+                }
+            }));
+    }
     let backstage = Arc::new(BackstageVerifier::new(
         &config.backstage,
         &config.external_access,
@@ -115,6 +146,7 @@ pub async fn start_with_clock(
         verifier,
         idp,
         clock,
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     let workers = config
@@ -136,6 +168,7 @@ pub async fn start_with_clock(
             .configure(public_routes)
     })
     .workers(workers)
+    .shutdown_timeout(config.server.shutdown_timeout.as_secs())
     .disable_signals()
     .bind(config.server.listen)
     .map_err(|source| StartError::Bind {
@@ -156,6 +189,7 @@ pub async fn start_with_clock(
         let s = state.clone();
         let admin = HttpServer::new(move || App::new().app_data(s.clone()).configure(admin_routes))
             .workers(1)
+            .shutdown_timeout(config.server.shutdown_timeout.as_secs())
             .disable_signals()
             .bind(listen)
             .map_err(|source| StartError::Bind {

@@ -86,7 +86,7 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| e.to_string())?;
                 token_broker::dev::wait_for_shutdown().await;
-                broker.stop().await;
+                broker.shutdown().await;
                 Ok(())
             })
         }

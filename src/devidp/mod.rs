@@ -24,7 +24,7 @@ use actix_web::{App, HttpServer, web};
 
 pub use realm::{DevClient, DevIdpConfig, DevUser, ExchangeFault};
 
-use keys::RealmKeys;
+use keys::{KeyRing, RealmKeys};
 use realm::RealmState;
 
 /// One request received by the token endpoint, with the answer it got.
@@ -46,7 +46,7 @@ pub struct RecordedRequest {
 pub(crate) struct Shared {
     realm: String,
     realm_lifespan: Duration,
-    keys: RealmKeys,
+    keys: KeyRing,
     state: Mutex<RealmState>,
     requests: Mutex<Vec<RecordedRequest>>,
 }
@@ -56,7 +56,7 @@ impl Shared {
         Arc::new(Self {
             realm: config.realm.clone(),
             realm_lifespan: config.access_token_lifespan,
-            keys,
+            keys: KeyRing::new(keys),
             state: Mutex::new(RealmState::new(config)),
             requests: Mutex::new(Vec::new()),
         })
@@ -231,6 +231,22 @@ impl DevIdpHandle {
     /// Signs arbitrary claims with the realm's current signing key (RS256, its `kid`).
     pub fn sign_jwt(&self, claims: &serde_json::Value) -> String {
         self.shared.keys.sign(claims)
+    }
+
+    /// Replaces the realm keys with freshly generated ones (Keycloak: a new key provider, the
+    /// old one deleted): the JWKS then lists only the new keys and tokens signed with the old
+    /// key fail verification here. Returns the new signing `kid`.
+    pub async fn rotate_keys(&self) -> std::io::Result<String> {
+        let keys = tokio::task::spawn_blocking(RealmKeys::generate)
+            .await
+            .map_err(std::io::Error::other)??;
+        self.shared.keys.rotate(keys);
+        Ok(self.shared.keys.sig_kid())
+    }
+
+    /// `kid` of the current signing key.
+    pub fn signing_kid(&self) -> String {
+        self.shared.keys.sig_kid()
     }
 
     /// Id of a user, including `service-account-<clientId>` users.

@@ -36,6 +36,8 @@ pub struct AppState {
     pub verifier: Arc<OidcVerifier>,
     pub idp: Arc<IdpClient>,
     pub clock: Arc<dyn Clock>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {

@@ -17,3 +17,4 @@ mod fallback;
 mod idp_errors;
 mod logs;
 mod proxy;
+mod reliability;
