@@ -165,6 +165,9 @@ pub async fn start_with_clock(
         App::new()
             .app_data(s.clone())
             .app_data(forwarder.clone())
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::limit_header_bytes,
+            ))
             .configure(public_routes)
     })
     .workers(workers)

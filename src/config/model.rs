@@ -95,6 +95,9 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.maxBodyBytes`, default 65536; request bodies above it get 413.
     pub max_body_bytes: usize,
+    /// `server.maxHeaderBytes`, default 65536 (a 32 KiB user token fits): a request to the public listener whose headers
+    /// (names + values) are larger gets 431 before any credential is looked at.
+    pub max_header_bytes: usize,
     /// `server.drainDelay`, default 0s: on SIGTERM/Ctrl-C, `/readyz` turns 503 this long
     /// before the listeners stop accepting (time for a load balancer to notice).
     pub drain_delay: Duration,

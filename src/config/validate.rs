@@ -98,11 +98,14 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
             "listen",
             "workers",
             "maxBodyBytes",
+            "maxHeaderBytes",
             "drainDelay",
             "shutdownTimeout",
         ],
         issues,
     )?;
+    let max_header = obj.field("maxHeaderBytes");
+    let max_header_bytes = to_usize(&max_header, max_header.opt_uint(1024, issues), issues);
     let drain_delay = obj
         .field("drainDelay")
         .duration_or(Duration::ZERO, true, issues);
@@ -119,6 +122,7 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
         listen: listen?,
         workers: workers?,
         max_body_bytes: max_body_bytes?.unwrap_or(65_536),
+        max_header_bytes: max_header_bytes?.unwrap_or(64 * 1024),
         drain_delay: drain_delay?,
         shutdown_timeout: shutdown_timeout?,
     })
