@@ -220,3 +220,37 @@ async fn shutdown_turns_readiness_false_first_and_lets_requests_finish() {
     );
     env.idp.stop().await;
 }
+
+#[actix_web::test]
+async fn the_verified_credential_cache_never_outlives_the_credential() {
+    let env = start_default().await;
+    let alice = env.login("alice").await;
+    let mut short = claims(&alice);
+    let exp = now() + 3;
+    short["exp"] = serde_json::json!(exp);
+    let token = env.idp.sign_jwt(&short);
+    let verifier = &env.broker.state.verifier;
+    let before = verifier.verified_entries();
+    for _ in 0..3 {
+        let (status, _, _, body) = parts(env.exchange(Some(&token), "sonataflow").await).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        verifier.verified_entries(),
+        before + 1,
+        "verified once, then remembered"
+    );
+    sleep_until_unix(exp).await;
+    let (status, _, _, body) = parts(env.exchange(Some(&token), "sonataflow").await).await;
+    assert_eq!(
+        status, 400,
+        "an expired token is refused even though it was cached: {body}"
+    );
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
+    env.stop().await;
+}
