@@ -56,6 +56,32 @@ impl RunningBroker {
         }
     }
 
+    /// Applies the run-time-reloadable parts of a new configuration (SIGHUP): the external
+    /// access entries (static caller tokens), the client secret and the assertion signing key
+    /// (re-read from `assertion.keyFile`). Everything else needs a restart and is ignored
+    /// here. Nothing secret is logged: only what changed.
+    pub fn reload(&self, new: &Config) {
+        let s = &self.state;
+        let entries = s.auth.backstage().reload_external(&new.external_access);
+        let secret = s.idp.set_client_secret(&new.keycloak.client_secret);
+        let key = match (&s.assertion, &new.assertion) {
+            (Some(signer), Some(cfg)) => match signer.reload(cfg) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "assertion key not reloaded; keeping the current key");
+                    false
+                }
+            },
+            _ => false,
+        };
+        tracing::info!(
+            external_access_entries = entries,
+            client_secret_changed = secret,
+            assertion_key_changed = key,
+            "configuration reloaded (external access, client secret, assertion key; other changes need a restart)"
+        );
+    }
+
     /// Graceful shutdown (SIGTERM, Ctrl-C): readiness turns false first, then after
     /// `server.drainDelay` the listeners stop accepting, and in-flight requests and open
     /// streams get up to `server.shutdownTimeout` to finish.
@@ -80,6 +106,42 @@ impl RunningBroker {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Serves signals until SIGTERM or Ctrl-C: SIGHUP re-reads `config_path` (with its `$file`
+/// references) and applies it with [`RunningBroker::reload`]; an invalid file is reported (key
+/// paths only, never values) and the running configuration kept.
+pub async fn serve_signals(broker: &RunningBroker, config_path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            crate::dev::wait_for_shutdown().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match crate::config::load_file(config_path) {
+                    Ok(cfg) => broker.reload(&cfg),
+                    Err(errors) => tracing::warn!(
+                        errors = errors.issues.len(),
+                        report = %errors,
+                        "SIGHUP: the configuration file is invalid; keeping the running configuration"
+                    ),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (broker, config_path);
+        crate::dev::wait_for_shutdown().await;
     }
 }
 

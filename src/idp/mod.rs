@@ -119,7 +119,8 @@ struct OAuthError {
 pub struct IdpClient {
     issuer: String,
     client_id: String,
-    client_secret: SecretString,
+    /// Replaceable at run time (SIGHUP re-reads `keycloak.clientSecret`, e.g. from `$file`).
+    client_secret: RwLock<SecretString>,
     auth_method: ClientAuthMethod,
     http: reqwest::Client,
     endpoints: RwLock<Option<Arc<Endpoints>>>,
@@ -161,7 +162,7 @@ impl IdpClient {
         IdpClient {
             issuer: cfg.issuer.as_str().trim_end_matches('/').to_owned(),
             client_id: cfg.client_id.clone(),
-            client_secret: cfg.client_secret.clone(),
+            client_secret: RwLock::new(cfg.client_secret.clone()),
             auth_method: cfg.client_auth_method,
             http,
             endpoints: RwLock::new(None),
@@ -179,6 +180,27 @@ impl IdpClient {
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The current client secret.
+    pub(crate) fn client_secret(&self) -> SecretString {
+        self.client_secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the client secret (rotation without restart); returns whether it changed.
+    pub fn set_client_secret(&self, secret: &SecretString) -> bool {
+        let mut cur = self
+            .client_secret
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if cur.expose_secret() == secret.expose_secret() {
+            return false;
+        }
+        *cur = secret.clone();
+        true
     }
 
     pub fn client_id(&self) -> &str {
@@ -276,7 +298,7 @@ impl IdpClient {
         let note = format!(
             "<redacted: secret of client '{}', sha256 fingerprint {}>",
             self.client_id,
-            crate::digest::fingerprint(self.client_secret.expose_secret())
+            crate::digest::fingerprint(self.client_secret().expose_secret())
         );
         match self.auth_method {
             ClientAuthMethod::ClientSecretBasic => (
@@ -319,14 +341,14 @@ impl IdpClient {
             ClientAuthMethod::ClientSecretBasic => {
                 req = req.header(
                     "authorization",
-                    basic_auth(&self.client_id, &self.client_secret),
+                    basic_auth(&self.client_id, &self.client_secret()),
                 );
             }
             ClientAuthMethod::ClientSecretPost => {
                 form.push(("client_id", self.client_id.clone()));
                 form.push((
                     "client_secret",
-                    self.client_secret.expose_secret().to_owned(),
+                    self.client_secret().expose_secret().to_owned(),
                 ));
             }
         }

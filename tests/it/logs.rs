@@ -246,6 +246,32 @@ logging: {{format: json, level: info}}
             .0,
         400
     );
+    // SIGHUP re-reads the `$file` client secret: a wrong one is used at once, the right one
+    // again after the next SIGHUP (rotation without restart).
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(&secret_file, "rotated-wrong-secret-123\n").unwrap();
+    secrets.push("rotated-wrong-secret-123".into());
+    assert!(hup(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dave = login("alice", "dev-frontend").await;
+    secrets.push(dave.clone());
+    assert_ne!(
+        send(Some(STATIC_TOKEN), Some(dave), "sonataflow").await.0,
+        200
+    );
+    std::fs::write(&secret_file, format!("{BROKER_SECRET}\n")).unwrap();
+    assert!(hup(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let erin = login("alice", "dev-frontend").await;
+    secrets.push(erin.clone());
+    let (s, b) = send(Some(STATIC_TOKEN), Some(erin), "sonataflow").await;
+    assert_eq!(s, 200, "{b}");
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
     idp.set_token_exchange_enabled(false);
     let alice3 = login("alice", "dev-frontend").await;
     secrets.push(alice3.clone());

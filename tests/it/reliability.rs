@@ -254,3 +254,79 @@ async fn the_verified_credential_cache_never_outlives_the_credential() {
     );
     env.stop().await;
 }
+
+/// The configuration the test broker runs, with its static entry and client secret replaced.
+fn rotated_config(env: &Env, tokens: &[&str], secret: &str) -> token_broker::config::Config {
+    let old_entry = format!(
+        "      - type: static\n        options:\n          token: {STATIC_TOKEN}\n          subject: ci-caller\n"
+    );
+    let entries: String = tokens
+        .iter()
+        .map(|t| {
+            format!(
+                "      - type: static\n        options:\n          token: {t}\n          subject: ci-caller\n"
+            )
+        })
+        .collect();
+    let yaml = config_yaml(&env.idp.issuer(), &Opts::default()).replace(&old_entry, &entries);
+    assert!(yaml.contains(&entries));
+    let vars = std::collections::HashMap::from([("BROKER_SECRET".to_owned(), secret.to_owned())]);
+    token_broker::config::load_str(&yaml, &vars, std::path::Path::new(".")).unwrap()
+}
+
+#[actix_web::test]
+async fn static_tokens_and_the_client_secret_rotate_without_restart() {
+    let env = start_default().await;
+    const NEW: &str = "test-static-token-2-new";
+    let service = |caller: &'static str| {
+        let env = &env;
+        async move {
+            env.token(
+                Some(caller),
+                None,
+                &[("grant_type", TE), ("audience", "kagenti")],
+            )
+            .await
+            .status()
+            .as_u16()
+        }
+    };
+    assert_eq!(service(NEW).await, 401);
+    // Overlap: the new token listed next to the old one, same subject (Backstage's own way).
+    env.broker
+        .reload(&rotated_config(&env, &[NEW, STATIC_TOKEN], BROKER_SECRET));
+    assert_eq!(service(NEW).await, 200);
+    assert_eq!(service(STATIC_TOKEN).await, 200);
+    // The old entry removed: the old token stops working at once.
+    env.broker
+        .reload(&rotated_config(&env, &[NEW], BROKER_SECRET));
+    assert_eq!(service(STATIC_TOKEN).await, 401);
+    assert_eq!(service(NEW).await, 200);
+
+    // The client secret: a wrong one is used from the next call on, the right one again after.
+    env.broker
+        .reload(&rotated_config(&env, &[NEW], "not-the-secret"));
+    let alice = env.login("alice").await;
+    let r = env
+        .token(
+            Some(NEW),
+            Some(&alice),
+            &[("grant_type", TE), ("audience", "sonataflow")],
+        )
+        .await;
+    let (status, _, _, body) = parts(r).await;
+    assert_ne!(status, 200, "{body}");
+    env.broker
+        .reload(&rotated_config(&env, &[NEW], BROKER_SECRET));
+    let alice = env.login("alice").await;
+    let r = env
+        .token(
+            Some(NEW),
+            Some(&alice),
+            &[("grant_type", TE), ("audience", "sonataflow")],
+        )
+        .await;
+    let (status, id, _, body) = parts(r).await;
+    assert_eq!((status, id.as_str()), (200, "user"), "{body}");
+    env.stop().await;
+}
