@@ -56,11 +56,92 @@ impl RunningBroker {
         }
     }
 
+    /// Applies the run-time-reloadable parts of a new configuration (SIGHUP): the external
+    /// access entries (static caller tokens), the client secret and the assertion signing key
+    /// (re-read from `assertion.keyFile`). Everything else needs a restart and is ignored
+    /// here. Nothing secret is logged: only what changed.
+    pub fn reload(&self, new: &Config) {
+        let s = &self.state;
+        let entries = s.auth.backstage().reload_external(&new.external_access);
+        let secret = s.idp.set_client_secret(&new.keycloak.client_secret);
+        let key = match (&s.assertion, &new.assertion) {
+            (Some(signer), Some(cfg)) => match signer.reload(cfg) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "assertion key not reloaded; keeping the current key");
+                    false
+                }
+            },
+            _ => false,
+        };
+        tracing::info!(
+            external_access_entries = entries,
+            client_secret_changed = secret,
+            assertion_key_changed = key,
+            "configuration reloaded (external access, client secret, assertion key; other changes need a restart)"
+        );
+    }
+
+    /// Graceful shutdown (SIGTERM, Ctrl-C): readiness turns false first, then after
+    /// `server.drainDelay` the listeners stop accepting, and in-flight requests and open
+    /// streams get up to `server.shutdownTimeout` to finish.
+    pub async fn shutdown(&self) {
+        self.state
+            .draining
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let drain = self.state.config.server.drain_delay;
+        tracing::info!(
+            drain_ms = drain.as_millis() as u64,
+            "shutting down: readiness is now false"
+        );
+        if !drain.is_zero() {
+            tokio::time::sleep(drain).await;
+        }
+        self.stop().await;
+        tracing::info!("shutdown complete");
+    }
+
     /// Waits until the servers end (after a signal or [`RunningBroker::stop`]).
     pub async fn wait(self) {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+}
+
+/// Serves signals until SIGTERM or Ctrl-C: SIGHUP re-reads `config_path` (with its `$file`
+/// references) and applies it with [`RunningBroker::reload`]; an invalid file is reported (key
+/// paths only, never values) and the running configuration kept.
+pub async fn serve_signals(broker: &RunningBroker, config_path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut hup), Ok(mut term)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+        ) else {
+            crate::dev::wait_for_shutdown().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return,
+                _ = term.recv() => return,
+                _ = hup.recv() => match crate::config::load_file(config_path) {
+                    Ok(cfg) => broker.reload(&cfg),
+                    Err(errors) => tracing::warn!(
+                        errors = errors.issues.len(),
+                        report = %errors,
+                        "SIGHUP: the configuration file is invalid; keeping the running configuration"
+                    ),
+                },
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (broker, config_path);
+        crate::dev::wait_for_shutdown().await;
     }
 }
 
@@ -95,6 +176,18 @@ pub async fn start_with_clock(
         TokenService::new(config.clone(), idp.clone(), verifier.clone(), clock.clone())
             .with_assertion_signer(assertion.clone()),
     );
+    {
+        // Entries exchanged for subject tokens whose key left the JWKS can never be served
+        // again (the subject no longer verifies): drop them now rather than at expiry.
+        let svc = Arc::downgrade(&service);
+        verifier
+            .jwks()
+            .on_keys_removed(Arc::new(move |kids: &[String]| {
+                if let Some(s) = svc.upgrade() {
+                    s.user_cache().drop_subject_kids(kids);
+                }
+            }));
+    }
     let backstage = Arc::new(BackstageVerifier::new(
         &config.backstage,
         &config.external_access,
@@ -115,6 +208,7 @@ pub async fn start_with_clock(
         verifier,
         idp,
         clock,
+        draining: std::sync::atomic::AtomicBool::new(false),
     });
 
     let workers = config
@@ -133,9 +227,13 @@ pub async fn start_with_clock(
         App::new()
             .app_data(s.clone())
             .app_data(forwarder.clone())
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::limit_header_bytes,
+            ))
             .configure(public_routes)
     })
     .workers(workers)
+    .shutdown_timeout(config.server.shutdown_timeout.as_secs())
     .disable_signals()
     .bind(config.server.listen)
     .map_err(|source| StartError::Bind {
@@ -156,6 +254,7 @@ pub async fn start_with_clock(
         let s = state.clone();
         let admin = HttpServer::new(move || App::new().app_data(s.clone()).configure(admin_routes))
             .workers(1)
+            .shutdown_timeout(config.server.shutdown_timeout.as_secs())
             .disable_signals()
             .bind(listen)
             .map_err(|source| StartError::Bind {

@@ -187,7 +187,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     );
     wait_for_shutdown().await;
     eprintln!("token-broker dev: shutting down");
-    broker.stop().await;
+    broker.shutdown().await;
     upstream.stop().await;
     idp.stop().await;
     Ok(())

@@ -172,6 +172,8 @@ pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
 fn idp_unavailable(e: &IdpError) -> ApiError {
     let status = match e {
         IdpError::Transport { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+        // The broker's own bound (keycloak.maxConcurrentRequests), not Keycloak's failure.
+        IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     };
     ApiError::new(
@@ -217,10 +219,10 @@ pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
                 IdpError::Rejected { .. } => from_idp_rejection(source, client_id),
                 other => idp_unavailable(other),
             };
-            api.status = if matches!(source, IdpError::Transport { timeout: true, .. }) {
-                StatusCode::GATEWAY_TIMEOUT
-            } else {
-                StatusCode::BAD_GATEWAY
+            api.status = match source {
+                IdpError::Transport { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+                IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::BAD_GATEWAY,
             };
             api
         }

@@ -72,6 +72,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
+            let path = config.clone();
             let cfg = match token_broker::config::load_file(&config) {
                 Ok(c) => c,
                 Err(errors) => {
@@ -85,8 +86,8 @@ fn main() -> ExitCode {
                 let broker = token_broker::app::start(cfg)
                     .await
                     .map_err(|e| e.to_string())?;
-                token_broker::dev::wait_for_shutdown().await;
-                broker.stop().await;
+                token_broker::app::serve_signals(&broker, &path).await;
+                broker.shutdown().await;
                 Ok(())
             })
         }

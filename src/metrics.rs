@@ -147,6 +147,19 @@ impl Metrics {
             .inc(format!("cache=\"{cache}\",result=\"{result}\""));
     }
 
+    /// A request answered from the negative cache (a recent IdP failure for the same key).
+    pub fn negative_cache_hit(&self) {
+        self.cache_requests
+            .inc("cache=\"negative\",result=\"hit\"".to_owned());
+    }
+
+    /// A token-endpoint call refused locally because `keycloak.maxConcurrentRequests` calls
+    /// were in flight (no latency observed: nothing was sent).
+    pub fn idp_busy(&self, req: IdpRequest) {
+        self.idp_results
+            .inc(format!("request=\"{}\",result=\"busy\"", req.as_str()));
+    }
+
     /// An entry left a cache for `cause` (`size`: evicted by the bound; `expired`).
     pub fn cache_eviction(&self, cause: &'static str) {
         self.cache_evictions.inc(format!("cause=\"{cause}\""));

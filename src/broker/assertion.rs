@@ -25,20 +25,41 @@ pub enum AssertionError {
     Sign,
 }
 
+/// The signer. Its key can be replaced at run time ([`AssertionSigner::reload`], on SIGHUP):
+/// the previous public key stays in the published key set so assertions signed just before
+/// the rotation still verify at Keycloak (they live `assertion.lifetime`).
 pub struct AssertionSigner {
     issuer: String,
     lifetime_secs: u64,
+    keys: std::sync::RwLock<std::sync::Arc<SignerKeys>>,
+}
+
+struct SignerKey {
     kid: String,
     key: EncodingKey,
     x: String,
     y: String,
 }
 
+impl SignerKey {
+    fn public_jwk(&self) -> serde_json::Value {
+        serde_json::json!({
+            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
+            "kid": self.kid, "alg": "ES256", "use": "sig"
+        })
+    }
+}
+
+struct SignerKeys {
+    current: SignerKey,
+    previous: Option<serde_json::Value>,
+}
+
 impl std::fmt::Debug for AssertionSigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AssertionSigner")
             .field("issuer", &self.issuer)
-            .field("kid", &self.kid)
+            .field("kid", &self.keys().current.kid)
             .finish_non_exhaustive()
     }
 }
@@ -54,6 +75,56 @@ fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
 
 impl AssertionSigner {
     pub fn from_config(config: &AssertionConfig) -> Result<Self, AssertionError> {
+        let current = load_key(config)?;
+        Ok(AssertionSigner {
+            issuer: config.issuer.clone(),
+            lifetime_secs: config.lifetime.as_secs().max(1),
+            keys: std::sync::RwLock::new(std::sync::Arc::new(SignerKeys {
+                current,
+                previous: None,
+            })),
+        })
+    }
+
+    fn keys(&self) -> std::sync::Arc<SignerKeys> {
+        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads `assertion.keyFile` (SIGHUP). With a new key, signs with it from now on and
+    /// keeps publishing the old public key next to it. Returns whether the key changed; without
+    /// a key file (a per-process development key) nothing changes.
+    pub fn reload(&self, config: &AssertionConfig) -> Result<bool, AssertionError> {
+        if config.key_file.is_none() {
+            return Ok(false);
+        }
+        let new = load_key(config)?;
+        let old = self.keys();
+        if new.kid == old.current.kid {
+            return Ok(false);
+        }
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(SignerKeys {
+            previous: Some(old.current.public_jwk()),
+            current: new,
+        });
+        Ok(true)
+    }
+
+    /// `kid` of the key assertions are signed with now.
+    pub fn kid(&self) -> String {
+        self.keys().current.kid.clone()
+    }
+
+    /// The published keys: the current one, then the previous one during a rotation.
+    pub fn public_jwks(&self) -> Vec<serde_json::Value> {
+        let k = self.keys();
+        let mut v = vec![k.current.public_jwk()];
+        v.extend(k.previous.clone());
+        v
+    }
+}
+
+fn load_key(config: &AssertionConfig) -> Result<SignerKey, AssertionError> {
+    {
         let der = match &config.key_file {
             Some(path) => {
                 let pem = std::fs::read_to_string(path)
@@ -83,26 +154,23 @@ impl AssertionSigner {
         let y = URL_SAFE_NO_PAD.encode(y);
         let thumb = format!(r#"{{"crv":"P-256","kty":"EC","x":"{x}","y":"{y}"}}"#);
         let kid = URL_SAFE_NO_PAD.encode(Sha256::digest(thumb.as_bytes()));
-        Ok(AssertionSigner {
-            issuer: config.issuer.clone(),
-            lifetime_secs: config.lifetime.as_secs().max(1),
+        Ok(SignerKey {
             kid,
             key: EncodingKey::from_ec_der(&der),
             x,
             y,
         })
     }
+}
 
+impl AssertionSigner {
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
 
     /// The public JWK (RFC 7517 §4).
     pub fn public_jwk(&self) -> serde_json::Value {
-        serde_json::json!({
-            "kty": "EC", "crv": "P-256", "x": self.x, "y": self.y,
-            "kid": self.kid, "alg": "ES256", "use": "sig"
-        })
+        self.keys().current.public_jwk()
     }
 
     /// Signs one assertion (RFC 7523 §3) for `subject`, audience `audience` (the realm
@@ -123,10 +191,11 @@ impl AssertionSigner {
             "exp": exp,
             "jti": uuid::Uuid::new_v4().to_string(),
         });
+        let keys = self.keys();
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        let jwt =
-            jsonwebtoken::encode(&header, &claims, &self.key).map_err(|_| AssertionError::Sign)?;
+        header.kid = Some(keys.current.kid.clone());
+        let jwt = jsonwebtoken::encode(&header, &claims, &keys.current.key)
+            .map_err(|_| AssertionError::Sign)?;
         Ok((jwt, exp))
     }
 }
@@ -165,5 +234,52 @@ mod tests {
         assert_eq!(ca["sub"], "user:default/alice");
         assert_eq!(ca["iss"], "https://broker.example");
         assert_ne!(ca["jti"], cb["jti"]);
+    }
+
+    fn write_pem(path: &std::path::Path) {
+        let der =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let pem = format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(der.as_ref())
+        );
+        std::fs::write(path, pem).unwrap();
+    }
+
+    #[test]
+    fn reload_rotates_the_key_and_keeps_publishing_the_previous_one() {
+        let dir = std::env::temp_dir().join(format!("tb-assertion-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("key.pem");
+        write_pem(&file);
+        let cfg = AssertionConfig {
+            issuer: "https://broker.example".into(),
+            key_file: Some(file.clone()),
+            lifetime: Duration::from_secs(120),
+        };
+        let s = AssertionSigner::from_config(&cfg).unwrap();
+        let first = s.kid();
+        assert!(!s.reload(&cfg).unwrap(), "same file, same key");
+        write_pem(&file);
+        assert!(s.reload(&cfg).unwrap());
+        let second = s.kid();
+        assert_ne!(first, second);
+        let kids: Vec<String> = s
+            .public_jwks()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(kids, vec![second.clone(), first]);
+        let (jwt, _) = s.sign("user:default/alice", "aud", 1000).unwrap();
+        assert_eq!(
+            jsonwebtoken::decode_header(&jwt).unwrap().kid.as_deref(),
+            Some(second.as_str())
+        );
+        // An unreadable key file keeps the current key.
+        std::fs::write(&file, "not a key").unwrap();
+        assert!(s.reload(&cfg).is_err());
+        assert_eq!(s.kid(), second);
+        std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -66,6 +66,7 @@ impl TokenCache {
     pub fn new(max_entries: u64, clock: Arc<dyn Clock>) -> Self {
         let inner = Cache::builder()
             .max_capacity(max_entries)
+            .support_invalidation_closures()
             .expire_after(UntilCacheDeadline {
                 clock: clock.clone(),
             })
@@ -112,6 +113,23 @@ impl TokenCache {
         } else {
             self.inner.invalidate(key).await;
             None
+        }
+    }
+
+    /// Drops every entry derived from a subject token verified with one of `kids`: those keys
+    /// left the issuer's JWKS, so the subject tokens no longer verify (issue 6, rotation).
+    pub fn drop_subject_kids(&self, kids: &[String]) {
+        if kids.is_empty() {
+            return;
+        }
+        let kids = kids.to_vec();
+        let dropped = self.inner.invalidate_entries_if(move |_, v| {
+            v.subject_kid
+                .as_ref()
+                .is_some_and(|k| kids.iter().any(|x| x == k))
+        });
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, "could not drop cache entries of removed keys");
         }
     }
 

@@ -64,6 +64,9 @@ pub struct IssuedToken {
     /// Served from cache only while now < this (Unix seconds).
     pub cache_until: u64,
     pub fingerprint: String,
+    /// `kid` of the realm key that verified the subject token this was exchanged for: when
+    /// the key leaves the realm's JWKS, the entry is dropped ([`TokenCache::drop_subject_kids`]).
+    pub subject_kid: Option<String>,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -170,6 +173,51 @@ pub struct TokenService {
     service_cache: TokenCache,
     clock: Arc<dyn Clock>,
     assertion: Option<Arc<assertion::AssertionSigner>>,
+    /// Recent IdP failures per user-cache key (`cache.negativeTtl`; `None` when 0).
+    negative: Option<NegativeCache>,
+}
+
+/// Failed IdP calls remembered for a short time, keyed like the user cache: by a digest of
+/// the subject credential and the request inputs. A repeat of the same request with the same
+/// credential gets the same error without a call to Keycloak; a new login is a new token and
+/// so a new key, never blocked by an old failure. Local refusals (`Busy`) are not remembered.
+struct NegativeCache {
+    inner: moka::future::Cache<crate::digest::KeyDigest, IdpError>,
+}
+
+impl NegativeCache {
+    fn new(ttl: std::time::Duration, max: u64) -> Option<Self> {
+        (!ttl.is_zero()).then(|| NegativeCache {
+            inner: moka::future::Cache::builder()
+                .max_capacity(max)
+                .time_to_live(ttl)
+                .build(),
+        })
+    }
+}
+
+/// A failure remembered by [`NegativeCache`], or `fetch`'s result (remembering its failure).
+async fn with_negative<Fut>(
+    negative: Option<&NegativeCache>,
+    key: crate::digest::KeyDigest,
+    fetch: Fut,
+) -> Result<Arc<IssuedToken>, FetchError>
+where
+    Fut: std::future::Future<Output = Result<Arc<IssuedToken>, FetchError>>,
+{
+    if let Some(n) = negative
+        && let Some(e) = n.inner.get(&key).await
+    {
+        crate::metrics::global().negative_cache_hit();
+        return Err(FetchError::Idp(e));
+    }
+    let result = fetch.await;
+    if let (Some(n), Err(FetchError::Idp(e))) = (negative, &result)
+        && !matches!(e, IdpError::Busy)
+    {
+        n.inner.insert(key, e.clone()).await;
+    }
+    result
 }
 
 impl TokenService {
@@ -184,6 +232,7 @@ impl TokenService {
             user_cache: TokenCache::new(max, clock.clone()),
             // One entry per target and scope set: small.
             service_cache: TokenCache::new(1024, clock.clone()),
+            negative: NegativeCache::new(config.cache.negative_ttl, max),
             config,
             idp,
             verifier,
@@ -390,7 +439,7 @@ impl TokenService {
         user: &VerifiedUserToken,
     ) -> Result<(Arc<IssuedToken>, CacheStatus), FetchOutcome> {
         let key = exchange_key(target_name, target, scopes, token_type, user);
-        let fetch = async {
+        let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
                 .exchange(&ExchangeRequest {
@@ -407,10 +456,11 @@ impl TokenService {
                 Some(token_type),
                 Some(&user.sub),
                 Some(user.exp),
+                Some(&user.kid),
             )
             .await
             .map_err(FetchError::Invalid)
-        };
+        });
         self.user_cache
             .get_or_fetch(key, fetch)
             .await
@@ -440,7 +490,7 @@ impl TokenService {
                 .client_credentials(scopes)
                 .await
                 .map_err(FetchError::Idp)?;
-            self.check_answer(answer, &target.audience, None, None, None)
+            self.check_answer(answer, &target.audience, None, None, None, None)
                 .await
                 .map_err(FetchError::Invalid)
         };
@@ -490,7 +540,7 @@ impl TokenService {
             .field(token_type.urn().as_bytes())
             .finish();
         let signer = self.assertion.clone();
-        let fetch = async {
+        let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = match mapping.kind {
                 UserMappingKind::JwtAuthorizationGrant => {
                     let signer = signer.ok_or_else(|| {
@@ -519,10 +569,11 @@ impl TokenService {
                 requested,
                 None,
                 Some(bs.expires_at),
+                None,
             )
             .await
             .map_err(FetchError::Invalid)
-        };
+        });
         match self.user_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
                 token,
@@ -567,6 +618,7 @@ impl TokenService {
         requested: Option<TokenType>,
         expected_sub: Option<&str>,
         cap_at: Option<u64>,
+        subject_kid: Option<&str>,
     ) -> Result<Arc<IssuedToken>, String> {
         if answer.access_token.is_empty() {
             return Err("the answer has an empty access_token".into());
@@ -619,6 +671,7 @@ impl TokenService {
         let margin = self.config.cache.safety_margin.as_secs();
         Ok(Arc::new(IssuedToken {
             fingerprint: fingerprint(&answer.access_token),
+            subject_kid: subject_kid.map(str::to_owned),
             access_token: SecretString::from(answer.access_token),
             token_type: if issued_type == TokenType::AccessToken {
                 "Bearer".to_owned()

@@ -95,6 +95,15 @@ pub struct ServerConfig {
     pub workers: Option<usize>,
     /// `server.maxBodyBytes`, default 65536; request bodies above it get 413.
     pub max_body_bytes: usize,
+    /// `server.maxHeaderBytes`, default 65536 (a 32 KiB user token fits): a request to the public listener whose headers
+    /// (names + values) are larger gets 431 before any credential is looked at.
+    pub max_header_bytes: usize,
+    /// `server.drainDelay`, default 0s: on SIGTERM/Ctrl-C, `/readyz` turns 503 this long
+    /// before the listeners stop accepting (time for a load balancer to notice).
+    pub drain_delay: Duration,
+    /// `server.shutdownTimeout`, default 30s: how long in-flight requests and open streams may
+    /// run after the listeners stopped accepting.
+    pub shutdown_timeout: Duration,
 }
 
 /// YAML `admin`.
@@ -125,6 +134,12 @@ pub struct KeycloakConfig {
     /// `keycloak.jwksMinRefreshInterval`, default 10s: an unknown `kid` refetches the JWKS at
     /// most this often.
     pub jwks_min_refresh_interval: Duration,
+    /// `keycloak.maxConcurrentRequests`, default 64: token-endpoint calls in flight at once;
+    /// a miss beyond it fails fast (503 `temporarily_unavailable` or the target's fallback).
+    pub max_concurrent_requests: usize,
+    /// `keycloak.retries`, default 2 (at most 5): extra attempts after a connection failure
+    /// (never after an answer or a timeout), with jittered exponential backoff capped at 1 s.
+    pub retries: u32,
 }
 
 /// YAML `userToken`.
@@ -195,6 +210,9 @@ pub struct CacheConfig {
     /// `cache.safetyMargin`, default 30s: a token is served from cache only while it has more
     /// than this left; one with less left on arrival is not cached.
     pub safety_margin: Duration,
+    /// `cache.negativeTtl`, default 5s (0 = off): a failed exchange is remembered this long
+    /// per subject credential digest, so repeats fail fast without calling Keycloak.
+    pub negative_ttl: Duration,
 }
 
 /// One entry of YAML `targets`.

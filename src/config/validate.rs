@@ -92,7 +92,26 @@ fn section<'v>(field: &Field<'v>, known: &[&str], issues: &mut Issues) -> Option
 }
 
 fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
-    let obj = section(field, &["listen", "workers", "maxBodyBytes"], issues)?;
+    let obj = section(
+        field,
+        &[
+            "listen",
+            "workers",
+            "maxBodyBytes",
+            "maxHeaderBytes",
+            "drainDelay",
+            "shutdownTimeout",
+        ],
+        issues,
+    )?;
+    let max_header = obj.field("maxHeaderBytes");
+    let max_header_bytes = to_usize(&max_header, max_header.opt_uint(1024, issues), issues);
+    let drain_delay = obj
+        .field("drainDelay")
+        .duration_or(Duration::ZERO, true, issues);
+    let shutdown_timeout =
+        obj.field("shutdownTimeout")
+            .duration_or(Duration::from_secs(30), true, issues);
     let default_listen = SocketAddr::from((Ipv4Addr::UNSPECIFIED, 7070));
     let listen = obj.field("listen").socket_or(default_listen, issues);
     let workers_field = obj.field("workers");
@@ -103,6 +122,9 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
         listen: listen?,
         workers: workers?,
         max_body_bytes: max_body_bytes?.unwrap_or(65_536),
+        max_header_bytes: max_header_bytes?.unwrap_or(64 * 1024),
+        drain_delay: drain_delay?,
+        shutdown_timeout: shutdown_timeout?,
     })
 }
 
@@ -186,6 +208,8 @@ fn keycloak(field: &Field<'_>, issues: &mut Issues) -> Option<KeycloakConfig> {
             "connectTimeout",
             "timeout",
             "jwksMinRefreshInterval",
+            "maxConcurrentRequests",
+            "retries",
         ],
         issues,
     )?;
@@ -211,7 +235,18 @@ fn keycloak(field: &Field<'_>, issues: &mut Issues) -> Option<KeycloakConfig> {
     let jwks_min_refresh_interval =
         obj.field("jwksMinRefreshInterval")
             .duration_or(Duration::from_secs(10), false, issues);
+    // At least one request must be able to reach Keycloak; beyond the bound, misses fail fast.
+    let max_concurrent_requests = obj.field("maxConcurrentRequests").uint_or(64, 1, issues);
+    // Retries of connection failures only; more than a few would pile requests up in an outage.
+    let retries = obj.field("retries").uint_or(2, 0, issues);
+    if let Some(r) = retries
+        && r > 5
+    {
+        issues.push(&obj.field("retries").path, "must be at most 5");
+    }
     Some(KeycloakConfig {
+        max_concurrent_requests: usize::try_from(max_concurrent_requests?).unwrap_or(usize::MAX),
+        retries: u32::try_from(retries?.min(5)).unwrap_or(5),
         issuer: issuer?,
         client_id: client_id?,
         client_secret: client_secret?,
@@ -533,12 +568,21 @@ fn access_restriction(
 }
 
 fn cache(field: &Field<'_>, issues: &mut Issues) -> Option<CacheConfig> {
-    let obj = section(field, &["maxEntries", "safetyMargin"], issues)?;
+    let obj = section(
+        field,
+        &["maxEntries", "safetyMargin", "negativeTtl"],
+        issues,
+    )?;
     let max_entries = obj.field("maxEntries").uint_or(10_000, 1, issues);
     let safety_margin =
         obj.field("safetyMargin")
             .duration_or(Duration::from_secs(30), true, issues);
+    // Zero turns the negative cache off.
+    let negative_ttl = obj
+        .field("negativeTtl")
+        .duration_or(Duration::from_secs(5), true, issues);
     Some(CacheConfig {
+        negative_ttl: negative_ttl?,
         max_entries: max_entries?,
         safety_margin: safety_margin?,
     })

@@ -7,6 +7,7 @@
 //! omitted (Keycloak publishes a self-signed certificate; building one needs an X.509 encoder we
 //! do not have).
 
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use aws_lc_rs::rand::SystemRandom;
@@ -175,6 +176,51 @@ impl RealmKeys {
             )
             .map_err(|_| VerifyError::BadSignature)?;
         decode_json(p)
+    }
+}
+
+/// The realm's keys behind a lock, so a running dev IdP can rotate them
+/// ([`super::DevIdpHandle::rotate_keys`]): like deleting the realm's key provider in Keycloak
+/// and creating a new one, the old key disappears from the JWKS and its tokens stop verifying.
+#[derive(Debug)]
+pub struct KeyRing {
+    current: RwLock<Arc<RealmKeys>>,
+}
+
+impl KeyRing {
+    pub fn new(keys: RealmKeys) -> Self {
+        Self {
+            current: RwLock::new(Arc::new(keys)),
+        }
+    }
+
+    fn get(&self) -> Arc<RealmKeys> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the keys.
+    pub fn rotate(&self, keys: RealmKeys) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+    }
+
+    /// `kid` of the current signing key.
+    pub fn sig_kid(&self) -> String {
+        self.get().sig.kid.clone()
+    }
+
+    pub fn jwks(&self) -> Value {
+        self.get().jwks()
+    }
+
+    pub fn sign(&self, claims: &Value) -> String {
+        self.get().sign(claims)
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Value, VerifyError> {
+        self.get().verify(token)
     }
 }
 

@@ -30,7 +30,7 @@ pub use realm::{
     DevClient, DevIdentityProvider, DevIdpConfig, DevUser, ExchangeFault, FederatedIdentity,
 };
 
-use keys::RealmKeys;
+use keys::{KeyRing, RealmKeys};
 use realm::RealmState;
 
 /// One request received by the token endpoint, with the answer it got.
@@ -52,7 +52,7 @@ pub struct RecordedRequest {
 pub(crate) struct Shared {
     realm: String,
     realm_lifespan: Duration,
-    keys: RealmKeys,
+    keys: KeyRing,
     state: Mutex<RealmState>,
     requests: Mutex<Vec<RecordedRequest>>,
     /// Identity providers' key sets by JWKS URL (§6 JWT authorization grant).
@@ -71,7 +71,7 @@ impl Shared {
         Ok(Arc::new(Self {
             realm: config.realm.clone(),
             realm_lifespan: config.access_token_lifespan,
-            keys,
+            keys: KeyRing::new(keys),
             state: Mutex::new(RealmState::new(config)),
             requests: Mutex::new(Vec::new()),
             idp_keys: Mutex::new(HashMap::new()),
@@ -305,6 +305,22 @@ impl DevIdpHandle {
     /// Signs arbitrary claims with the realm's current signing key (RS256, its `kid`).
     pub fn sign_jwt(&self, claims: &serde_json::Value) -> String {
         self.shared.keys.sign(claims)
+    }
+
+    /// Replaces the realm keys with freshly generated ones (Keycloak: a new key provider, the
+    /// old one deleted): the JWKS then lists only the new keys and tokens signed with the old
+    /// key fail verification here. Returns the new signing `kid`.
+    pub async fn rotate_keys(&self) -> std::io::Result<String> {
+        let keys = tokio::task::spawn_blocking(RealmKeys::generate)
+            .await
+            .map_err(std::io::Error::other)??;
+        self.shared.keys.rotate(keys);
+        Ok(self.shared.keys.sig_kid())
+    }
+
+    /// `kid` of the current signing key.
+    pub fn signing_kid(&self) -> String {
+        self.shared.keys.sig_kid()
     }
 
     /// Id of a user, including `service-account-<clientId>` users.

@@ -11,15 +11,18 @@ pub async fn healthz() -> HttpResponse {
 }
 
 /// 200 only when the configuration is loaded (it is, or the process would not run), the IdP's
-/// discovery document is loaded and its JWKS holds at least one signing key.
+/// discovery document is loaded and its JWKS holds at least one signing key, and shutdown has
+/// not begun (readiness turns false first, so traffic moves away before the listeners stop).
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let discovery = state.idp.is_discovered();
     let jwks = state.verifier.jwks().is_loaded();
+    let draining = state.draining.load(std::sync::atomic::Ordering::Relaxed);
+    let ready = discovery && jwks && !draining;
     let body = json!({
-        "status": if discovery && jwks { "ready" } else { "not_ready" },
-        "checks": {"config": true, "idp_discovery": discovery, "jwks": jwks},
+        "status": if draining { "draining" } else if ready { "ready" } else { "not_ready" },
+        "checks": {"config": true, "idp_discovery": discovery, "jwks": jwks, "shutting_down": draining},
     });
-    if discovery && jwks {
+    if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

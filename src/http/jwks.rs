@@ -38,7 +38,7 @@ pub async fn prefixed_plugin_jwks(
 
 pub async fn assertion_jwks(state: web::Data<AppState>) -> HttpResponse {
     let list = match &state.assertion {
-        Some(s) => vec![s.public_jwk()],
+        Some(s) => s.public_jwks(),
         None => Vec::new(),
     };
     keys(serde_json::json!({ "keys": list }))

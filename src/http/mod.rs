@@ -36,6 +36,8 @@ pub struct AppState {
     pub verifier: Arc<OidcVerifier>,
     pub idp: Arc<IdpClient>,
     pub clock: Arc<dyn Clock>,
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -47,6 +49,31 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Routes of the public listener.
+/// Refuses requests whose headers (names + values) exceed `server.maxHeaderBytes` with 431
+/// (RFC 6585 §5), before any handler or credential check runs.
+pub async fn limit_header_bytes(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map_or(64 * 1024, |s| s.config.server.max_header_bytes);
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if size > limit {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request",
+            format!("the request headers are larger than {limit} bytes"),
+        )
+        .into());
+    }
+    next.call(req).await
+}
+
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/token")

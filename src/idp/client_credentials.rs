@@ -21,7 +21,7 @@ impl IdpClient {
         let token_url = TokenUrl::from_url(ep.token.clone());
         let client = BasicClient::new(ClientId::new(self.client_id.clone()))
             .set_client_secret(ClientSecret::new(
-                self.client_secret.expose_secret().to_owned(),
+                self.client_secret().expose_secret().to_owned(),
             ))
             .set_token_uri(token_url)
             .set_auth_type(match self.auth_method {

@@ -55,6 +55,9 @@ pub enum IdpError {
     /// Discovery has not succeeded yet.
     #[error("the IdP's discovery document could not be loaded: {0}")]
     Discovery(String),
+    /// `keycloak.maxConcurrentRequests` calls are already in flight: failed fast, nothing sent.
+    #[error("too many requests to the IdP are in flight; try again shortly")]
+    Busy,
 }
 
 impl IdpError {
@@ -63,7 +66,7 @@ impl IdpError {
     /// or a Keycloak in trouble says nothing about the user's request.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            IdpError::Transport { .. } | IdpError::Discovery(_) => true,
+            IdpError::Transport { .. } | IdpError::Discovery(_) | IdpError::Busy => true,
             IdpError::Rejected { status, .. } => status.is_some_and(|s| s >= 500),
             IdpError::Protocol(_) => true,
         }
@@ -77,6 +80,7 @@ impl IdpError {
             IdpError::Rejected { .. } => "rejected",
             IdpError::Protocol(_) => "protocol",
             IdpError::Discovery(_) => "discovery",
+            IdpError::Busy => "busy",
         }
     }
 }
@@ -115,12 +119,31 @@ struct OAuthError {
 pub struct IdpClient {
     issuer: String,
     client_id: String,
-    client_secret: SecretString,
+    /// Replaceable at run time (SIGHUP re-reads `keycloak.clientSecret`, e.g. from `$file`).
+    client_secret: RwLock<SecretString>,
     auth_method: ClientAuthMethod,
     http: reqwest::Client,
     endpoints: RwLock<Option<Arc<Endpoints>>>,
     discovery: tokio::sync::Mutex<Option<Instant>>,
     jwks: Arc<JwksCache>,
+    /// Bounds token-endpoint calls in flight (`keycloak.maxConcurrentRequests`).
+    permits: tokio::sync::Semaphore,
+    retries: u32,
+}
+
+/// First backoff step after a connection failure; doubled per attempt, capped at
+/// [`BACKOFF_CAP`], and "full jitter" applied (a uniform delay in `[0, step]`), so retries of
+/// many requests do not arrive in lockstep.
+const BACKOFF_BASE: Duration = Duration::from_millis(50);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+
+/// The delay before retry number `attempt` (0-based), jittered with `random`.
+pub fn backoff_delay(attempt: u32, random: u64) -> Duration {
+    let step = BACKOFF_BASE
+        .saturating_mul(1u32 << attempt.min(16))
+        .min(BACKOFF_CAP);
+    let millis = u64::try_from(step.as_millis()).unwrap_or(u64::MAX).max(1);
+    Duration::from_millis(random % (millis + 1))
 }
 
 /// Builds the shared outbound HTTP client.
@@ -139,17 +162,45 @@ impl IdpClient {
         IdpClient {
             issuer: cfg.issuer.as_str().trim_end_matches('/').to_owned(),
             client_id: cfg.client_id.clone(),
-            client_secret: cfg.client_secret.clone(),
+            client_secret: RwLock::new(cfg.client_secret.clone()),
             auth_method: cfg.client_auth_method,
             http,
             endpoints: RwLock::new(None),
             discovery: tokio::sync::Mutex::new(None),
             jwks,
+            permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
+            retries: cfg.retries,
         }
+    }
+
+    /// Token-endpoint calls that may start now (for metrics and tests).
+    pub fn available_permits(&self) -> usize {
+        self.permits.available_permits()
     }
 
     pub fn issuer(&self) -> &str {
         &self.issuer
+    }
+
+    /// The current client secret.
+    pub(crate) fn client_secret(&self) -> SecretString {
+        self.client_secret
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the client secret (rotation without restart); returns whether it changed.
+    pub fn set_client_secret(&self, secret: &SecretString) -> bool {
+        let mut cur = self
+            .client_secret
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if cur.expose_secret() == secret.expose_secret() {
+            return false;
+        }
+        *cur = secret.clone();
+        true
     }
 
     pub fn client_id(&self) -> &str {
@@ -247,7 +298,7 @@ impl IdpClient {
         let note = format!(
             "<redacted: secret of client '{}', sha256 fingerprint {}>",
             self.client_id,
-            crate::digest::fingerprint(self.client_secret.expose_secret())
+            crate::digest::fingerprint(self.client_secret().expose_secret())
         );
         match self.auth_method {
             ClientAuthMethod::ClientSecretBasic => (
@@ -279,37 +330,63 @@ impl IdpClient {
                 .find(|(k, _)| *k == "grant_type")
                 .map(|(_, v)| v.as_str()),
         );
+        // Fail fast instead of queueing: in an outage, waiting requests would only pile up.
+        let Ok(_permit) = self.permits.try_acquire() else {
+            crate::metrics::global().idp_busy(request);
+            return Err(IdpError::Busy);
+        };
         let started = Instant::now();
         let mut req = self.http.post(ep.token.clone());
         match self.auth_method {
             ClientAuthMethod::ClientSecretBasic => {
                 req = req.header(
                     "authorization",
-                    basic_auth(&self.client_id, &self.client_secret),
+                    basic_auth(&self.client_id, &self.client_secret()),
                 );
             }
             ClientAuthMethod::ClientSecretPost => {
                 form.push(("client_id", self.client_id.clone()));
                 form.push((
                     "client_secret",
-                    self.client_secret.expose_secret().to_owned(),
+                    self.client_secret().expose_secret().to_owned(),
                 ));
             }
         }
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
+        let req = req
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("accept", "application/json")
+            .body(body);
         let result = async {
-            let resp = req
-                .header("content-type", "application/x-www-form-urlencoded")
-                .header("accept", "application/json")
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| IdpError::Transport {
-                    timeout: e.is_timeout(),
-                    detail: describe_reqwest(&e),
-                })?;
+            let mut attempt = 0;
+            let resp = loop {
+                let Some(this) = req.try_clone() else {
+                    return Err(IdpError::Protocol("request body cannot be retried".into()));
+                };
+                match this.send().await {
+                    Ok(r) => break r,
+                    // Only a failed connection is retried: the request was never delivered, so
+                    // a retry cannot run a grant twice. Timeouts and answers are final.
+                    Err(e) if e.is_connect() && !e.is_timeout() && attempt < self.retries => {
+                        let wait = backoff_delay(attempt, jitter_seed());
+                        attempt += 1;
+                        tracing::debug!(
+                            attempt,
+                            wait_ms = wait.as_millis() as u64,
+                            "IdP connection failed; retrying"
+                        );
+                        tokio::time::sleep(wait).await;
+                    }
+                    Err(e) => {
+                        return Err(IdpError::Transport {
+                            timeout: e.is_timeout(),
+                            detail: describe_reqwest(&e),
+                        });
+                    }
+                }
+            };
             let status = resp.status().as_u16();
             let bytes = read_limited(resp, MAX_RESPONSE_BYTES)
                 .await
@@ -332,6 +409,12 @@ impl IdpClient {
         crate::metrics::global().idp_request(request, started.elapsed(), label);
         result
     }
+}
+
+/// Randomness for backoff jitter (not security relevant; a v4 UUID is 122 random bits).
+fn jitter_seed() -> u64 {
+    let v = uuid::Uuid::new_v4().as_u128();
+    (v as u64) ^ ((v >> 64) as u64)
 }
 
 /// Name/value pairs for display.
@@ -428,6 +511,18 @@ mod tests {
             .decode(raw)
             .unwrap();
         assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:a%3Ab%25c");
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        for attempt in 0..20 {
+            for r in [0, 1, 7, 999, u64::MAX] {
+                assert!(backoff_delay(attempt, r) <= BACKOFF_CAP);
+            }
+        }
+        assert!(backoff_delay(0, u64::MAX) <= BACKOFF_BASE);
+        assert_eq!(backoff_delay(3, 0), Duration::ZERO);
+        assert!(IdpError::Busy.is_unavailable());
     }
 
     #[test]

@@ -48,7 +48,12 @@ pub struct JwksCache {
     min_refresh_interval: Duration,
     /// Serialises fetches and remembers when the last one started.
     fetch: Mutex<Option<Instant>>,
+    /// Called with the `kid`s a refetch removed (the broker drops cache entries they verified).
+    on_removed: RwLock<Option<RemovedKeysListener>>,
 }
+
+/// A callback for `kid`s that disappeared from the key set.
+pub type RemovedKeysListener = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl JwksCache {
     pub fn new(http: reqwest::Client, min_refresh_interval: Duration) -> Self {
@@ -58,7 +63,18 @@ impl JwksCache {
             keys: RwLock::new(Arc::new(KeySet::default())),
             min_refresh_interval,
             fetch: Mutex::new(None),
+            on_removed: RwLock::new(None),
         }
+    }
+
+    /// Registers the listener for removed keys (one; a later call replaces it).
+    pub fn on_keys_removed(&self, listener: RemovedKeysListener) {
+        *self.on_removed.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+    }
+
+    /// Whether a `kid` is in the current set (no fetch).
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.snapshot().by_kid.contains_key(kid)
     }
 
     /// Sets the JWKS URL (from the issuer's discovery document: never from a token).
@@ -137,7 +153,31 @@ impl JwksCache {
             .map_err(JwksError::Fetch)?;
         let set = parse_jwks(&body)?;
         tracing::debug!(keys = set.by_kid.len(), "JWKS loaded");
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        let old = std::mem::replace(
+            &mut *self.keys.write().unwrap_or_else(|e| e.into_inner()),
+            Arc::new(set),
+        );
+        let now = self.snapshot();
+        let removed: Vec<String> = old
+            .by_kid
+            .keys()
+            .filter(|k| !now.by_kid.contains_key(*k))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            tracing::info!(
+                removed = removed.len(),
+                "signing keys left the issuer's JWKS"
+            );
+            let listener = self
+                .on_removed
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            if let Some(l) = listener {
+                l(&removed);
+            }
+        }
         Ok(())
     }
 

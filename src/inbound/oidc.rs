@@ -7,6 +7,9 @@
 //! ID or refresh token is not an access token: Keycloak would answer `Invalid token`,
 //! keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches Keycloak.
 //!
+//! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
+//! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`).
+//!
 //! `aud` is deliberately not checked here: whether the broker's client is in the token's
 //! audience is Keycloak's V2 authorisation rule, and Keycloak's own error for it
 //! (`Client is not within the token audience`) is the one an admin needs to see.
@@ -116,15 +119,62 @@ pub struct OidcVerifier {
     issuer: String,
     jwks: Arc<JwksCache>,
     clock: Arc<dyn Clock>,
+    verified: VerifiedCache,
+}
+
+/// Most verified user tokens remembered (each entry holds the token and its claims).
+const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
+
+/// The verified-credential cache (issue 6 §9): a user token that passed every check is
+/// remembered under the SHA-256 of its bytes, so the same token presented again costs a hash
+/// and a lookup instead of a signature check. An entry never outlives its credential: moka
+/// drops it at the token's `exp`, and every read re-checks `exp > now` against our clock (moka's
+/// timer is coarse) and that the verifying `kid` is still in the realm's JWKS (a rotated-out
+/// key ends the entry at once). Only successes are cached; a token that failed is checked in
+/// full every time.
+struct VerifiedCache {
+    inner: moka::sync::Cache<crate::digest::KeyDigest, Arc<VerifiedUserToken>>,
+}
+
+struct UntilTokenExpiry {
+    clock: Arc<dyn Clock>,
+}
+
+impl moka::Expiry<crate::digest::KeyDigest, Arc<VerifiedUserToken>> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &crate::digest::KeyDigest,
+        value: &Arc<VerifiedUserToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        Some(std::time::Duration::from_secs(
+            value.exp.saturating_sub(self.clock.now_unix()),
+        ))
+    }
 }
 
 impl OidcVerifier {
     pub fn new(issuer: String, jwks: Arc<JwksCache>, clock: Arc<dyn Clock>) -> Self {
+        let verified = VerifiedCache {
+            inner: moka::sync::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_ENTRIES)
+                .expire_after(UntilTokenExpiry {
+                    clock: clock.clone(),
+                })
+                .build(),
+        };
         OidcVerifier {
             issuer,
             jwks,
             clock,
+            verified,
         }
+    }
+
+    /// Entries in the verified-credential cache (approximate; for tests and metrics).
+    pub fn verified_entries(&self) -> u64 {
+        self.verified.inner.run_pending_tasks();
+        self.verified.inner.entry_count()
     }
 
     pub fn jwks(&self) -> &Arc<JwksCache> {
@@ -132,6 +182,22 @@ impl OidcVerifier {
     }
 
     pub async fn verify(&self, token: &str) -> Result<VerifiedUserToken, OidcError> {
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(OidcError::TooLarge);
+        }
+        let digest = crate::digest::sha256(token.as_bytes());
+        if let Some(v) = self.verified.inner.get(&digest) {
+            if v.exp > self.clock.now_unix() && self.jwks.has_kid(&v.kid) {
+                return Ok((*v).clone());
+            }
+            self.verified.inner.invalidate(&digest);
+        }
+        let v = self.verify_uncached(token).await?;
+        self.verified.inner.insert(digest, Arc::new(v.clone()));
+        Ok(v)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<VerifiedUserToken, OidcError> {
         let (c, kid) = self.verify_any::<Claims>(token).await?;
         let sub = c
             .sub

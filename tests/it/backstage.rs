@@ -15,13 +15,13 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use crate::support::*;
 
 /// One ES256 key as a Backstage plugin or the auth backend holds it.
-struct EsKey {
-    kid: String,
+pub(crate) struct EsKey {
+    pub(crate) kid: String,
     pair: EcdsaKeyPair,
 }
 
 impl EsKey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         EsKey {
@@ -32,14 +32,14 @@ impl EsKey {
     }
 
     /// The JWK exactly as Backstage publishes it (§2.1): no `use`, no `key_ops`.
-    fn jwk(&self) -> serde_json::Value {
+    pub(crate) fn jwk(&self) -> serde_json::Value {
         let p = self.pair.public_key().as_ref();
         serde_json::json!({"kty": "EC", "x": URL_SAFE_NO_PAD.encode(&p[1..33]),
             "y": URL_SAFE_NO_PAD.encode(&p[33..65]), "crv": "P-256", "kid": self.kid, "alg": "ES256"})
     }
 
     /// Signs raw header and payload JSON text (key order preserved).
-    fn sign_raw(&self, header: &str, payload: &str) -> String {
+    pub(crate) fn sign_raw(&self, header: &str, payload: &str) -> String {
         let input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header),

@@ -400,3 +400,207 @@ async fn bad_user_tokens_are_refused_locally() {
     other_idp.stop().await;
     env.stop().await;
 }
+
+/// A loopback listener that only counts connections: a `jku`/`x5u`/`kid` URL pointing here
+/// must never be fetched.
+fn connection_counter() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = n.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(c);
+        }
+    });
+    (url, n)
+}
+
+#[actix_web::test]
+async fn hostile_jose_headers_claims_and_http_headers_are_refused_locally() {
+    use crate::backstage::EsKey;
+    let env = start_default().await;
+    let (evil, hits) = connection_counter();
+    let alice = env.login("alice").await;
+    let good = claims(&alice);
+    let kid = realm_kid(&alice);
+    let now = now();
+    let attacker = EsKey::new();
+    let iss = env.idp.issuer();
+    let kc_payload = json!({"iss": iss, "sub": good["sub"], "exp": now + 300, "typ": "Bearer",
+        "azp": "dev-frontend", "aud": "token-broker", "sid": good["sid"]})
+    .to_string();
+    let bs_payload =
+        json!({"sub": "catalog", "aud": "token-broker", "iat": now, "exp": now + 300}).to_string();
+    let jwk = attacker.jwk();
+    let ak = attacker.kid.clone();
+    // (name, JOSE header) — signed by the attacker's own key.
+    let headers: Vec<(&str, serde_json::Value)> = vec![
+        (
+            "kid path traversal",
+            json!({"alg": "ES256", "kid": "../../../../etc/passwd"}),
+        ),
+        (
+            "kid URL",
+            json!({"alg": "ES256", "kid": format!("{evil}/certs")}),
+        ),
+        ("kid with NUL", json!({"alg": "ES256", "kid": "a\u{0}b"})),
+        ("kid huge", json!({"alg": "ES256", "kid": "k".repeat(8000)})),
+        (
+            "kid not a string",
+            json!({"alg": "ES256", "kid": {"$ref": "x"}}),
+        ),
+        (
+            "realm kid, attacker key",
+            json!({"alg": "ES256", "kid": kid}),
+        ),
+        (
+            "realm kid, RS256 claimed, ES256 signature",
+            json!({"alg": "RS256", "kid": kid}),
+        ),
+        (
+            "jku to attacker JWKS",
+            json!({"alg": "ES256", "kid": ak, "jku": format!("{evil}/jwks")}),
+        ),
+        (
+            "x5u to attacker",
+            json!({"alg": "ES256", "kid": ak, "x5u": format!("{evil}/cert.pem")}),
+        ),
+        (
+            "embedded jwk",
+            json!({"alg": "ES256", "kid": ak, "jwk": jwk}),
+        ),
+        (
+            "crit extension",
+            json!({"alg": "ES256", "kid": kid, "crit": ["exp"], "exp": 1}),
+        ),
+        ("alg None (case)", json!({"alg": "None", "kid": kid})),
+        (
+            "alg HS256 with realm kid",
+            json!({"alg": "HS256", "kid": kid}),
+        ),
+    ];
+    let mut kc_cases: Vec<(String, String)> = Vec::new();
+    let mut bs_cases: Vec<(String, String)> = Vec::new();
+    for (name, h) in &headers {
+        kc_cases.push((
+            name.to_string(),
+            attacker.sign_raw(&h.to_string(), &kc_payload),
+        ));
+        let mut bh = h.clone();
+        bh["typ"] = json!("vnd.backstage.plugin");
+        bs_cases.push((
+            name.to_string(),
+            attacker.sign_raw(&bh.to_string(), &bs_payload),
+        ));
+    }
+    // Claims signed by the realm key itself: validly signed, still refused.
+    let mut nested = String::new();
+    for _ in 0..2000 {
+        nested.push('[');
+    }
+    for _ in 0..2000 {
+        nested.push(']');
+    }
+    let mut deep = good.clone();
+    deep["deep"] = serde_json::from_str::<serde_json::Value>("[[[[1]]]]").unwrap();
+    let deep_token = env.idp.sign_jwt(&deep).replace(
+        &b64(&deep),
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(deep.to_string().replace("[[[[1]]]]", &nested)),
+    );
+    kc_cases.push(("deeply nested claims (signature broken)".into(), deep_token));
+    let mut huge = good.clone();
+    huge["blob"] = json!("x".repeat(40_000));
+    kc_cases.push(("huge claims, realm-signed".into(), env.idp.sign_jwt(&huge)));
+    let mut wide = good.clone();
+    for i in 0..3000 {
+        wide[format!("c{i}")] = json!(i);
+    }
+    kc_cases.push((
+        "thousands of claims, realm-signed".into(),
+        env.idp.sign_jwt(&wide),
+    ));
+    let mut not_obj = String::from(&b64(&json!({"alg": "RS256", "kid": kid})));
+    not_obj.push_str(".WzEsMiwzXQ.AAAA"); // payload `[1,2,3]`
+    kc_cases.push(("payload not an object".into(), not_obj));
+
+    for (what, token) in &kc_cases {
+        let r = env.exchange(Some(token), "kagenti").await;
+        expect_error(r, 400, "invalid_request", what).await;
+    }
+    for (what, token) in &bs_cases {
+        let r = env
+            .token(
+                Some(token),
+                None,
+                &[("grant_type", TE), ("audience", "kagenti")],
+            )
+            .await;
+        let status = r.status().as_u16();
+        let body: serde_json::Value = r.json().await.unwrap_or_default();
+        assert_eq!(status, 401, "caller {what}: {body}");
+        assert!(!body.to_string().contains(token.as_str()), "{what}: echoed");
+    }
+
+    // HTTP-level: huge headers, non-UTF-8 credentials.
+    let url = format!("{}/v1/token", env.url);
+    let form = [("grant_type", TE), ("audience", "kagenti")];
+    let r = env
+        .http
+        .post(&url)
+        .bearer_auth(STATIC_TOKEN)
+        .header("X-Junk", "j".repeat(64 * 1024))
+        .form(&form)
+        .send()
+        .await;
+    // 431 from server.maxHeaderBytes (or the connection refused by actix-http itself).
+    if let Ok(r) = r {
+        expect_error(r, 431, "invalid_request", "64 KiB header").await;
+    }
+    let many = (0..200).fold(
+        env.http.post(&url).bearer_auth(STATIC_TOKEN).form(&form),
+        |rb, i| rb.header(format!("x-h{i}"), "v"),
+    );
+    // Above actix-http's limit of 96 headers: refused by the HTTP layer (400 or a reset).
+    let s = many
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(400);
+    assert!(s == 431 || s == 400, "200 headers: {s}");
+    let bad_utf8 = reqwest::header::HeaderValue::from_bytes(b"Bearer \xff\xfe\xfd").unwrap();
+    let r = env
+        .http
+        .post(&url)
+        .header("authorization", bad_utf8)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "invalid_client", "non-UTF-8 Authorization").await;
+    let bad_user = reqwest::header::HeaderValue::from_bytes(b"ey\xff.\xfe.\xfd").unwrap();
+    let r = env
+        .http
+        .post(&url)
+        .bearer_auth(STATIC_TOKEN)
+        .header("X-Forwarded-Access-Token", bad_user)
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 400, "invalid_request", "non-UTF-8 user token").await;
+
+    assert_eq!(
+        env.exchanges() + env.client_credentials(),
+        0,
+        "nothing reached Keycloak"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "no jku/x5u/kid URL was fetched"
+    );
+    env.stop().await;
+}

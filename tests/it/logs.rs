@@ -42,12 +42,15 @@ async fn no_token_or_secret_in_logs() {
     let (public, admin) = (free_port(), free_port());
     let cfg = format!(
         r#"
-server: {{listen: "127.0.0.1:{public}", workers: 1}}
+server: {{listen: "127.0.0.1:{public}", workers: 1, drainDelay: 200ms, shutdownTimeout: 2s}}
 admin: {{listen: "127.0.0.1:{admin}", token: test-admin-token-xyz}}
 keycloak:
   issuer: {issuer}
   clientId: token-broker
   clientSecret: {{$file: {secret}}}
+  jwksMinRefreshInterval: 1s
+  maxConcurrentRequests: 1
+cache: {{negativeTtl: 5s}}
 userToken: {{header: X-Forwarded-Access-Token}}
 backend:
   auth:
@@ -205,6 +208,70 @@ logging: {{format: json, level: info}}
             .0,
         400
     );
+    // Issue 6 paths: the negative cache answers the repeat of a failed exchange.
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice2.clone()), "sonataflow")
+            .await
+            .0,
+        400
+    );
+    // The IdP-call bound: one slow exchange in flight, a second one is refused fast (503).
+    idp.set_token_endpoint_delay(Duration::from_millis(500));
+    let carol1 = login("alice", "dev-frontend").await;
+    let carol2 = login("bob", "dev-frontend").await;
+    secrets.push(carol1.clone());
+    secrets.push(carol2.clone());
+    let (a, b) = futures_util::future::join(
+        send(Some(STATIC_TOKEN), Some(carol1), "sonataflow"),
+        async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            send(Some(STATIC_TOKEN), Some(carol2), "sonataflow").await
+        },
+    )
+    .await;
+    assert_eq!((a.0, b.0), (200, 503));
+    secrets.push(a.1["access_token"].as_str().unwrap().to_owned());
+    idp.set_token_endpoint_delay(Duration::ZERO);
+    // A key rotation at the IdP: followed, and the old key's tokens refused locally.
+    idp.rotate_keys().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let rotated = login("bob", "dev-frontend").await;
+    secrets.push(rotated.clone());
+    let (s, b) = send(Some(STATIC_TOKEN), Some(rotated), "sonataflow").await;
+    assert_eq!(s, 200);
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
+    assert_eq!(
+        send(Some(STATIC_TOKEN), Some(alice.clone()), "sonataflow")
+            .await
+            .0,
+        400
+    );
+    // SIGHUP re-reads the `$file` client secret: a wrong one is used at once, the right one
+    // again after the next SIGHUP (rotation without restart).
+    let hup = |pid: u32| {
+        Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    std::fs::write(&secret_file, "rotated-wrong-secret-123\n").unwrap();
+    secrets.push("rotated-wrong-secret-123".into());
+    assert!(hup(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dave = login("alice", "dev-frontend").await;
+    secrets.push(dave.clone());
+    assert_ne!(
+        send(Some(STATIC_TOKEN), Some(dave), "sonataflow").await.0,
+        200
+    );
+    std::fs::write(&secret_file, format!("{BROKER_SECRET}\n")).unwrap();
+    assert!(hup(child.id()).success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let erin = login("alice", "dev-frontend").await;
+    secrets.push(erin.clone());
+    let (s, b) = send(Some(STATIC_TOKEN), Some(erin), "sonataflow").await;
+    assert_eq!(s, 200, "{b}");
+    secrets.push(b["access_token"].as_str().unwrap().to_owned());
     idp.set_token_exchange_enabled(false);
     let alice3 = login("alice", "dev-frontend").await;
     secrets.push(alice3.clone());
@@ -250,8 +317,25 @@ logging: {{format: json, level: info}}
         .unwrap();
     assert!(metrics.contains("token_broker_tester_runs_total"));
 
-    child.kill().ok();
+    // Graceful shutdown on SIGTERM (its log lines are scanned too).
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    let mut exited = false;
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            exited = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !exited {
+        child.kill().ok();
+    }
     child.wait().ok();
+    assert!(term && exited, "the broker exits on SIGTERM");
     let mut logs = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     logs.push_str(&String::from_utf8_lossy(&err_reader.join().unwrap()));
     assert!(
@@ -289,6 +373,10 @@ logging: {{format: json, level: info}}
             .any(|v| v["idp_error"] == "access_denied" && v["idp_status"] == 403)
     );
     assert!(logs.lines().count() > 20, "trace logging captured");
+    assert!(
+        logs.contains("shutting down"),
+        "the shutdown path was logged"
+    );
     for s in &secrets {
         for p in pieces(s) {
             assert!(

@@ -19,4 +19,6 @@ mod exchange;
 mod fallback;
 mod idp_errors;
 mod logs;
+mod no_leak;
 mod proxy;
+mod reliability;

@@ -28,6 +28,8 @@ pub struct Opts {
     pub upstream: Option<String>,
     /// A top-level `proxy:` section (YAML), empty for the defaults.
     pub proxy_yaml: String,
+    /// `cache.negativeTtl`: off by default here, so tests of error paths see every call.
+    pub negative_ttl: &'static str,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             max_body: 65536,
             upstream: None,
             proxy_yaml: String::new(),
+            negative_ttl: "0s",
         }
     }
 }
@@ -106,6 +109,7 @@ backend:
 cache:
   maxEntries: 1000
   safetyMargin: {margin}
+  negativeTtl: {negative_ttl}
 targets:
   kagenti:
     audience: kagenti-api
@@ -139,6 +143,7 @@ logging:
         auth = o.client_auth,
         timeout = o.timeout,
         margin = o.margin,
+        negative_ttl = o.negative_ttl,
     )
 }
 

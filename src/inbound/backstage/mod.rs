@@ -115,7 +115,8 @@ struct Entry {
 pub struct BackstageVerifier {
     plugin_id: String,
     discovery: Discovery,
-    entries: Vec<Entry>,
+    /// `externalAccess` (+ legacy keys), replaceable at run time ([`Self::reload_external`]).
+    entries: std::sync::RwLock<Arc<Vec<Entry>>>,
     key_sets: KeySets,
     clock: Arc<dyn Clock>,
 }
@@ -127,7 +128,36 @@ impl BackstageVerifier {
         http: reqwest::Client,
         clock: Arc<dyn Clock>,
     ) -> Self {
-        let entries = external
+        BackstageVerifier {
+            plugin_id: config.plugin_id.clone(),
+            discovery: Discovery::new(config),
+            entries: std::sync::RwLock::new(Arc::new(build_entries(external))),
+            key_sets: KeySets::new(http),
+            clock,
+        }
+    }
+
+    /// Replaces the external-access entries (SIGHUP): static tokens rotate by listing the new
+    /// token as a second entry with the same subject, reloading, and removing the old entry
+    /// after the overlap (docs/operations.md "Rotation"). Returns the number of entries.
+    pub fn reload_external(&self, external: &[ExternalAccessEntry]) -> usize {
+        let entries = build_entries(external);
+        let n = entries.len();
+        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries);
+        n
+    }
+
+    fn entries(&self) -> Arc<Vec<Entry>> {
+        self.entries
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+fn build_entries(external: &[ExternalAccessEntry]) -> Vec<Entry> {
+    {
+        external
             .iter()
             .map(|e| Entry {
                 handler: match &e.kind {
@@ -157,16 +187,11 @@ impl BackstageVerifier {
                 },
                 restrictions: e.access_restrictions.clone(),
             })
-            .collect();
-        BackstageVerifier {
-            plugin_id: config.plugin_id.clone(),
-            discovery: Discovery::new(config),
-            entries,
-            key_sets: KeySets::new(http),
-            clock,
-        }
+            .collect()
     }
+}
 
+impl BackstageVerifier {
     pub fn plugin_id(&self) -> &str {
         &self.plugin_id
     }
@@ -328,7 +353,8 @@ impl BackstageVerifier {
         jws: Option<&Jws<'_>>,
     ) -> Result<BackstageIdentity, BackstageError> {
         let digest = sha256(token.as_bytes());
-        for entry in &self.entries {
+        let entries = self.entries();
+        for entry in entries.iter() {
             let subject = match &entry.handler {
                 Handler::Static { digest: d, subject } => {
                     let eq: bool = d.ct_eq(&digest).into();

@@ -1,0 +1,115 @@
+//! No cross-user leak (issue 6 §5): 1000 distinct dev-IdP users ask for tokens concurrently
+//! and repeatedly, on two targets, while short-lived cache entries expire underneath; every
+//! token a user receives must carry that user's `sub`. One mismatch fails the test.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use token_broker::devidp::DevUser;
+
+use crate::support::*;
+
+const USERS: usize = 1000;
+const PASSES: usize = 3;
+/// Requests in flight at once (2 cores: the broker, the dev IdP and the test share them).
+const CONCURRENCY: usize = 48;
+
+#[actix_web::test]
+async fn a_thousand_users_each_only_ever_get_their_own_token() {
+    let mut opts = Opts {
+        // Entries live (4 s lifespan - 2 s margin) = 2 s: passes mix hits, misses and expiry.
+        margin: "2s",
+        ..Opts::default()
+    };
+    for c in &mut opts.idp.clients {
+        if c.client_id == "token-broker" {
+            c.access_token_lifespan = Some(Duration::from_secs(4));
+        }
+    }
+    let env = start_with_yaml(opts, |y| {
+        y.replace(
+            "  jwksMinRefreshInterval: 1s\n",
+            "  jwksMinRefreshInterval: 1s\n  maxConcurrentRequests: 256\n",
+        )
+    })
+    .await;
+    let names: Vec<String> = (0..USERS).map(|i| format!("leak{i:04}")).collect();
+    for n in &names {
+        env.idp.add_user(DevUser::new(n, "pw"));
+    }
+    let ids: HashMap<String, String> = names
+        .iter()
+        .map(|n| (n.clone(), env.idp.user_id(n).unwrap()))
+        .collect();
+    let tokens: Vec<(String, String)> = futures_util::stream::iter(names.iter())
+        .map(|n| async { (n.clone(), env.login_at("dev-frontend", n, "pw").await) })
+        .buffer_unordered(CONCURRENCY)
+        .collect()
+        .await;
+
+    let envr = &env;
+    let tokens = &tokens;
+    let started = Instant::now();
+    let mut statuses: HashMap<String, usize> = HashMap::new();
+    let mut checked = 0usize;
+    for pass in 0..PASSES {
+        // A different interleaving per pass: rotate the order and alternate the targets.
+        let mut order: Vec<usize> = (0..USERS).collect();
+        order.rotate_left(pass * 337 % USERS);
+        let results: Vec<(usize, &str, u16, String, serde_json::Value)> =
+            futures_util::stream::iter(order.into_iter().flat_map(|i| {
+                let t = if (i + pass) % 2 == 0 {
+                    "sonataflow"
+                } else {
+                    "kagenti"
+                };
+                [(i, t), (i, t)]
+            }))
+            .map(|(i, target)| {
+                let (name, token) = &tokens[i];
+                async move {
+                    let r = envr.exchange(Some(token), target).await;
+                    let (status, _, cache, body) = parts(r).await;
+                    let _ = name;
+                    (i, target, status, cache, body)
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        for (i, target, status, cache, body) in results {
+            let (name, _) = &tokens[i];
+            assert_eq!(status, 200, "{name} on {target}: {body}");
+            *statuses.entry(cache).or_default() += 1;
+            let got = claims(body["access_token"].as_str().unwrap());
+            assert_eq!(
+                got["sub"].as_str(),
+                Some(ids[name].as_str()),
+                "{name} on {target} received another user's token"
+            );
+            assert_eq!(got["preferred_username"].as_str(), Some(name.as_str()));
+            checked += 1;
+        }
+        if pass + 1 < PASSES {
+            // Let this pass's entries expire (2 s) so the next pass mixes misses in.
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+    }
+    eprintln!(
+        "no_leak: {checked} tokens checked in {:?}; cache results {statuses:?}; {} exchanges",
+        started.elapsed(),
+        env.exchanges()
+    );
+    assert_eq!(checked, USERS * PASSES * 2);
+    assert!(
+        statuses.get("miss").copied().unwrap_or(0) >= USERS,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.get("hit").copied().unwrap_or(0) + statuses.get("coalesced").copied().unwrap_or(0)
+            > 0,
+        "{statuses:?}"
+    );
+    env.stop().await;
+}
