@@ -18,6 +18,9 @@ fuzz_target!(|data: &[u8]| {
     let dir = std::path::Path::new("/nonexistent-token-broker-fuzz");
     if let Err(e) = token_broker::config::load_str(yaml, &env, dir) {
         let text = e.to_string();
-        assert!(!text.contains(SECRET), "an error report leaked a substituted secret");
+        assert!(
+            !text.contains(SECRET),
+            "an error report leaked a substituted secret"
+        );
     }
 });

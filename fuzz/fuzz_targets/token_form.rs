@@ -8,7 +8,13 @@ use token_broker::http::form;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(f) = form::parse(data) {
-        for name in ["grant_type", "audience", "subject_token", "scope", "resource"] {
+        for name in [
+            "grant_type",
+            "audience",
+            "subject_token",
+            "scope",
+            "resource",
+        ] {
             let _ = f.get(name);
             let _ = f.non_empty(name);
         }
