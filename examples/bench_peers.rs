@@ -273,12 +273,20 @@ async fn run(a: Args) {
     std::fs::create_dir_all(&tmp).unwrap();
 
     // The dev IdP.
-    let idp = token_broker::devidp::start(
-        token_broker::devidp::DevIdpConfig::contract(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let mut realm = token_broker::devidp::DevIdpConfig::contract();
+    if a.soak > 0 {
+        // The soak reuses one user token for its whole run: the realm's tokens must outlive it.
+        // Exchanged tokens keep Keycloak's 300 s, so the cache expires and refills meanwhile.
+        realm.access_token_lifespan = Duration::from_secs(a.soak + 600);
+        for c in &mut realm.clients {
+            if c.client_id == "token-broker" {
+                c.access_token_lifespan = Some(Duration::from_secs(300));
+            }
+        }
+    }
+    let idp = token_broker::devidp::start(realm, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
 
     // The plugin key: Backstage plugin tokens are ES256 (backstage-tokens.md §2.1).
     let rng = SystemRandom::new();
