@@ -39,10 +39,16 @@ pub fn sha256(bytes: &[u8]) -> KeyDigest {
 /// A short, non-reversible fingerprint of a token for logs and error reports:
 /// the first 12 hex digits of its SHA-256.
 pub fn fingerprint(secret: &str) -> String {
-    let d = Sha256::digest(secret.as_bytes());
+    fingerprint_of(&sha256(secret.as_bytes()))
+}
+
+/// [`fingerprint`] from an already computed SHA-256 (the token is hashed once per request).
+pub fn fingerprint_of(digest: &KeyDigest) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(12);
-    for b in d.iter().take(6) {
-        s.push_str(&format!("{b:02x}"));
+    for b in digest.iter().take(6) {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     s
 }
@@ -50,6 +56,12 @@ pub fn fingerprint(secret: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprint_is_the_sha256_hex_prefix() {
+        assert_eq!(fingerprint("abc"), "ba7816bf8f01");
+        assert_eq!(fingerprint_of(&sha256(b"abc")), "ba7816bf8f01");
+    }
 
     #[test]
     fn length_prefix_separates_fields() {

@@ -42,42 +42,46 @@ pub async fn authenticate(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"
         )));
     }
-    if let Some(t) = raw_user {
-        // For the audit line: a fingerprint, never the token.
-        *subject_fp = crate::digest::fingerprint(t);
-    }
     let metrics = crate::metrics::global();
-    state
+    let result = state
         .auth
         .authenticate(
             req.headers().get("authorization").map(|v| v.as_bytes()),
             raw_user,
         )
-        .await
-        .map_err(|e| match e {
-            AuthError::Unauthenticated {
-                description,
-                token_error,
-            } => {
-                match token_error {
-                    Some(_) => metrics.auth_failure("caller", "invalid"),
-                    None => metrics.auth_failure("none", "missing"),
-                }
-                ApiError::unauthenticated(description, token_error)
+        .await;
+    if let Some(t) = raw_user {
+        // For the audit line: a fingerprint, never the token. A verified token brings it (its
+        // digest is computed once per request); a refused one is hashed here.
+        *subject_fp = match &result {
+            Ok(Authenticated { user: Some(u), .. }) => u.fingerprint.clone(),
+            _ => crate::digest::fingerprint(t),
+        };
+    }
+    result.map_err(|e| match e {
+        AuthError::Unauthenticated {
+            description,
+            token_error,
+        } => {
+            match token_error {
+                Some(_) => metrics.auth_failure("caller", "invalid"),
+                None => metrics.auth_failure("none", "missing"),
             }
-            AuthError::Forbidden(m) => {
-                metrics.auth_failure("caller", "forbidden");
-                ApiError::new(StatusCode::FORBIDDEN, "access_denied", m)
-            }
-            AuthError::UserToken {
-                error,
-                caller_is_user,
-            } => {
-                tracing::info!(reason = error.kind(), "user token rejected");
-                metrics.auth_failure("user_token", error.kind());
-                oidc_error_answer(&error, caller_is_user)
-            }
-        })
+            ApiError::unauthenticated(description, token_error)
+        }
+        AuthError::Forbidden(m) => {
+            metrics.auth_failure("caller", "forbidden");
+            ApiError::new(StatusCode::FORBIDDEN, "access_denied", m)
+        }
+        AuthError::UserToken {
+            error,
+            caller_is_user,
+        } => {
+            tracing::info!(reason = error.kind(), "user token rejected");
+            metrics.auth_failure("user_token", error.kind());
+            oidc_error_answer(&error, caller_is_user)
+        }
+    })
 }
 
 /// Reads the user-token header: at most one, printable ASCII, bounded.

@@ -41,6 +41,9 @@ pub struct VerifiedUserToken {
     pub kid: String,
     /// Short SHA-256 prefix of the raw token, for logs.
     pub fingerprint: String,
+    /// SHA-256 of the raw token: the verified-credential cache key and the token's field in
+    /// the exchange-cache key (computed once per request).
+    pub digest: crate::digest::KeyDigest,
 }
 
 impl std::fmt::Debug for VerifiedUserToken {
@@ -192,12 +195,16 @@ impl OidcVerifier {
             }
             self.verified.inner.invalidate(&digest);
         }
-        let v = self.verify_uncached(token).await?;
+        let v = self.verify_uncached(token, digest).await?;
         self.verified.inner.insert(digest, Arc::new(v.clone()));
         Ok(v)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<VerifiedUserToken, OidcError> {
+    async fn verify_uncached(
+        &self,
+        token: &str,
+        digest: crate::digest::KeyDigest,
+    ) -> Result<VerifiedUserToken, OidcError> {
         let (c, kid) = self.verify_any::<Claims>(token).await?;
         let sub = c
             .sub
@@ -217,7 +224,8 @@ impl OidcVerifier {
             azp: c.azp,
             claims: c.rest,
             kid,
-            fingerprint: crate::digest::fingerprint(token),
+            fingerprint: crate::digest::fingerprint_of(&digest),
+            digest,
         })
     }
 

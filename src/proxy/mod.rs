@@ -346,6 +346,7 @@ mod tests {
             claims: serde_json::Map::new(),
             kid: "k".into(),
             fingerprint: "f".into(),
+            digest: [0; 32],
         };
         assert_eq!(user_entity_ref(&p, Some(&u)).unwrap(), "user:default/alice");
         u.preferred_username = Some("alice@example.com".into());
