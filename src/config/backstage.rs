@@ -73,26 +73,14 @@ pub(crate) fn base_url(field: &Field<'_>, issues: &mut Issues) -> Option<Option<
 /// `discovery`: `{endpoints: [{target: string | {internal, external}, plugins: [...]}]}`.
 pub(crate) fn discovery(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<DiscoveryEndpoint>> {
     let obj = section(field, &["endpoints"], issues)?;
-    let list = obj.field("endpoints");
-    let items = match list.value {
-        None => return Some(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            issues.push(
-                &list.path,
-                format!("expected a list, found {}", kind(other)),
-            );
-            return None;
-        }
-    };
+    let items = obj
+        .field("endpoints")
+        .opt_items(issues)?
+        .unwrap_or_default();
     let mut out = Vec::new();
     let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let f = Field {
-            value: Some(item).filter(|v| !v.is_null()),
-            path: list.path.index(i),
-        };
-        match endpoint(&f, issues) {
+    for f in &items {
+        match endpoint(f, issues) {
             Some(e) => out.push(e),
             None => ok = false,
         }
@@ -167,26 +155,12 @@ pub(crate) fn auth_keys(
     field: &Field<'_>,
     issues: &mut Issues,
 ) -> Option<Vec<ExternalAccessEntry>> {
-    let items = match field.value {
-        None => return Some(Vec::new()),
-        Some(Value::Array(items)) => items,
-        Some(other) => {
-            issues.push(
-                &field.path,
-                format!("expected a list, found {}", kind(other)),
-            );
-            return None;
-        }
-    };
+    let items = field.opt_items(issues)?.unwrap_or_default();
     let mut out = Vec::new();
     let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        let f = Field {
-            value: Some(item).filter(|v| !v.is_null()),
-            path: field.path.index(i),
-        };
-        let secret = section(&f, &["secret"], issues)
-            .and_then(|o| legacy_secret(&o.field("secret"), issues));
+    for f in &items {
+        let secret =
+            section(f, &["secret"], issues).and_then(|o| legacy_secret(&o.field("secret"), issues));
         match secret {
             Some(secret) => out.push(ExternalAccessEntry {
                 kind: ExternalAccessKind::Legacy {

@@ -281,23 +281,14 @@ fn vschar_string<'v>(field: &Field<'v>, section: &str, issues: &mut Issues) -> O
 fn issuer(field: &Field<'_>, issues: &mut Issues) -> Option<Url> {
     let raw = field.req_str(issues)?;
     let path = &field.path;
-    let url = match Url::parse(raw) {
-        Ok(u) => u,
-        Err(_) => {
-            issues.push(path, "must be an absolute http or https URL, e.g. https://keycloak.example.com/realms/NAME");
-            return None;
-        }
-    };
-    let problem = if !matches!(url.scheme(), "http" | "https") {
-        Some("must use the http or https scheme")
-    } else if url.host().is_none() {
-        Some("must have a host")
-    } else if !url.username().is_empty() || url.password().is_some() {
-        Some("must not contain a user name or password")
-    } else if url.query().is_some() || url.fragment().is_some() {
-        // OIDC Discovery §3: the issuer has no query or fragment component.
-        Some("must not have a query (?) or fragment (#)")
-    } else if raw.ends_with('/') {
+    // OIDC Discovery §3: the issuer has no query or fragment component.
+    let url = http_base_url(
+        field,
+        raw,
+        "https://keycloak.example.com/realms/NAME",
+        issues,
+    )?;
+    let problem = if raw.ends_with('/') {
         Some("must not end with / (the issuer is compared exactly with the token's iss)")
     } else if url.path() == "/" {
         Some("must include the realm path, e.g. https://keycloak.example.com/realms/NAME")
@@ -894,18 +885,15 @@ fn target_upstream(obj: &Obj<'_>, issues: &mut Issues) -> Option<Option<Upstream
     }))
 }
 
-/// An upstream base URL: absolute http(s), a host, no user info, query or fragment. Its path
-/// is stored ending in `/` so request paths append below it.
-fn upstream_url(field: &Field<'_>, raw: &str, issues: &mut Issues) -> Option<Url> {
-    let mut url = match Url::parse(raw) {
-        Ok(u) => u,
-        Err(_) => {
-            issues.push(
-                &field.path,
-                "must be an absolute http or https URL, e.g. https://kagenti.example.com/api",
-            );
-            return None;
-        }
+/// An absolute http(s) URL with a host and no user info, query or fragment: the common rules
+/// of the issuer and upstream base URLs. `example` shows the expected form in the error.
+fn http_base_url(field: &Field<'_>, raw: &str, example: &str, issues: &mut Issues) -> Option<Url> {
+    let Ok(url) = Url::parse(raw) else {
+        issues.push(
+            &field.path,
+            format!("must be an absolute http or https URL, e.g. {example}"),
+        );
+        return None;
     };
     let problem = if !matches!(url.scheme(), "http" | "https") {
         Some("must use the http or https scheme")
@@ -918,10 +906,19 @@ fn upstream_url(field: &Field<'_>, raw: &str, issues: &mut Issues) -> Option<Url
     } else {
         None
     };
-    if let Some(msg) = problem {
-        issues.push(&field.path, msg);
-        return None;
+    match problem {
+        Some(msg) => {
+            issues.push(&field.path, msg);
+            None
+        }
+        None => Some(url),
     }
+}
+
+/// An upstream base URL: absolute http(s), a host, no user info, query or fragment. Its path
+/// is stored ending in `/` so request paths append below it.
+fn upstream_url(field: &Field<'_>, raw: &str, issues: &mut Issues) -> Option<Url> {
+    let mut url = http_base_url(field, raw, "https://kagenti.example.com/api", issues)?;
     if !url.path().ends_with('/') {
         let path = format!("{}/", url.path());
         url.set_path(&path);

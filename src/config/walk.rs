@@ -140,6 +140,31 @@ fn expected_string(path: &KeyPath, v: &Value, issues: &mut Issues) {
 }
 
 impl<'v> Field<'v> {
+    /// Optional list: its items as fields (a YAML `null` item counts as absent), `Some(None)`
+    /// when the key is absent, `None` after a type error.
+    pub(crate) fn opt_items(&self, issues: &mut Issues) -> Option<Option<Vec<Field<'v>>>> {
+        match self.value {
+            None => Some(None),
+            Some(Value::Array(items)) => Some(Some(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| Field {
+                        value: Some(item).filter(|v| !v.is_null()),
+                        path: self.path.index(i),
+                    })
+                    .collect(),
+            )),
+            Some(other) => {
+                issues.push(
+                    &self.path,
+                    format!("expected a list, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
     /// Optional string: `Some(None)` when absent, `None` after a type error.
     pub(crate) fn opt_str(&self, issues: &mut Issues) -> Option<Option<&'v str>> {
         match self.value {
