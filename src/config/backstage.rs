@@ -1,6 +1,6 @@
-//! Validation of the Backstage-facing keys: `backstage`, `backend.baseUrl`, `backend.auth.keys`,
-//! the `jwks` and `legacy` external-access handlers, `discovery.endpoints`, target
-//! `userMapping` and `assertion`. Shapes follow Backstage's app-config exactly where Backstage
+//! Validation of the Backstage-facing keys: `backstage` (`pluginId`, `trustedPlugins`),
+//! `backend.baseUrl`, `backend.auth.keys`, the `jwks` and `legacy` external-access handlers,
+//! `discovery.endpoints`, target `userMapping` and `assertion`. Shapes follow Backstage's app-config exactly where Backstage
 //! has the key (backstage-tokens.md §2.2, §3.4), so an admin can paste their block.
 
 use std::time::Duration;
@@ -17,11 +17,26 @@ fn section<'v>(field: &Field<'v>, known: &[&str], issues: &mut Issues) -> Option
     Obj::new(field.value, field.path.clone(), Some(known), issues)
 }
 
-/// Backstage's plugin id pattern (PluginTokenHandler.ts 28): `^[a-z0-9_-]+$`, case-insensitive.
+/// The longest plugin id the broker accepts. Backstage's pattern has no length limit, but a
+/// plugin token's `sub` picks a URL to fetch before any signature is checked, so an id is
+/// bounded before it reaches discovery (real plugin ids are a few words long).
+pub const MAX_PLUGIN_ID_LEN: usize = 64;
+
+/// Backstage's plugin id pattern (PluginTokenHandler.ts 28): `^[a-z0-9_-]+$`, case-insensitive,
+/// and at most [`MAX_PLUGIN_ID_LEN`] characters.
 pub(crate) fn is_plugin_id(s: &str) -> bool {
     !s.is_empty()
+        && s.len() <= MAX_PLUGIN_ID_LEN
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// A `trustedPlugins` entry: a plugin id in which `*` stands for any run of characters.
+fn is_plugin_pattern(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_PLUGIN_ID_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'*')
 }
 
 /// A required `^\S+$` string (Backstage's check for every handler option).
@@ -45,18 +60,48 @@ fn http_url(field: &Field<'_>, raw: &str, issues: &mut Issues) -> Option<Url> {
     }
 }
 
-/// `backstage`: `{pluginId}`.
-pub(crate) fn backstage_section(field: &Field<'_>, issues: &mut Issues) -> Option<String> {
-    let obj = section(field, &["pluginId"], issues)?;
+/// `backstage`: `{pluginId, trustedPlugins}`.
+pub(crate) fn backstage_section(
+    field: &Field<'_>,
+    issues: &mut Issues,
+) -> Option<(String, Option<Vec<String>>)> {
+    let obj = section(field, &["pluginId", "trustedPlugins"], issues)?;
     let f = obj.field("pluginId");
-    match f.opt_str(issues)? {
-        None => Some(super::BROKER_PLUGIN_ID.to_owned()),
-        Some(p) if is_plugin_id(p) => Some(p.to_owned()),
-        Some(_) => {
-            issues.push(&f.path, "must be a Backstage plugin id: ^[a-z0-9_-]+$");
+    let plugin_id = match f.opt_str(issues) {
+        None => None,
+        Some(None) => Some(super::BROKER_PLUGIN_ID.to_owned()),
+        Some(Some(p)) if is_plugin_id(p) => Some(p.to_owned()),
+        Some(Some(_)) => {
+            issues.push(
+                &f.path,
+                "must be a Backstage plugin id: ^[a-z0-9_-]+$, at most 64 characters",
+            );
             None
         }
-    }
+    };
+    let tf = obj.field("trustedPlugins");
+    let trusted = tf
+        .opt_str_list(
+            |p| {
+                (!is_plugin_pattern(p)).then_some(
+                    "must be a plugin id or a pattern with * (letters, digits, _, -, *), \
+                     at most 64 characters",
+                )
+            },
+            issues,
+        )
+        .and_then(|list| match list {
+            Some(l) if l.is_empty() => {
+                // Like allowedCallers: an empty list would silently refuse every plugin token.
+                issues.push(
+                    &tf.path,
+                    "must not be empty (omit it to try every plugin id Backstage admits)",
+                );
+                None
+            }
+            other => Some(other),
+        });
+    Some((plugin_id?, trusted?))
 }
 
 /// `backend.baseUrl`.

@@ -331,6 +331,10 @@ pub struct BackstageConfig {
     pub base_url: Option<Url>,
     /// `discovery.endpoints`, in order; the first entry listing a plugin (or `*`) wins.
     pub endpoints: Vec<DiscoveryEndpoint>,
+    /// `backstage.trustedPlugins`: plugin ids or `*` patterns (the `allowedCallers` syntax,
+    /// over bare plugin ids). A plugin token whose `sub` matches none is refused before any
+    /// key-set fetch; `None` = every plugin id Backstage's pattern admits may be tried.
+    pub trusted_plugins: Option<Vec<String>>,
 }
 
 /// One `discovery.endpoints` item (Backstage HostDiscovery).

@@ -1062,6 +1062,7 @@ fn backstage_keys() {
         "{MINIMAL}    userMapping: jwt_authorization_grant\n  sonataflow:\n    audience: sonataflow\n    userMapping: {{type: impersonation, subject: \"bs-{{name}}\"}}\n{}",
         r#"backstage:
   pluginId: my-broker
+  trustedPlugins: [catalog, "rhdh-*"]
 backend:
   baseUrl: http://backstage:7007/
   auth:
@@ -1094,6 +1095,10 @@ userToken:
     );
     let c = load(&yaml).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.backstage.plugin_id, "my-broker");
+    assert_eq!(
+        c.backstage.trusted_plugins.as_deref().unwrap(),
+        &["catalog", "rhdh-*"]
+    );
     assert_eq!(
         c.backstage.base_url.as_ref().unwrap().as_str(),
         "http://backstage:7007/"
@@ -1157,6 +1162,27 @@ userToken: {matchValue: "{user}"}
     assert_issue(&issues, "assertion.lifetime", "at most 5m");
     assert_issue(&issues, "userToken.matchValue", "placeholders");
     assert_issue(&issues, "targets.kagenti.userMapping", "must be one of");
+    let long = "p".repeat(65);
+    let issues = errors(&format!(
+        "{MINIMAL}backstage: {{pluginId: {long}, trustedPlugins: [ok, \"a b\", \"x/*\", {long}]}}\n"
+    ));
+    assert_issue(&issues, "backstage.pluginId", "at most 64");
+    for i in 1..=3 {
+        assert_issue(
+            &issues,
+            &format!("backstage.trustedPlugins[{i}]"),
+            "plugin id",
+        );
+    }
+    assert!(
+        !issues
+            .iter()
+            .any(|i| i.path == "backstage.trustedPlugins[0]")
+    );
+    let issues = errors(&format!("{MINIMAL}backstage: {{trustedPlugins: []}}\n"));
+    assert_issue(&issues, "backstage.trustedPlugins", "must not be empty");
+    let c = load(MINIMAL).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.backstage.trusted_plugins.is_none());
     let issues = errors(&format!(
         "{MINIMAL}    userMapping: jwt_authorization_grant\n"
     ));

@@ -46,7 +46,7 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
     let keycloak = keycloak(&top.field("keycloak"), issues);
     let user_token = user_token(&top.field("userToken"), issues);
     let backend = backend(&top.field("backend"), issues);
-    let plugin_id = super::backstage::backstage_section(&top.field("backstage"), issues);
+    let backstage = super::backstage::backstage_section(&top.field("backstage"), issues);
     let endpoints = super::backstage::discovery(&top.field("discovery"), issues);
     let assertion_field = top.field("assertion");
     let assertion = super::backstage::assertion(&assertion_field, issues);
@@ -74,10 +74,14 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         keycloak: keycloak?,
         user_token: user_token?,
         external_access,
-        backstage: BackstageConfig {
-            plugin_id: plugin_id?,
-            base_url,
-            endpoints: endpoints?,
+        backstage: {
+            let (plugin_id, trusted_plugins) = backstage?;
+            BackstageConfig {
+                plugin_id,
+                base_url,
+                endpoints: endpoints?,
+                trusted_plugins,
+            }
         },
         assertion: assertion?,
         cache: cache?,

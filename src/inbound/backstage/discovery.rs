@@ -63,6 +63,7 @@ mod tests {
                 target: "http://catalog.svc/{{ pluginId }}".into(),
                 plugins: vec!["catalog".into()],
             }],
+            trusted_plugins: None,
         });
         assert_eq!(d.base_url("catalog").unwrap(), "http://catalog.svc/catalog");
         assert_eq!(d.base_url("auth").unwrap(), "http://bs:7007/api/auth");
@@ -74,6 +75,7 @@ mod tests {
             plugin_id: "token-broker".into(),
             base_url: None,
             endpoints: vec![],
+            trusted_plugins: None,
         });
         assert!(none.plugin_jwks_url("catalog").is_none());
     }

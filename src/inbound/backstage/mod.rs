@@ -1,8 +1,11 @@
 //! Verification of every Backstage caller credential, with Backstage's own dispatch order and
 //! outcomes (`DefaultAuthService.authenticate`, backstage-tokens.md §5, checklist §9):
-//! 1. `typ: vnd.backstage.plugin` → plugin token (§3.3): `sub` must match `^[a-z0-9_-]+$`,
-//!    keys from `{base(sub)}/.backstage/auth/v1/jwks.json` (so the issuer is bound by whose
-//!    JWKS holds the key), `aud` ∋ the broker's plugin id, `obo` → user with actor;
+//! 1. `typ: vnd.backstage.plugin` → plugin token (§3.3): `sub` must match `^[a-z0-9_-]+$`
+//!    (and, stricter than Backstage, be at most 64 characters and match
+//!    `backstage.trustedPlugins` when set; both checked before any fetch), keys from
+//!    `{base(sub)}/.backstage/auth/v1/jwks.json` (so the issuer is bound by whose JWKS holds
+//!    the key; fetches bounded as in [`keys`]), `aud` ∋ the broker's plugin id, `obo` → user
+//!    with actor;
 //! 2. `typ` user / limited user, or an untyped token with `aud == "backstage"` → user token
 //!    (§3.1) against `{auth}/.well-known/jwks.json`; limited tokens are refused (the broker has
 //!    no browser routes, so limited access is never allowed);
@@ -115,6 +118,8 @@ struct Entry {
 pub struct BackstageVerifier {
     plugin_id: String,
     discovery: Discovery,
+    /// `backstage.trustedPlugins`.
+    trusted_plugins: Option<Vec<String>>,
     /// `externalAccess` (+ legacy keys), replaceable at run time ([`Self::reload_external`]).
     entries: std::sync::RwLock<Arc<Vec<Entry>>>,
     key_sets: KeySets,
@@ -131,6 +136,7 @@ impl BackstageVerifier {
         BackstageVerifier {
             plugin_id: config.plugin_id.clone(),
             discovery: Discovery::new(config),
+            trusted_plugins: config.trusted_plugins.clone(),
             entries: std::sync::RwLock::new(Arc::new(build_entries(external))),
             key_sets: KeySets::new(http),
             clock,
@@ -191,9 +197,36 @@ fn build_entries(external: &[ExternalAccessEntry]) -> Vec<Entry> {
     }
 }
 
+/// What `backstage.trustedPlugins` says of a plugin id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trust {
+    /// Named exactly: configured, so its key set is exempt from the budget for unseen URLs.
+    Named,
+    /// Admitted by a pattern, or no list is configured.
+    Admitted,
+    /// No entry admits it: refused before any fetch.
+    Refused,
+}
+
 impl BackstageVerifier {
     pub fn plugin_id(&self) -> &str {
         &self.plugin_id
+    }
+
+    fn trust(&self, plugin: &str) -> Trust {
+        let Some(list) = &self.trusted_plugins else {
+            return Trust::Admitted;
+        };
+        if list.iter().any(|p| p == plugin) {
+            Trust::Named
+        } else if list
+            .iter()
+            .any(|p| crate::broker::policy::glob_match(p, plugin))
+        {
+            Trust::Admitted
+        } else {
+            Trust::Refused
+        }
     }
 
     /// `DefaultAuthService.authenticate` with `allowLimitedAccess: false` (§5).
@@ -245,7 +278,8 @@ impl BackstageVerifier {
             .discovery
             .auth_jwks_url()
             .ok_or("no Backstage auth backend is configured")?;
-        self.verify_with(j, &url, &rules).await?;
+        // The auth backend's URL comes from configuration alone.
+        self.verify_with(j, &url, &rules, true).await?;
         let sub = j
             .claim("sub")
             .and_then(Value::as_str)
@@ -266,9 +300,18 @@ impl BackstageVerifier {
             None => "undefined".to_owned(),
             Some(other) => other.to_string(),
         };
+        // Everything before the fetch is decided from the unverified token alone, so the id is
+        // bounded (pattern and length) and checked against trustedPlugins first.
         if !crate::config::backstage::is_plugin_id(&plugin) {
             return Err(unauth(
                 "Failed plugin token verification: forbidden subject format",
+            ));
+        }
+        let trust = self.trust(&plugin);
+        if trust == Trust::Refused {
+            tracing::info!(plugin = %plugin, "plugin token refused: not in backstage.trustedPlugins");
+            return Err(unauth(
+                "Failed plugin token verification: plugin is not trusted",
             ));
         }
         let failed = || unauth("Failed plugin token verification");
@@ -280,7 +323,10 @@ impl BackstageVerifier {
             required: &["iat", "exp", "sub", "aud"],
             ..Default::default()
         };
-        if let Err(e) = self.verify_with(j, &url, &rules).await {
+        if let Err(e) = self
+            .verify_with(j, &url, &rules, trust == Trust::Named)
+            .await
+        {
             tracing::info!(plugin = %plugin, reason = e, "plugin token refused");
             return Err(failed());
         }
@@ -319,31 +365,47 @@ impl BackstageVerifier {
         })
     }
 
-    /// Signature with a key of the set at `url`, then the jose claim rules.
+    /// The jose claim rules, then a signature by a key of the set at `url`. `configured`: the
+    /// URL comes from configuration, not only from a token ([`keys`] budget exemption).
     async fn verify_with(
         &self,
         j: &Jws<'_>,
         url: &url::Url,
         rules: &ClaimRules<'_>,
+        configured: bool,
     ) -> Result<(), &'static str> {
         let alg = j.alg().ok_or("unsupported alg")?;
         let alg_name = j.header_str("alg").unwrap_or("");
-        let set = self.key_sets.get(url).await;
         let kid = j.header_str("kid");
-        let keys = set.candidates(alg, alg_name, kid).await.map_err(|e| {
-            tracing::warn!(url = %url, error = %e, "Backstage key set unavailable");
+        // The claim rules first: a token that fails them is refused whatever its signature
+        // (same answer either way), so an expired or misaddressed forgery costs no fetch.
+        jose::check_claims(j, self.clock.now_unix(), rules)?;
+        let unavailable = |e: KeySetError| {
+            // A fetch that really failed was logged (warn) where it happened; repeats served
+            // from the negative cache or refused by the budget are only noted here.
+            tracing::debug!(url = %url, error = %e, "Backstage key set unavailable");
             match e {
                 KeySetError::NotSupported => "plugin not supported",
+                KeySetError::Throttled => "too many unseen key sets",
                 _ => "key set unavailable",
             }
-        })?;
+        };
+        let set = self
+            .key_sets
+            .get(url, configured)
+            .await
+            .map_err(unavailable)?;
+        let keys = set
+            .candidates(alg, alg_name, kid, configured)
+            .await
+            .map_err(unavailable)?;
         if keys.is_empty() {
             return Err("no matching key");
         }
         if !keys.iter().any(|k| j.signature_ok(&k.key, alg)) {
             return Err("signature verification failed");
         }
-        jose::check_claims(j, self.clock.now_unix(), rules)
+        Ok(())
     }
 
     /// §3.4: the external handlers in order; the first match wins.
@@ -417,7 +479,8 @@ impl BackstageVerifier {
             issuer: issuers,
             ..Default::default()
         };
-        self.verify_with(j, url, &rules).await.ok()?;
+        // A configured handler URL.
+        self.verify_with(j, url, &rules, true).await.ok()?;
         j.claim("sub")
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
