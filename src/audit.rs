@@ -106,7 +106,10 @@ impl Record {
                         self.idp_status = *status;
                         self.idp_error = error.chars().take(64).collect();
                     }
-                    Some(other) => self.idp_error = other.kind().to_owned(),
+                    Some(other) => {
+                        self.idp_status = other.idp_status();
+                        self.idp_error = other.kind().to_owned();
+                    }
                     None => {}
                 }
             }

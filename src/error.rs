@@ -165,6 +165,24 @@ pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
             api.hint = keycloak_hint(error, description.as_deref(), client_id);
             api
         }
+        // An answer about the request that is not an OAuth error (an HTML 403/404 from a
+        // gateway, a malformed 200): shown as the refusal, with the IdP's status. 5xx answers
+        // are the IdP failing, below.
+        IdpError::Protocol {
+            status: Some(status),
+            ..
+        } if *status < 500 => {
+            let mut api = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "server_error",
+                format!("Keycloak's answer was neither a token nor an OAuth error: {e}"),
+            );
+            api.idp_status = Some(*status);
+            api.hint = Some(
+                "something other than Keycloak's token endpoint may have answered (a gateway, WAF or wrong path): check keycloak.issuer and the route from the broker to Keycloak".into(),
+            );
+            api
+        }
         other => idp_unavailable(other),
     }
 }
@@ -176,11 +194,13 @@ fn idp_unavailable(e: &IdpError) -> ApiError {
         IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     };
-    ApiError::new(
+    let mut api = ApiError::new(
         status,
         "temporarily_unavailable",
         format!("Keycloak (the IdP) failed: {e}"),
-    )
+    );
+    api.idp_status = e.idp_status();
+    api
 }
 
 /// The answer for a [`BrokerError`].

@@ -106,7 +106,9 @@ impl IdpRequest {
     pub fn for_grant(grant_type: Option<&str>) -> Self {
         match grant_type {
             Some(crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
-            Some("client_credentials") => IdpRequest::ClientCredentials,
+            Some(crate::idp::client_credentials::GRANT_TYPE_CLIENT_CREDENTIALS) => {
+                IdpRequest::ClientCredentials
+            }
             _ => IdpRequest::OtherGrant,
         }
     }

@@ -17,19 +17,27 @@
 //! token goes through the target's `userMapping` — an RFC 7523 JWT authorization grant with an
 //! assertion the broker signs, or V1 impersonation — cached per user credential and capped at
 //! its expiry; without a mapping the fallback policy applies.
+//!
+//! When a target refuses a served token (an upstream 401 in proxy mode), [`TokenService::refused`]
+//! drops only the cache entry that token came from, and at most once per entry per
+//! [`FORCED_REFRESH_INTERVAL`]: a target that refuses everything costs one extra exchange per
+//! user and interval, not one per call, and a user's refused token never costs the shared
+//! service-account token.
 
 pub mod assertion;
 pub mod cache;
 pub mod policy;
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
 use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
-use crate::digest::{KeyBuilder, fingerprint};
+use crate::digest::{KeyBuilder, KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
 use crate::inbound::Principal;
@@ -103,6 +111,59 @@ pub struct Issued {
     pub identity: Identity,
     pub cache: CacheStatus,
     pub fallback: Option<FallbackReason>,
+    /// The cache entry the token is served from ([`TokenService::refused`] drops exactly it).
+    entry: EntryRef,
+}
+
+/// Which cache holds a served token, and under which key.
+#[derive(Debug, Clone, Copy)]
+struct EntryRef {
+    service: bool,
+    key: KeyDigest,
+}
+
+/// The shortest time between two forced refreshes of one cache entry after a target refused
+/// its token (an upstream 401 in proxy mode). Within it, a refused token is not exchanged
+/// again: the refusal goes to the caller, and the entry lives on until its own deadline.
+pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Entries the forced-refresh limiter remembers at most. When it is full of entries refreshed
+/// within the interval, further forced refreshes are refused (fail closed: the tokens still
+/// expire on their own), so the limiter's memory is bounded whatever callers send.
+const FORCED_REFRESH_MAX_KEYS: usize = 10_000;
+
+/// When each cache entry was last dropped because its token was refused.
+struct ForcedRefreshLimiter {
+    last: Mutex<HashMap<KeyDigest, Instant>>,
+    interval: Duration,
+    max_keys: usize,
+}
+
+impl ForcedRefreshLimiter {
+    fn new(interval: Duration, max_keys: usize) -> Self {
+        ForcedRefreshLimiter {
+            last: Mutex::new(HashMap::new()),
+            interval,
+            max_keys,
+        }
+    }
+
+    /// May `key` be refreshed now? Records the refresh when it may.
+    fn allow(&self, key: &KeyDigest, now: Instant) -> bool {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = |t: &Instant| now.saturating_duration_since(*t) < self.interval;
+        if last.get(key).is_some_and(recent) {
+            return false;
+        }
+        if last.len() >= self.max_keys && !last.contains_key(key) {
+            last.retain(|_, t| recent(t));
+            if last.len() >= self.max_keys {
+                return false;
+            }
+        }
+        last.insert(*key, now);
+        true
+    }
 }
 
 /// One token request, already authenticated.
@@ -175,6 +236,8 @@ pub struct TokenService {
     assertion: Option<Arc<assertion::AssertionSigner>>,
     /// Recent IdP failures per user-cache key (`cache.negativeTtl`; `None` when 0).
     negative: Option<NegativeCache>,
+    /// Rate limit on dropping an entry because a target refused its token.
+    forced_refresh: ForcedRefreshLimiter,
 }
 
 /// Failed IdP calls remembered for a short time, keyed like the user cache: by a digest of
@@ -233,6 +296,10 @@ impl TokenService {
             // One entry per target and scope set: small.
             service_cache: TokenCache::new(1024, clock.clone()),
             negative: NegativeCache::new(config.cache.negative_ttl, max),
+            forced_refresh: ForcedRefreshLimiter::new(
+                FORCED_REFRESH_INTERVAL,
+                FORCED_REFRESH_MAX_KEYS,
+            ),
             config,
             idp,
             verifier,
@@ -332,40 +399,25 @@ impl TokenService {
             .exchange(req.target, target, &scopes, token_type, user)
             .await
         {
-            Ok((token, cache)) => Ok(Issued {
-                token,
-                identity: Identity::User,
-                cache,
-                fallback: None,
-            }),
-            Err(FetchOutcome::Idp(e)) => {
-                let reason = if e.is_unavailable() {
-                    Some(FallbackReason::IdpUnavailable)
-                } else if matches!(&e, IdpError::Rejected { error, .. } if error == "unsupported_grant_type")
-                {
-                    Some(FallbackReason::ExchangeUnsupported)
-                } else {
-                    None
-                };
-                match (reason, target.fallback) {
-                    (None, _) => Err(BrokerError::ExchangeRejected(e)),
-                    (Some(r), FallbackPolicy::ServiceAccount) => {
-                        tracing::warn!(
-                            target = req.target,
-                            reason = r.as_str(),
-                            error = %e,
-                            subject = %user.fingerprint,
-                            "token exchange failed: serving the service-account token"
-                        );
-                        self.service_token(req.target, target, &scopes, None, Some(r))
-                            .await
-                    }
-                    (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                        target: req.target.to_owned(),
-                        source: e,
-                    }),
+            Ok(issued) => Ok(issued),
+            Err(FetchOutcome::Idp(e)) => match (policy::fallback_reason(&e), target.fallback) {
+                (None, _) => Err(BrokerError::ExchangeRejected(e)),
+                (Some(r), FallbackPolicy::ServiceAccount) => {
+                    tracing::warn!(
+                        target = req.target,
+                        reason = r.as_str(),
+                        error = %e,
+                        subject = %user.fingerprint,
+                        "token exchange failed: serving the service-account token"
+                    );
+                    self.service_token(req.target, target, &scopes, None, Some(r))
+                        .await
                 }
-            }
+                (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
+                    target: req.target.to_owned(),
+                    source: e,
+                }),
+            },
             Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
         }
     }
@@ -386,11 +438,9 @@ impl TokenService {
         if left(&first) >= min {
             return Ok(first);
         }
-        let (user, service) = match first.identity {
-            Identity::User => (true, false),
-            Identity::Service => (false, true),
-        };
-        self.invalidate_entries(&req, user, service).await;
+        self.cache_of(first.entry)
+            .invalidate(&first.entry.key)
+            .await;
         let second = self.issue(req).await?;
         if left(&second) < min {
             tracing::debug!(
@@ -403,30 +453,40 @@ impl TokenService {
         Ok(second)
     }
 
-    /// Drops the cached tokens `req` maps to: its exchanged token (if it has a user token) and
-    /// the target's service-account token, e.g. after the target refused one with 401.
-    pub async fn invalidate(&self, req: &TokenRequest<'_>) {
-        self.invalidate_entries(req, true, true).await;
+    /// The target refused `issued`'s token (an upstream 401 in proxy mode). Drops the one
+    /// cache entry that token was served from — a user's exchanged token, or the
+    /// service-account token when that is what was refused — so that asking again obtains a
+    /// fresh token, but at most once per entry per [`FORCED_REFRESH_INTERVAL`].
+    ///
+    /// Returns whether asking again can yield another token: `true` when the entry was
+    /// dropped, or already holds a newer token; `false` when the refresh is rate-limited (the
+    /// caller then passes the target's refusal on instead of retrying with the same token).
+    pub async fn refused(&self, issued: &Issued) -> bool {
+        let cache = self.cache_of(issued.entry);
+        if let Some(current) = cache.fresh(&issued.entry.key).await
+            && !Arc::ptr_eq(&current, &issued.token)
+        {
+            // Another request already replaced it: asking again serves that one, no IdP call.
+            return true;
+        }
+        if !self.forced_refresh.allow(&issued.entry.key, Instant::now()) {
+            tracing::info!(
+                token_fp = %issued.token.fingerprint,
+                identity = issued.identity.as_str(),
+                interval_s = FORCED_REFRESH_INTERVAL.as_secs(),
+                "the target refused a token whose entry was refreshed within the interval: not obtaining it again"
+            );
+            return false;
+        }
+        cache.invalidate(&issued.entry.key).await;
+        true
     }
 
-    async fn invalidate_entries(&self, req: &TokenRequest<'_>, user: bool, service: bool) {
-        let Some(target) = self.config.targets.get(req.target) else {
-            return;
-        };
-        let Ok(scopes) = policy::resolve_scopes(req.target, target, req.scope) else {
-            return;
-        };
-        if user
-            && let Some(u) = req.user_token
-            && let Ok(token_type) =
-                policy::resolve_token_type(req.target, target, req.requested_token_type)
-        {
-            let key = exchange_key(req.target, target, &scopes, token_type, u);
-            self.user_cache.invalidate(&key).await;
-        }
-        if service {
-            let key = service_key(req.target, target, &scopes);
-            self.service_cache.invalidate(&key).await;
+    fn cache_of(&self, entry: EntryRef) -> &TokenCache {
+        if entry.service {
+            &self.service_cache
+        } else {
+            &self.user_cache
         }
     }
 
@@ -437,7 +497,7 @@ impl TokenService {
         scopes: &[String],
         token_type: TokenType,
         user: &VerifiedUserToken,
-    ) -> Result<(Arc<IssuedToken>, CacheStatus), FetchOutcome> {
+    ) -> Result<Issued, FetchOutcome> {
         let key = exchange_key(target_name, target, scopes, token_type, user);
         let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
@@ -464,6 +524,16 @@ impl TokenService {
         self.user_cache
             .get_or_fetch(key, fetch)
             .await
+            .map(|(token, cache)| Issued {
+                token,
+                identity: Identity::User,
+                cache,
+                fallback: None,
+                entry: EntryRef {
+                    service: false,
+                    key,
+                },
+            })
             .map_err(|e| match &*e {
                 FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),
                 FetchError::Invalid(m) => FetchOutcome::Invalid(m.clone()),
@@ -500,6 +570,7 @@ impl TokenService {
                 identity: Identity::Service,
                 cache,
                 fallback: reason,
+                entry: EntryRef { service: true, key },
             }),
             Err(e) => match &*e {
                 FetchError::Idp(i) => Err(BrokerError::ServiceAccountFailed {
@@ -580,30 +651,29 @@ impl TokenService {
                 identity: Identity::User,
                 cache,
                 fallback: None,
+                entry: EntryRef {
+                    service: false,
+                    key,
+                },
             }),
             Err(e) => match &*e {
-                FetchError::Idp(i) => {
-                    let unavailable = i.is_unavailable()
-                        || matches!(i, IdpError::Rejected { error, .. } if error == "unsupported_grant_type");
-                    match (unavailable, target.fallback) {
-                        (true, FallbackPolicy::ServiceAccount) => {
-                            tracing::warn!(target = target_name, error = %i, "user mapping failed: serving the service-account token");
-                            self.service_token(
-                                target_name,
-                                target,
-                                scopes,
-                                None,
-                                Some(FallbackReason::IdpUnavailable),
-                            )
+                FetchError::Idp(i) => match (policy::fallback_reason(i), target.fallback) {
+                    (Some(r), FallbackPolicy::ServiceAccount) => {
+                        tracing::warn!(
+                            target = target_name,
+                            reason = r.as_str(),
+                            error = %i,
+                            "user mapping failed: serving the service-account token"
+                        );
+                        self.service_token(target_name, target, scopes, None, Some(r))
                             .await
-                        }
-                        (true, FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                            target: target_name.to_owned(),
-                            source: i.clone(),
-                        }),
-                        (false, _) => Err(BrokerError::ExchangeRejected(i.clone())),
                     }
-                }
+                    (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
+                        target: target_name.to_owned(),
+                        source: i.clone(),
+                    }),
+                    (None, _) => Err(BrokerError::ExchangeRejected(i.clone())),
+                },
                 FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
             },
         }
@@ -722,4 +792,30 @@ fn service_key(
 enum FetchOutcome {
     Idp(IdpError),
     Invalid(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_refresh_is_limited_per_key_and_bounded() {
+        let l = ForcedRefreshLimiter::new(Duration::from_secs(5), 2);
+        let t0 = Instant::now();
+        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert!(l.allow(&a, t0));
+        assert!(
+            !l.allow(&a, t0 + Duration::from_secs(4)),
+            "within the interval"
+        );
+        assert!(l.allow(&b, t0), "another key is independent");
+        // Full of recent keys: a new key is refused (fail closed), an old one never grows it.
+        assert!(!l.allow(&c, t0 + Duration::from_secs(1)));
+        assert!(
+            l.allow(&a, t0 + Duration::from_secs(5)),
+            "after the interval"
+        );
+        // Once the recent ones are stale, room is made.
+        assert!(l.allow(&c, t0 + Duration::from_secs(11)));
+    }
 }

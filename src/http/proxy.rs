@@ -343,15 +343,19 @@ pub async fn proxy(
         match send_head(rb, &progress, cfg.idle_timeout).await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
-                if status == 401 && body.replayable() && !reauthed {
+                // `refused` drops only the refused token's entry, rate-limited per entry.
+                if status == 401
+                    && body.replayable()
+                    && !reauthed
+                    && state.service.refused(&issued).await
+                {
                     drop(resp);
                     reauthed = true;
                     tracing::info!(
                         target = target_name,
                         token_fp = %issued.token.fingerprint,
-                        "upstream answered 401: dropping the cached tokens and exchanging again"
+                        "upstream answered 401: dropped the refused token, obtaining it again"
                     );
-                    state.service.invalidate(&token_req).await;
                     issued = issue(token_req)
                         .await
                         .map_err(|e| from_broker(&e, client_id))?;

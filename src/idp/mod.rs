@@ -1,5 +1,7 @@
 //! The broker's outbound side: Keycloak discovery, RFC 8693 token exchange and the
-//! client-credentials grant, over one shared `reqwest::Client`.
+//! client-credentials grant, over one shared `reqwest::Client`. Every token-endpoint call, of
+//! any grant, goes through [`IdpClient::post_token_form_raw`]: one bound on calls in flight
+//! (`keycloak.maxConcurrentRequests`), one retry rule, one size limit, one set of metrics.
 //!
 //! The client never follows redirects (a redirected token request would carry the broker's
 //! client secret to wherever the redirect points: an SSRF and credential leak, RFC 9700 §4.11),
@@ -49,9 +51,11 @@ pub enum IdpError {
         error: String,
         description: Option<String>,
     },
-    /// An answer that is neither a token response nor an OAuth error.
-    #[error("the IdP answered unexpectedly: {0}")]
-    Protocol(String),
+    /// An answer that is neither a token response nor an OAuth error: an HTML page from a
+    /// gateway, a malformed or oversized 200. `status` is the IdP's HTTP status, when an
+    /// answer arrived.
+    #[error("the IdP answered unexpectedly: {detail}")]
+    Protocol { status: Option<u16>, detail: String },
     /// Discovery has not succeeded yet.
     #[error("the IdP's discovery document could not be loaded: {0}")]
     Discovery(String),
@@ -61,14 +65,26 @@ pub enum IdpError {
 }
 
 impl IdpError {
-    /// True when the IdP is unreachable or failing rather than refusing: these are the
-    /// failures a `service_account` fallback may cover. 5xx answers count, because a gateway
-    /// or a Keycloak in trouble says nothing about the user's request.
+    /// True when the IdP is unreachable or failing rather than refusing: no answer at all
+    /// (network, timeout, discovery not loaded, the local bound) or a 5xx, because a gateway
+    /// or a Keycloak in trouble says nothing about the user's request. Any other answer — an
+    /// OAuth error, an HTML 403/404 from something in front of Keycloak, a malformed 200 — is
+    /// an answer about this request and is never "unavailable" (the fallback decision,
+    /// `broker::policy::fallback_reason`, relies on this).
     pub fn is_unavailable(&self) -> bool {
         match self {
             IdpError::Transport { .. } | IdpError::Discovery(_) | IdpError::Busy => true,
-            IdpError::Rejected { status, .. } => status.is_some_and(|s| s >= 500),
-            IdpError::Protocol(_) => true,
+            IdpError::Rejected { status, .. } | IdpError::Protocol { status, .. } => {
+                status.is_some_and(|s| s >= 500)
+            }
+        }
+    }
+
+    /// The IdP's HTTP status, when an answer arrived.
+    pub fn idp_status(&self) -> Option<u16> {
+        match self {
+            IdpError::Rejected { status, .. } | IdpError::Protocol { status, .. } => *status,
+            _ => None,
         }
     }
 
@@ -78,7 +94,7 @@ impl IdpError {
             IdpError::Transport { timeout: true, .. } => "timeout",
             IdpError::Transport { .. } => "network",
             IdpError::Rejected { .. } => "rejected",
-            IdpError::Protocol(_) => "protocol",
+            IdpError::Protocol { .. } => "protocol",
             IdpError::Discovery(_) => "discovery",
             IdpError::Busy => "busy",
         }
@@ -363,7 +379,10 @@ impl IdpClient {
             let mut attempt = 0;
             let resp = loop {
                 let Some(this) = req.try_clone() else {
-                    return Err(IdpError::Protocol("request body cannot be retried".into()));
+                    return Err(IdpError::Protocol {
+                        status: None,
+                        detail: "request body cannot be retried".into(),
+                    });
                 };
                 match this.send().await {
                     Ok(r) => break r,
@@ -388,11 +407,18 @@ impl IdpClient {
                 }
             };
             let status = resp.status().as_u16();
-            let bytes = read_limited(resp, MAX_RESPONSE_BYTES)
+            let bytes = read_bounded(resp, MAX_RESPONSE_BYTES)
                 .await
-                .map_err(|detail| IdpError::Transport {
-                    timeout: detail.contains("timed out"),
-                    detail,
+                .map_err(|e| match e {
+                    // An oversized answer is an answer, not a network failure.
+                    ReadError::TooLarge(detail) => IdpError::Protocol {
+                        status: Some(status),
+                        detail,
+                    },
+                    ReadError::Transport(detail) => IdpError::Transport {
+                        timeout: detail.contains("timed out"),
+                        detail,
+                    },
                 })?;
             Ok::<_, IdpError>(RawAnswer {
                 status,
@@ -426,11 +452,15 @@ pub struct RawAnswer {
     pub body: Vec<u8>,
 }
 
-/// A token-endpoint answer as a success or an OAuth error (RFC 6749 §5.1, §5.2).
+/// A token-endpoint answer as a success or an OAuth error (RFC 6749 §5.1, §5.2). Neither
+/// (an HTML page, a malformed 200) is [`IdpError::Protocol`] with the status; the body is
+/// never quoted, since it may hold a token.
 pub fn parse_token_answer(status: u16, bytes: &[u8]) -> Result<TokenResponse, IdpError> {
     if status == 200 {
-        return serde_json::from_slice::<TokenResponse>(bytes)
-            .map_err(|_| IdpError::Protocol("HTTP 200 without a token response".into()));
+        return serde_json::from_slice::<TokenResponse>(bytes).map_err(|_| IdpError::Protocol {
+            status: Some(status),
+            detail: "HTTP 200 without a token response".into(),
+        });
     }
     match serde_json::from_slice::<OAuthError>(bytes) {
         Ok(e) => Err(IdpError::Rejected {
@@ -438,9 +468,10 @@ pub fn parse_token_answer(status: u16, bytes: &[u8]) -> Result<TokenResponse, Id
             error: e.error,
             description: e.error_description,
         }),
-        Err(_) => Err(IdpError::Protocol(format!(
-            "HTTP {status} without an OAuth error body"
-        ))),
+        Err(_) => Err(IdpError::Protocol {
+            status: Some(status),
+            detail: format!("HTTP {status} without an OAuth error body"),
+        }),
     }
 }
 
@@ -482,18 +513,32 @@ fn describe_discovery_error<E: std::error::Error>(e: &openidconnect::DiscoveryEr
 }
 
 /// Reads a response body, refusing more than `limit` bytes.
-pub async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+pub async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    read_bounded(resp, limit).await.map_err(|e| match e {
+        ReadError::TooLarge(d) | ReadError::Transport(d) => d,
+    })
+}
+
+/// Why a bounded body read failed.
+enum ReadError {
+    TooLarge(String),
+    Transport(String),
+}
+
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
     let mut out = Vec::new();
     loop {
         match resp.chunk().await {
             Ok(Some(chunk)) => {
                 if out.len() + chunk.len() > limit {
-                    return Err(format!("response larger than {limit} bytes"));
+                    return Err(ReadError::TooLarge(format!(
+                        "response larger than {limit} bytes"
+                    )));
                 }
                 out.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(out),
-            Err(e) => return Err(describe_reqwest(&e)),
+            Err(e) => return Err(ReadError::Transport(describe_reqwest(&e))),
         }
     }
 }

@@ -23,3 +23,4 @@ mod no_leak;
 mod proxy;
 mod reliability;
 mod security_backstage;
+mod security_misc;

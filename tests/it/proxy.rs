@@ -389,10 +389,13 @@ async fn downstream_401_re_exchanges_and_retries_once() {
     assert_eq!(seen[1].body_len, 10, "the kept body is replayed");
     assert_eq!(env.exchanges(), 2);
 
-    // Always 401: retried once, the second 401 goes to the caller as is.
+    // Always 401: retried once, the second 401 goes to the caller as is. (Another user: alice's
+    // entry was just refreshed, and a refused entry is refreshed at most once per interval,
+    // tests/it/security_misc.rs.)
+    let bob = env.login("bob").await;
     let r = env
         .proxy(reqwest::Method::GET, "kagenti", "always401")
-        .header("X-Forwarded-Access-Token", &alice)
+        .header("X-Forwarded-Access-Token", &bob)
         .send()
         .await
         .unwrap();
