@@ -312,7 +312,7 @@ keycloak:
   clientId: token-broker
   clientSecret: {SECRET}
   maxConcurrentRequests: 2048
-userToken: {{header: X-Forwarded-Access-Token}}
+userToken: {{header: X-Forwarded-Access-Token, allowedClients: [dev-frontend]}}
 backstage: {{pluginId: token-broker}}
 backend:
   baseUrl: http://127.0.0.1:{peers_port}
