@@ -73,7 +73,7 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         // Every token the broker obtains has azp = its own client: listing it would let those
         // tokens back in as users' tokens (issue 9 §1).
         issues.push(
-            &top.field("userToken").path.key("allowedClients"),
+            top.field("userToken").path.key("allowedClients"),
             "must not list keycloak.clientId: tokens issued to the broker itself are never accepted as a user's token",
         );
         return None;

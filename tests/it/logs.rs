@@ -369,11 +369,21 @@ logging: {{format: json, level: info}}
             "audit field {field}"
         );
     }
+    // Keycloak's refusals carry its error and status ("Requested audience not available",
+    // "Invalid token"); bob's token without the broker in aud was refused locally (issue 9),
+    // audited with its fingerprint and no IdP error.
     assert!(
         audit
             .iter()
-            .any(|v| v["idp_error"] == "access_denied" && v["idp_status"] == 403)
+            .any(|v| v["idp_error"] == "invalid_request" && v["idp_status"] == 400)
     );
+    let bob_fp = token_broker::digest::fingerprint(&bob);
+    assert!(audit.iter().any(|v| {
+        v["status"] == 400
+            && v["error"] == "invalid_request"
+            && v["idp_error"] == ""
+            && v["subject_fp"] == bob_fp.as_str()
+    }));
     assert!(logs.lines().count() > 20, "trace logging captured");
     assert!(
         logs.contains("shutting down"),
