@@ -44,7 +44,7 @@ pub struct VerifiedUserToken {
     /// identity match; `None` when the token lacks it or it is not a string.
     pub match_value: Option<String>,
     /// Keycloak marks service-account (client-credentials) tokens with a `client_id` claim
-    /// (`clientId` before Keycloak 25) and `preferred_username` `service-account-<client>`.
+    /// (`clientId` in older versions) and `preferred_username` `service-account-<client>`.
     pub service_account: bool,
     /// The broker's own client id is in `aud` (RFC 7519 §4.1.3: string or array).
     pub broker_in_aud: bool,
@@ -199,8 +199,8 @@ pub fn aud_contains(aud: Option<&serde_json::Value>, wanted: &str) -> bool {
 }
 
 /// Keycloak's marks of a service-account (client-credentials) token: the `client_id` claim of
-/// the `service_account` client scope (`clientId` before 25) or the `service-account-` username
-/// prefix Keycloak reserves for service-account users (keycloak-token-exchange.md §4).
+/// the `service_account` client scope (`clientId` in older versions) or the `service-account-`
+/// username prefix Keycloak gives service-account users (documented in docs/security.md).
 pub fn is_service_account(
     client_id: Option<&serde_json::Value>,
     preferred_username: Option<&str>,
