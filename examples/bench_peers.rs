@@ -312,7 +312,7 @@ keycloak:
   clientId: token-broker
   clientSecret: {SECRET}
   maxConcurrentRequests: 2048
-userToken: {{header: X-Forwarded-Access-Token}}
+userToken: {{header: X-Forwarded-Access-Token, allowedClients: [dev-frontend]}}
 backstage: {{pluginId: token-broker}}
 backend:
   baseUrl: http://127.0.0.1:{peers_port}
@@ -751,6 +751,7 @@ with the broker's client credentials. The difference is the broker's own work: t
 - **RSS with 100k entries** (bench-only fill): the broker is not filled through the IdP (100k logins and exchanges would take minutes of RSA signing on this machine); \
 instead the broker's RSS after start-up and warm-up is added to the RSS growth of a separate process (`bench_peers --fill`) that fills a `TokenCache` (the broker's cache type, \
 same entry type) with 100k entries whose token is as long as the broker's real issued token.\n\
+- **Verified-credential cache, bytes per entry** (a separate command, not run by `scripts/bench`): `cargo run --example verified_cache_bytes` verifies 20 000 distinct dev-IdP access tokens (1 236 bytes each) through the broker's `OidcVerifier` and divides the process's RSS growth by their number. On 2026-11-28 (debug build; two runs each): **5 858 B per entry** while an entry held the token and its whole claim set (≈ 559 MiB at the 100 000-entry cap), **690 B** since it keeps only the claims later requests read (≈ 66 MiB); most of the rest is moka's per-entry bookkeeping.\n\
 - The 10-minute soak is a separate opt-in command, `scripts/soak` (not run by `scripts/bench` or CI); its last result is in [soak.md](soak.md).\n\
 \n\
 ## Targets not met, and why (analysis of the runs of 2026-11-22)\n\

@@ -19,7 +19,7 @@ use crate::idp::{IdpClient, build_http};
 use crate::inbound::Authenticator;
 use crate::inbound::backstage::BackstageVerifier;
 use crate::inbound::jwks::JwksCache;
-use crate::inbound::oidc::OidcVerifier;
+use crate::inbound::oidc::{OidcVerifier, UserClaimRules};
 use crate::inbound::static_token::StaticTokens;
 
 #[derive(Debug, thiserror::Error)]
@@ -160,11 +160,14 @@ pub async fn start_with_clock(
     let http = build_http(kc.connect_timeout, kc.timeout).map_err(StartError::Http)?;
     let jwks = Arc::new(JwksCache::new(http.clone(), kc.jwks_min_refresh_interval));
     let idp = Arc::new(IdpClient::new(kc, http, jwks.clone()));
-    let verifier = Arc::new(OidcVerifier::new(
-        idp.issuer().to_owned(),
-        jwks,
-        clock.clone(),
-    ));
+    let verifier = Arc::new(
+        OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
+            UserClaimRules {
+                client_id: config.keycloak.client_id.clone(),
+                match_claim: config.user_token.match_claim.clone(),
+            },
+        ),
+    );
     if let Err(e) = idp.discover().await {
         tracing::warn!(error = %e, "IdP discovery failed at start-up; retrying on demand");
     }
@@ -198,6 +201,7 @@ pub async fn start_with_clock(
         backstage,
         verifier.clone(),
         config.user_token.clone(),
+        config.keycloak.client_id.clone(),
     ));
     let state = web::Data::new(AppState {
         auth,

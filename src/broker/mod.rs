@@ -215,6 +215,25 @@ struct IssuedClaims {
     sub: Option<String>,
     #[serde(default)]
     aud: Option<serde_json::Value>,
+    #[serde(default)]
+    preferred_username: Option<String>,
+    #[serde(default)]
+    client_id: Option<serde_json::Value>,
+    #[serde(default, rename = "clientId")]
+    client_id_legacy: Option<serde_json::Value>,
+}
+
+/// Whose token an answer must be, checked before it is served or cached.
+#[derive(Clone, Copy)]
+enum Expected<'a> {
+    /// The broker's service account (client credentials): nothing about a user to check.
+    Service,
+    /// An exchange: the subject token's `sub` (the same user, RFC 8693 §2.1).
+    Sub(&'a str),
+    /// A user mapping for this Backstage entity ref (issue 9 §1): a user's token (a `sub`, not
+    /// a service account) whose `userToken.matchClaim` names that entity, by the same rule as
+    /// the Backstage ↔ Keycloak same-person check.
+    Person(&'a str),
 }
 
 fn aud_contains(aud: &Option<serde_json::Value>, wanted: &str) -> bool {
@@ -514,7 +533,7 @@ impl TokenService {
                 answer,
                 &target.audience,
                 Some(token_type),
-                Some(&user.sub),
+                Expected::Sub(&user.sub),
                 Some(user.exp),
                 Some(&user.kid),
             )
@@ -560,9 +579,16 @@ impl TokenService {
                 .client_credentials(scopes)
                 .await
                 .map_err(FetchError::Idp)?;
-            self.check_answer(answer, &target.audience, None, None, None, None)
-                .await
-                .map_err(FetchError::Invalid)
+            self.check_answer(
+                answer,
+                &target.audience,
+                None,
+                Expected::Service,
+                None,
+                None,
+            )
+            .await
+            .map_err(FetchError::Invalid)
         };
         match self.service_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
@@ -638,7 +664,7 @@ impl TokenService {
                 answer,
                 &target.audience,
                 requested,
-                None,
+                Expected::Person(&principal.name),
                 Some(bs.expires_at),
                 None,
             )
@@ -686,7 +712,7 @@ impl TokenService {
         answer: TokenResponse,
         audience: &str,
         requested: Option<TokenType>,
-        expected_sub: Option<&str>,
+        expected: Expected<'_>,
         cap_at: Option<u64>,
         subject_kid: Option<&str>,
     ) -> Result<Arc<IssuedToken>, String> {
@@ -713,20 +739,57 @@ impl TokenService {
         if !type_ok {
             return Err("token_type is not Bearer".into());
         }
-        let (claims, _kid) = self
+        let (payload, _kid) = self
             .verifier
-            .verify_any::<IssuedClaims>(&answer.access_token)
+            .verify_any::<serde_json::Value>(&answer.access_token)
             .await
             .map_err(|e: OidcError| format!("the issued token did not verify: {e}"))?;
+        let match_value = payload
+            .get(self.config.user_token.match_claim.as_str())
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let claims = serde_json::from_value::<IssuedClaims>(payload)
+            .map_err(|_| "the issued token's claims are malformed".to_owned())?;
         if issued_type == TokenType::AccessToken && !aud_contains(&claims.aud, audience) {
             return Err(format!(
                 "the issued token's aud does not contain '{audience}'"
             ));
         }
-        if let Some(subject) = expected_sub
-            && claims.sub.as_deref() != Some(subject)
-        {
-            return Err("the issued token's sub differs from the subject token's sub".into());
+        match expected {
+            Expected::Service => {}
+            Expected::Sub(subject) => {
+                if claims.sub.as_deref() != Some(subject) {
+                    return Err(
+                        "the issued token's sub differs from the subject token's sub".into(),
+                    );
+                }
+            }
+            Expected::Person(entity_ref) => {
+                if claims.sub.as_deref().is_none_or(str::is_empty) {
+                    return Err("the issued token has no sub".into());
+                }
+                if crate::inbound::oidc::is_service_account(
+                    claims
+                        .client_id
+                        .as_ref()
+                        .or(claims.client_id_legacy.as_ref()),
+                    claims.preferred_username.as_deref(),
+                ) {
+                    return Err(
+                        "the user mapping returned a service-account token, not the user's".into(),
+                    );
+                }
+                if !crate::inbound::is_same_person(
+                    &self.config.user_token,
+                    entity_ref,
+                    match_value.as_deref(),
+                ) {
+                    return Err(format!(
+                        "the user mapping returned a token of another user than '{entity_ref}' (claim '{}' differs)",
+                        self.config.user_token.match_claim
+                    ));
+                }
+            }
         }
         let now = self.clock.now_unix();
         let mut expires_at = claims.exp;

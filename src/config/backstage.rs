@@ -328,8 +328,54 @@ pub(crate) fn user_match(obj: &Obj<'_>, issues: &mut Issues) -> Option<(String, 
             None
         }
     };
-    let value = template(&obj.field("matchValue"), "{name}", issues);
+    let vf = obj.field("matchValue");
+    let value = template(&vf, "{name}", issues).and_then(|v| {
+        if match_template_is_unambiguous(&v) {
+            Some(v)
+        } else {
+            issues.push(
+                &vf.path,
+                "must name the entity ({name} or {ref}) and separate any two placeholders by a character an entity ref part cannot contain (e.g. / : @), so one value names exactly one Backstage entity",
+            );
+            None
+        }
+    });
     Some((claim?, value?))
+}
+
+/// A character a Backstage entity-ref part (kind, namespace, name) may contain:
+/// `[a-zA-Z0-9._-]` (Backstage's name, namespace and kind rules are all within it).
+pub(crate) fn is_entity_part_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
+}
+
+/// The `userToken.matchValue` rule (issue 9 §5): the template names the entity's name (`{name}`
+/// or `{ref}`), and between two placeholders there is a character no entity-ref part can
+/// contain. Then, with every part restricted to [`is_entity_part_char`], distinct entity refs
+/// expand to distinct values: `{namespace}.{name}` would let `a.b`/`c` and `a`/`b.c` collide.
+pub(crate) fn match_template_is_unambiguous(t: &str) -> bool {
+    if !t.contains("{name}") && !t.contains("{ref}") {
+        return false;
+    }
+    let mut rest = t;
+    let mut after_placeholder = false;
+    let mut separated = true;
+    while let Some(start) = rest.find('{') {
+        let literal = rest.get(..start).unwrap_or("");
+        if literal.chars().any(|c| !is_entity_part_char(c)) {
+            separated = true;
+        }
+        if after_placeholder && !separated {
+            return false;
+        }
+        let Some(end) = rest.get(start..).and_then(|r| r.find('}')) else {
+            return false;
+        };
+        rest = rest.get(start + end + 1..).unwrap_or("");
+        after_placeholder = true;
+        separated = false;
+    }
+    true
 }
 
 /// `targets.<name>.userMapping`: `jwt_authorization_grant`, `impersonation`, or
@@ -455,6 +501,30 @@ pub fn lenient_base64url(s: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn match_templates_must_name_one_entity() {
+        for ok in [
+            "{name}",
+            "{ref}",
+            "{name}@example.com",
+            "{namespace}/{name}",
+            "{kind}:{namespace}/{name}",
+            "bs-{name}",
+        ] {
+            assert!(match_template_is_unambiguous(ok), "{ok}");
+        }
+        for bad in [
+            "{namespace}",
+            "fixed",
+            "{namespace}{name}",
+            "{namespace}.{name}",
+            "{namespace}-x_{name}",
+            "{ref}{name}",
+        ] {
+            assert!(!match_template_is_unambiguous(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn lenient_base64_matches_node() {

@@ -151,8 +151,19 @@ pub struct UserTokenConfig {
     /// name the same person as a Backstage user principal.
     pub match_claim: String,
     /// `userToken.matchValue`, default `{name}`: template over the Backstage entity ref
-    /// (`{ref}`, `{kind}`, `{namespace}`, `{name}`) the claim must equal.
+    /// (`{ref}`, `{kind}`, `{namespace}`, `{name}`) the claim must equal. Entity-ref parts the
+    /// template does not name must have their defaults (kind `user`, namespace `default`), and
+    /// two placeholders are always separated by a character no entity-ref part can contain, so
+    /// the expanded value names exactly one entity.
     pub match_value: String,
+    /// `userToken.allowedClients`, default empty: the Keycloak clients (`azp`) whose users'
+    /// tokens the broker accepts. Empty = no Keycloak user token is accepted (fail closed).
+    /// Never contains `keycloak.clientId`: the broker's own tokens are never user tokens.
+    pub allowed_clients: Vec<String>,
+    /// `userToken.allowWithoutCaller`, default false: a request with a user token but no
+    /// caller credential is the user calling through a trusted proxy (oauth2-proxy), principal
+    /// `oidc:<sub>`. Off = such a request is 401. On requires `allowed_clients` non-empty.
+    pub allow_without_caller: bool,
 }
 
 /// One entry of YAML `backend.auth.externalAccess` (Backstage's shape).

@@ -67,6 +67,17 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         );
         return None;
     }
+    if let (Some(kc), Some(ut)) = (&keycloak, &user_token)
+        && ut.allowed_clients.iter().any(|c| c == &kc.client_id)
+    {
+        // Every token the broker obtains has azp = its own client: listing it would let those
+        // tokens back in as users' tokens (issue 9 §1).
+        issues.push(
+            top.field("userToken").path.key("allowedClients"),
+            "must not list keycloak.clientId: tokens issued to the broker itself are never accepted as a user's token",
+        );
+        return None;
+    }
     let (base_url, external_access) = backend?;
     Some(Config {
         server: server?,
@@ -313,7 +324,17 @@ fn issuer(field: &Field<'_>, issues: &mut Issues) -> Option<Url> {
 }
 
 fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserTokenConfig> {
-    let obj = section(field, &["header", "matchClaim", "matchValue"], issues)?;
+    let obj = section(
+        field,
+        &[
+            "header",
+            "matchClaim",
+            "matchValue",
+            "allowedClients",
+            "allowWithoutCaller",
+        ],
+        issues,
+    )?;
     let matching = super::backstage::user_match(&obj, issues);
     let header_field = obj.field("header");
     let header = match header_field.opt_str(issues)? {
@@ -336,11 +357,33 @@ fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserTokenConfig>
             h.to_owned()
         }
     };
+    let clients_field = obj.field("allowedClients");
+    let allowed_clients = clients_field.opt_str_list(
+        |c| {
+            (c.is_empty() || c.chars().any(|ch| ch.is_whitespace() || ch.is_control()))
+                .then_some("must be a Keycloak client id (non-empty, no whitespace)")
+        },
+        issues,
+    );
+    let alone_field = obj.field("allowWithoutCaller");
+    let allow_without_caller = alone_field.bool_or(false, issues);
     let (match_claim, match_value) = matching?;
+    let allowed_clients = allowed_clients?.unwrap_or_default();
+    let allow_without_caller = allow_without_caller?;
+    if allow_without_caller && allowed_clients.is_empty() {
+        // A user token alone is then the whole credential: say whose tokens it may be.
+        issues.push(
+            &clients_field.path,
+            "is required when userToken.allowWithoutCaller is true: list the Keycloak clients (azp) whose users may call with their token alone",
+        );
+        return None;
+    }
     Some(UserTokenConfig {
         header,
         match_claim,
         match_value,
+        allowed_clients,
+        allow_without_caller,
     })
 }
 

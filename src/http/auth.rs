@@ -81,6 +81,10 @@ pub async fn authenticate(
             metrics.auth_failure("user_token", error.kind());
             oidc_error_answer(&error, caller_is_user)
         }
+        AuthError::NotAUserToken(r) => {
+            metrics.auth_failure("user_token", r.kind());
+            ApiError::invalid_request(r.to_string()).with_hint(r.hint())
+        }
     })
 }
 

@@ -4,11 +4,18 @@
 //!
 //! - A Bearer credential is a Backstage credential (plugin, user, external access) verified by
 //!   [`BackstageVerifier`]; present but invalid fails closed (401), restricted elsewhere 403.
+//! - A Keycloak token that verifies is accepted as *a user's* token only if it is one (issue 9
+//!   §1): not issued to the broker's own client (every token the broker hands out has `azp` =
+//!   the broker, and Keycloak would accept it back as a subject), not a service account's, with
+//!   the broker's client in `aud` (Keycloak's own V2 rule, checked here before any call), and
+//!   issued to a client listed in `userToken.allowedClients`. Otherwise 400 `invalid_request`
+//!   naming the rule.
 //! - A Backstage *user* principal that also brings a Keycloak token must be the same person:
 //!   the token's `userToken.matchClaim` must equal `userToken.matchValue` expanded over the
-//!   entity ref; a mismatch is 403.
-//! - Without a Bearer credential, a valid Keycloak token alone makes the user the caller
-//!   (`oidc:<sub>`), as through a trusted proxy.
+//!   whole entity ref (kind and namespace included, see [`match_value_for`]); a mismatch is 403.
+//! - Without a Bearer credential, a Keycloak token alone makes the user the caller
+//!   (`oidc:<sub>`) only with `userToken.allowWithoutCaller` (a trusted proxy such as
+//!   oauth2-proxy in front); otherwise 401 before the token is even verified.
 
 use std::sync::Arc;
 
@@ -16,6 +23,7 @@ use super::backstage::{BackstageError, BackstageIdentity, BackstageVerifier};
 use super::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
 use super::{BackstageUser, BearerHeader, Principal, PrincipalKind, parse_bearer};
 use crate::config::UserTokenConfig;
+use crate::config::backstage::is_entity_part_char;
 
 /// The outcome of authentication.
 #[derive(Debug)]
@@ -42,11 +50,68 @@ pub enum AuthError {
         error: OidcError,
         caller_is_user: bool,
     },
+    /// A genuine token of the realm that is not acceptable as a user's token: 400
+    /// `invalid_request` (RFC 8693 §2.2.2: the subject token is invalid for this request).
+    #[error("{0}")]
+    NotAUserToken(Refusal),
 }
 
-/// Expands `{ref}`, `{kind}`, `{namespace}`, `{name}` over a Backstage entity ref
-/// (`[kind:][namespace/]name`, defaults `user` and `default`).
-pub fn expand_template(template: &str, entity_ref: &str) -> String {
+/// Why a verified realm token is not accepted as a user's token (issue 9 §1). The texts name
+/// the rule and never contain token material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(
+        "the user's token was rejected: it was issued to the broker's own client '{0}' (azp); a token the broker obtained is never accepted back as a user's token"
+    )]
+    BrokerIssued(String),
+    #[error(
+        "the user's token was rejected: it is a service-account (client credentials) token, not a user's token"
+    )]
+    ServiceAccount,
+    #[error(
+        "the user's token was rejected: its aud does not contain the broker's client '{0}' (Keycloak's token-exchange rule; Keycloak would answer 'Client is not within the token audience')"
+    )]
+    NotInAudience(String),
+    #[error(
+        "the user's token was rejected: it was issued to client '{azp}' (azp), which userToken.allowedClients does not list"
+    )]
+    ClientNotAllowed { azp: String, list_empty: bool },
+}
+
+impl Refusal {
+    /// A fixed label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Refusal::BrokerIssued(_) => "broker_issued",
+            Refusal::ServiceAccount => "service_account",
+            Refusal::NotInAudience(_) => "broker_not_in_aud",
+            Refusal::ClientNotAllowed { .. } => "client_not_allowed",
+        }
+    }
+
+    /// The likely fix, for the error answer's `hint`.
+    pub fn hint(&self) -> String {
+        match self {
+            Refusal::BrokerIssued(_) => "send the user's own Keycloak access token (from the client the user logged in with), never a token the broker returned".into(),
+            Refusal::ServiceAccount => "a service acting as itself sends only its caller credential (Authorization); the target's servicePrincipals policy then applies".into(),
+            Refusal::NotInAudience(client) => crate::error::keycloak_hint(
+                "access_denied",
+                Some("Client is not within the token audience"),
+                client,
+            )
+            .unwrap_or_default(),
+            Refusal::ClientNotAllowed { azp, list_empty: true } => format!(
+                "userToken.allowedClients is empty, so no Keycloak user token is accepted: list the client users log in with (here '{azp}') if its users may use the broker"
+            ),
+            Refusal::ClientNotAllowed { azp, .. } => format!(
+                "if users who log in with client '{azp}' may use the broker, add it to userToken.allowedClients"
+            ),
+        }
+    }
+}
+
+/// The parts of a Backstage entity ref `[kind:][namespace/]name` (defaults `user`, `default`).
+fn entity_ref_parts(entity_ref: &str) -> (&str, &str, &str) {
     let (kind, rest) = match entity_ref.split_once(':') {
         Some((k, r)) => (k, r),
         None => ("user", entity_ref),
@@ -55,6 +120,13 @@ pub fn expand_template(template: &str, entity_ref: &str) -> String {
         Some((n, m)) => (n, m),
         None => ("default", rest),
     };
+    (kind, namespace, name)
+}
+
+/// Expands `{ref}`, `{kind}`, `{namespace}`, `{name}` over a Backstage entity ref
+/// (`[kind:][namespace/]name`, defaults `user` and `default`).
+pub fn expand_template(template: &str, entity_ref: &str) -> String {
+    let (kind, namespace, name) = entity_ref_parts(entity_ref);
     template
         .replace("{ref}", entity_ref)
         .replace("{kind}", kind)
@@ -62,10 +134,64 @@ pub fn expand_template(template: &str, entity_ref: &str) -> String {
         .replace("{name}", name)
 }
 
+/// The value `userToken.matchClaim` must have for a Keycloak token to be `entity_ref`'s, or
+/// `None` when no token can be (issue 9 §5: the whole ref is compared, not only the name):
+/// - every part must be made of Backstage's entity characters (`[a-zA-Z0-9._-]`), so a part
+///   cannot smuggle a separator of the template;
+/// - a part the template does not name must have its default: kind `user` (a group or any
+///   other kind is never a person) and namespace `default`. `{ref}` names every part.
+///
+/// With the template rule enforced at load time (placeholders separated by a non-entity
+/// character, `config::backstage::match_template_is_unambiguous`), two different entity refs
+/// never give the same value: `user:evil-ns/bob` and `group:default/bob` do not match bob.
+pub fn match_value_for(template: &str, entity_ref: &str) -> Option<String> {
+    let (kind, namespace, name) = entity_ref_parts(entity_ref);
+    let valid = |p: &str| !p.is_empty() && p.chars().all(is_entity_part_char);
+    if !(valid(kind) && valid(namespace) && valid(name)) {
+        return None;
+    }
+    let all = template.contains("{ref}");
+    if !all && !template.contains("{kind}") && kind != "user" {
+        return None;
+    }
+    if !all && !template.contains("{namespace}") && namespace != "default" {
+        return None;
+    }
+    if !all && !template.contains("{name}") {
+        return None;
+    }
+    let full = format!("{kind}:{namespace}/{name}");
+    Some(
+        template
+            .replace("{ref}", &full)
+            .replace("{kind}", kind)
+            .replace("{namespace}", namespace)
+            .replace("{name}", name),
+    )
+}
+
+/// Whether a Keycloak token whose `userToken.matchClaim` is `claim_value` belongs to the
+/// Backstage entity `entity_ref` (see [`match_value_for`]).
+pub fn is_same_person(
+    config: &UserTokenConfig,
+    entity_ref: &str,
+    claim_value: Option<&str>,
+) -> bool {
+    match (
+        match_value_for(&config.match_value, entity_ref),
+        claim_value,
+    ) {
+        (Some(expected), Some(actual)) => expected == actual,
+        _ => false,
+    }
+}
+
 pub struct Authenticator {
     backstage: Arc<BackstageVerifier>,
     oidc: Arc<OidcVerifier>,
     user_token: UserTokenConfig,
+    /// `keycloak.clientId`: the broker's own client.
+    client_id: String,
 }
 
 impl Authenticator {
@@ -73,11 +199,13 @@ impl Authenticator {
         backstage: Arc<BackstageVerifier>,
         oidc: Arc<OidcVerifier>,
         user_token: UserTokenConfig,
+        client_id: String,
     ) -> Self {
         Authenticator {
             backstage,
             oidc,
             user_token,
+            client_id,
         }
     }
 
@@ -106,10 +234,29 @@ impl Authenticator {
             },
             BearerHeader::Absent | BearerHeader::NotBearer => None,
         };
+        if caller.is_none() && !self.user_token.allow_without_caller {
+            // A user token alone is not a credential unless the operator says a trusted proxy
+            // stands in front: refused before any verification work.
+            let description = if user_token.is_some() {
+                "no caller credential: send Authorization: Bearer <token>; a user's token alone is accepted only with userToken.allowWithoutCaller (behind a trusted proxy)"
+            } else {
+                "no caller credential: send Authorization: Bearer <token>"
+            };
+            return Err(AuthError::Unauthenticated {
+                description: description.into(),
+                token_error: None,
+            });
+        }
         let user = match user_token {
             None => None,
             Some(t) => match self.oidc.verify(t).await {
-                Ok(v) => Some(v),
+                Ok(v) => {
+                    if let Err(r) = self.check_user_token(&v) {
+                        tracing::info!(reason = r.kind(), subject = %v.fingerprint, "token refused as a user's token");
+                        return Err(AuthError::NotAUserToken(r));
+                    }
+                    Some(v)
+                }
                 Err(error) => {
                     tracing::info!(reason = error.kind(), "user token rejected");
                     return Err(AuthError::UserToken {
@@ -145,6 +292,8 @@ impl Authenticator {
                 }
             }
             None => match &user {
+                // Only reached with userToken.allowWithoutCaller; allowedCallers still apply
+                // to this principal like to any other (broker::policy::check_caller).
                 Some(u) => Principal {
                     name: format!("oidc:{}", u.sub),
                     kind: PrincipalKind::User,
@@ -165,25 +314,40 @@ impl Authenticator {
         Ok(Authenticated { principal, user })
     }
 
+    /// The acceptance rules of a user's token (issue 9 §1), in the order an admin fixes them:
+    /// the broker's own tokens and service accounts are never users; then Keycloak's own
+    /// audience rule; then the operator's list of login clients.
+    fn check_user_token(&self, u: &VerifiedUserToken) -> Result<(), Refusal> {
+        if u.azp.as_deref() == Some(self.client_id.as_str()) {
+            return Err(Refusal::BrokerIssued(self.client_id.clone()));
+        }
+        if u.service_account {
+            return Err(Refusal::ServiceAccount);
+        }
+        if !u.broker_in_aud {
+            return Err(Refusal::NotInAudience(self.client_id.clone()));
+        }
+        let allowed = u
+            .azp
+            .as_deref()
+            .is_some_and(|azp| self.user_token.allowed_clients.iter().any(|c| c == azp));
+        if !allowed {
+            return Err(Refusal::ClientNotAllowed {
+                azp: u.azp.clone().unwrap_or_else(|| "(none)".into()),
+                list_empty: self.user_token.allowed_clients.is_empty(),
+            });
+        }
+        Ok(())
+    }
+
     /// The Keycloak token must name the Backstage user (issue 3 §3): mismatch → 403.
     fn check_same_person(&self, entity_ref: &str, u: &VerifiedUserToken) -> Result<(), AuthError> {
-        let claim = self.user_token.match_claim.as_str();
-        let actual = match claim {
-            "sub" => Some(u.sub.clone()),
-            "preferred_username" => u.preferred_username.clone(),
-            "azp" => u.azp.clone(),
-            other => u
-                .claims
-                .get(other)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned),
-        };
-        let expected = expand_template(&self.user_token.match_value, entity_ref);
-        if actual.as_deref() == Some(expected.as_str()) {
+        if is_same_person(&self.user_token, entity_ref, u.match_value.as_deref()) {
             Ok(())
         } else {
             Err(AuthError::Forbidden(format!(
-                "the user's Keycloak token does not belong to the Backstage user '{entity_ref}' (claim '{claim}' differs)"
+                "the user's Keycloak token does not belong to the Backstage user '{entity_ref}' (claim '{}' differs)",
+                self.user_token.match_claim
             )))
         }
     }
@@ -203,6 +367,48 @@ mod tests {
         assert_eq!(
             expand_template("{namespace}/{name}", "carol"),
             "default/carol"
+        );
+    }
+
+    #[test]
+    fn the_match_value_binds_the_whole_entity_ref() {
+        // Default template {name}: only user:default/<name> can be <name>.
+        assert_eq!(
+            match_value_for("{name}", "user:default/bob").as_deref(),
+            Some("bob")
+        );
+        for other in [
+            "user:evil-ns/bob",
+            "group:default/bob",
+            "User:default/bob",
+            "user:default/bob/x",
+            "user:default/bo b",
+            "user:default/",
+            "user:default/bob@x",
+        ] {
+            assert_eq!(match_value_for("{name}", other), None, "{other}");
+        }
+        // A template that names the namespace binds it instead of requiring the default.
+        assert_eq!(
+            match_value_for("{namespace}/{name}", "user:team-a/bob").as_deref(),
+            Some("team-a/bob")
+        );
+        assert_eq!(
+            match_value_for("{namespace}/{name}", "group:team-a/bob"),
+            None
+        );
+        // {ref} names every part, in its full form.
+        assert_eq!(
+            match_value_for("{ref}", "group:default/bob").as_deref(),
+            Some("group:default/bob")
+        );
+        assert_eq!(
+            match_value_for("{ref}", "bob").as_deref(),
+            Some("user:default/bob")
+        );
+        assert_eq!(
+            match_value_for("{name}@example.com", "user:default/bob").as_deref(),
+            Some("bob@example.com")
         );
     }
 }

@@ -7,9 +7,12 @@
 //!   `X-Forwarded-Access-Token`) or in the RFC 8693 `subject_token` form field.
 //!
 //! A caller credential that is present but unknown fails closed (401), even when a valid user
-//! token is also present. A request with no caller credential but a valid user token is the
-//! user calling through a trusted proxy (oauth2-proxy sets that header): its principal is the
-//! user. Nothing from the request decides which key or issuer verifies a token.
+//! token is also present. A user token is accepted only if it is a user's (not a token the
+//! broker obtained, not a service account's, the broker in `aud`, its `azp` in
+//! `userToken.allowedClients`). A request with no caller credential but a user token is the
+//! user calling through a trusted proxy (oauth2-proxy sets that header) only where
+//! `userToken.allowWithoutCaller` says so; its principal is then the user. Nothing from the
+//! request decides which key or issuer verifies a token.
 
 pub mod backstage;
 pub mod jwks;
@@ -17,7 +20,10 @@ pub mod oidc;
 pub mod static_token;
 
 mod authenticate;
-pub use authenticate::{AuthError, Authenticated, Authenticator, expand_template};
+pub use authenticate::{
+    AuthError, Authenticated, Authenticator, Refusal, expand_template, is_same_person,
+    match_value_for,
+};
 
 use crate::config::AccessRestriction;
 

@@ -8,11 +8,14 @@
 //! keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches Keycloak.
 //!
 //! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
-//! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`).
+//! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`). The cache
+//! keeps only what later requests read ([`UserClaims`]), never the token or its claim set.
 //!
-//! `aud` is deliberately not checked here: whether the broker's client is in the token's
-//! audience is Keycloak's V2 authorisation rule, and Keycloak's own error for it
-//! (`Client is not within the token audience`) is the one an admin needs to see.
+//! Whether a verified token is *acceptable as a user's token* (not the broker's own, not a
+//! service account, the broker in `aud`, an allowed `azp`) is decided by
+//! [`super::Authenticator`] from the facts recorded here: this module answers "is it a genuine,
+//! current access token of this realm", which the exchange tester also asks of tokens the
+//! acceptance rules would refuse.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,7 +31,8 @@ use crate::clock::Clock;
 /// Largest subject token accepted (Backstage refuses user tokens over 32768 characters too).
 pub const MAX_TOKEN_LEN: usize = 32 * 1024;
 
-/// A Keycloak access token that passed local verification.
+/// A Keycloak access token that passed local verification: the request's token plus the
+/// facts read from it.
 #[derive(Clone)]
 pub struct VerifiedUserToken {
     pub raw: SecretString,
@@ -36,8 +40,14 @@ pub struct VerifiedUserToken {
     pub exp: u64,
     pub preferred_username: Option<String>,
     pub azp: Option<String>,
-    /// The token's other claims (for the Backstage identity match, `userToken.matchClaim`).
-    pub claims: serde_json::Map<String, serde_json::Value>,
+    /// The value of the configured `userToken.matchClaim` (a string claim), for the Backstage
+    /// identity match; `None` when the token lacks it or it is not a string.
+    pub match_value: Option<String>,
+    /// Keycloak marks service-account (client-credentials) tokens with a `client_id` claim
+    /// (`clientId` in older versions) and `preferred_username` `service-account-<client>`.
+    pub service_account: bool,
+    /// The broker's own client id is in `aud` (RFC 7519 §4.1.3: string or array).
+    pub broker_in_aud: bool,
     pub kid: String,
     /// Short SHA-256 prefix of the raw token, for logs.
     pub fingerprint: String,
@@ -54,6 +64,62 @@ impl std::fmt::Debug for VerifiedUserToken {
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
+}
+
+/// What the verified-credential cache keeps per token (issue 9 §5): the claims later requests
+/// read, the expiry and the verifying `kid` — not the token (the request brings it again) and
+/// not the whole claim set. Measured with `cargo run --example verified_cache_bytes`
+/// (docs/benchmarks.md).
+#[derive(Debug)]
+pub struct UserClaims {
+    sub: Box<str>,
+    exp: u64,
+    kid: Box<str>,
+    preferred_username: Option<Box<str>>,
+    azp: Option<Box<str>>,
+    match_value: Option<Box<str>>,
+    service_account: bool,
+    broker_in_aud: bool,
+}
+
+impl UserClaims {
+    fn with_token(&self, token: &str, digest: crate::digest::KeyDigest) -> VerifiedUserToken {
+        let owned = |s: &Option<Box<str>>| s.as_deref().map(str::to_owned);
+        VerifiedUserToken {
+            raw: SecretString::from(token.to_owned()),
+            sub: self.sub.to_string(),
+            exp: self.exp,
+            preferred_username: owned(&self.preferred_username),
+            azp: owned(&self.azp),
+            match_value: owned(&self.match_value),
+            service_account: self.service_account,
+            broker_in_aud: self.broker_in_aud,
+            kid: self.kid.to_string(),
+            fingerprint: crate::digest::fingerprint_of(&digest),
+            digest,
+        }
+    }
+
+    /// Heap and inline bytes of one entry's value (for the size regression test).
+    #[cfg(test)]
+    fn approx_bytes(&self) -> usize {
+        let o = |s: &Option<Box<str>>| s.as_deref().map_or(0, str::len);
+        std::mem::size_of::<Self>()
+            + self.sub.len()
+            + self.kid.len()
+            + o(&self.preferred_username)
+            + o(&self.azp)
+            + o(&self.match_value)
+    }
+}
+
+/// What the verifier needs to know to record [`UserClaims`] beyond signature checks.
+#[derive(Debug, Clone, Default)]
+pub struct UserClaimRules {
+    /// The broker's client id (`keycloak.clientId`): recorded as `broker_in_aud`.
+    pub client_id: String,
+    /// `userToken.matchClaim`: the one claim kept for the Backstage identity match.
+    pub match_claim: String,
 }
 
 /// Why a user token was refused. The messages are safe to show a caller: they never contain
@@ -106,6 +172,8 @@ impl OidcError {
     }
 }
 
+/// The claims read from a user token, straight into the types checked; everything else in
+/// the payload is skipped by serde, except the `matchClaim`, read separately.
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
@@ -113,8 +181,32 @@ struct Claims {
     typ: Option<String>,
     preferred_username: Option<String>,
     azp: Option<String>,
-    #[serde(flatten)]
-    rest: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    aud: Option<serde_json::Value>,
+    #[serde(default)]
+    client_id: Option<serde_json::Value>,
+    #[serde(default, rename = "clientId")]
+    client_id_legacy: Option<serde_json::Value>,
+}
+
+/// Whether `aud` (a string or an array of strings, RFC 7519 §4.1.3) contains `wanted`.
+pub fn aud_contains(aud: Option<&serde_json::Value>, wanted: &str) -> bool {
+    match aud {
+        Some(serde_json::Value::String(s)) => s == wanted,
+        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
+        _ => false,
+    }
+}
+
+/// Keycloak's marks of a service-account (client-credentials) token: the `client_id` claim of
+/// the `service_account` client scope (`clientId` in older versions) or the `service-account-`
+/// username prefix Keycloak gives service-account users (documented in docs/security.md).
+pub fn is_service_account(
+    client_id: Option<&serde_json::Value>,
+    preferred_username: Option<&str>,
+) -> bool {
+    client_id.is_some_and(|v| !v.is_null())
+        || preferred_username.is_some_and(|u| u.starts_with("service-account-"))
 }
 
 /// Verifies Keycloak access tokens of one realm.
@@ -123,9 +215,11 @@ pub struct OidcVerifier {
     jwks: Arc<JwksCache>,
     clock: Arc<dyn Clock>,
     verified: VerifiedCache,
+    rules: UserClaimRules,
 }
 
-/// Most verified user tokens remembered (each entry holds the token and its claims).
+/// Most verified user tokens remembered (each entry holds a few short claims, see
+/// [`UserClaims`]).
 const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 
 /// The verified-credential cache (issue 6 §9): a user token that passed every check is
@@ -136,18 +230,18 @@ const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 /// key ends the entry at once). Only successes are cached; a token that failed is checked in
 /// full every time.
 struct VerifiedCache {
-    inner: moka::sync::Cache<crate::digest::KeyDigest, Arc<VerifiedUserToken>>,
+    inner: moka::sync::Cache<crate::digest::KeyDigest, Arc<UserClaims>>,
 }
 
 struct UntilTokenExpiry {
     clock: Arc<dyn Clock>,
 }
 
-impl moka::Expiry<crate::digest::KeyDigest, Arc<VerifiedUserToken>> for UntilTokenExpiry {
+impl moka::Expiry<crate::digest::KeyDigest, Arc<UserClaims>> for UntilTokenExpiry {
     fn expire_after_create(
         &self,
         _key: &crate::digest::KeyDigest,
-        value: &Arc<VerifiedUserToken>,
+        value: &Arc<UserClaims>,
         _created_at: std::time::Instant,
     ) -> Option<std::time::Duration> {
         Some(std::time::Duration::from_secs(
@@ -171,7 +265,14 @@ impl OidcVerifier {
             jwks,
             clock,
             verified,
+            rules: UserClaimRules::default(),
         }
+    }
+
+    /// Sets the broker's client id and the `userToken.matchClaim` recorded for each token.
+    pub fn with_rules(mut self, rules: UserClaimRules) -> Self {
+        self.rules = rules;
+        self
     }
 
     /// Entries in the verified-credential cache (approximate; for tests and metrics).
@@ -191,21 +292,24 @@ impl OidcVerifier {
         let digest = crate::digest::sha256(token.as_bytes());
         if let Some(v) = self.verified.inner.get(&digest) {
             if v.exp > self.clock.now_unix() && self.jwks.has_kid(&v.kid) {
-                return Ok((*v).clone());
+                return Ok(v.with_token(token, digest));
             }
             self.verified.inner.invalidate(&digest);
         }
-        let v = self.verify_uncached(token, digest).await?;
-        self.verified.inner.insert(digest, Arc::new(v.clone()));
-        Ok(v)
+        let v = self.verify_uncached(token).await?;
+        let out = v.with_token(token, digest);
+        self.verified.inner.insert(digest, Arc::new(v));
+        Ok(out)
     }
 
-    async fn verify_uncached(
-        &self,
-        token: &str,
-        digest: crate::digest::KeyDigest,
-    ) -> Result<VerifiedUserToken, OidcError> {
-        let (c, kid) = self.verify_any::<Claims>(token).await?;
+    async fn verify_uncached(&self, token: &str) -> Result<UserClaims, OidcError> {
+        let (payload, kid) = self.verify_any::<serde_json::Value>(token).await?;
+        // The match claim is read from the payload before it is narrowed to `Claims`.
+        let match_value = payload
+            .get(self.rules.match_claim.as_str())
+            .and_then(serde_json::Value::as_str)
+            .map(Box::from);
+        let c = serde_json::from_value::<Claims>(payload).map_err(|_| OidcError::Malformed)?;
         let sub = c
             .sub
             .filter(|s| !s.is_empty())
@@ -216,16 +320,21 @@ impl OidcVerifier {
             Some(t) if t.eq_ignore_ascii_case("Bearer") => {}
             _ => return Err(OidcError::NotAccessToken),
         }
-        Ok(VerifiedUserToken {
-            raw: SecretString::from(token.to_owned()),
-            sub,
+        let service_account = is_service_account(
+            c.client_id.as_ref().or(c.client_id_legacy.as_ref()),
+            c.preferred_username.as_deref(),
+        );
+        let broker_in_aud =
+            !self.rules.client_id.is_empty() && aud_contains(c.aud.as_ref(), &self.rules.client_id);
+        Ok(UserClaims {
+            sub: sub.into(),
             exp,
-            preferred_username: c.preferred_username,
-            azp: c.azp,
-            claims: c.rest,
-            kid,
-            fingerprint: crate::digest::fingerprint_of(&digest),
-            digest,
+            kid: kid.into(),
+            preferred_username: c.preferred_username.map(Box::from),
+            azp: c.azp.map(Box::from),
+            match_value,
+            service_account,
+            broker_in_aud,
         })
     }
 
@@ -281,5 +390,51 @@ fn map_jwt_error(e: jsonwebtoken::errors::Error) -> OidcError {
         ErrorKind::MissingRequiredClaim(c) if c == "iss" => OidcError::WrongIssuer,
         ErrorKind::MissingRequiredClaim(c) if c == "exp" => OidcError::MissingClaim("exp"),
         _ => OidcError::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The verified-credential cache keeps a few short claims per token, not the ~1.2 KB
+    /// token and its claim set (issue 9 §5: ~5.9 KB per entry before, measured).
+    #[test]
+    fn a_cache_entry_holds_only_the_claims_later_requests_read() {
+        let c = UserClaims {
+            sub: "3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11".into(),
+            exp: 1_735_689_900,
+            kid: "Jc1VhkqmFzQ1Aw3h8o3WcXhV0k0M8c6Q2yTq1lq0xgE".into(),
+            preferred_username: Some("alice".into()),
+            azp: Some("dev-frontend".into()),
+            match_value: Some("alice".into()),
+            service_account: false,
+            broker_in_aud: true,
+        };
+        assert!(c.approx_bytes() < 256, "{}", c.approx_bytes());
+        let v = c.with_token("a.b.c", [7; 32]);
+        assert_eq!(v.sub, "3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11");
+        assert_eq!(v.match_value.as_deref(), Some("alice"));
+        assert!(v.broker_in_aud && !v.service_account);
+    }
+
+    #[test]
+    fn service_accounts_and_audiences_are_recognised() {
+        use serde_json::json;
+        assert!(is_service_account(Some(&json!("robot")), None));
+        assert!(is_service_account(None, Some("service-account-robot")));
+        assert!(!is_service_account(
+            Some(&serde_json::Value::Null),
+            Some("alice")
+        ));
+        assert!(!is_service_account(None, None));
+        assert!(aud_contains(Some(&json!("token-broker")), "token-broker"));
+        assert!(aud_contains(
+            Some(&json!(["a", "token-broker"])),
+            "token-broker"
+        ));
+        assert!(!aud_contains(Some(&json!(["a"])), "token-broker"));
+        assert!(!aud_contains(Some(&json!(7)), "token-broker"));
+        assert!(!aud_contains(None, "token-broker"));
     }
 }

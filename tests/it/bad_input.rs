@@ -298,7 +298,8 @@ async fn caller_authentication_fails_closed() {
 
 #[actix_web::test]
 async fn bad_user_tokens_are_refused_locally() {
-    let env = start_default().await;
+    // The user-token-alone half below needs userToken.allowWithoutCaller (opt-in, issue 9).
+    let env = start_with_yaml(Opts::default(), allow_without_caller).await;
     let other_idp = token_broker::devidp::start(
         token_broker::devidp::DevIdpConfig::contract(),
         "127.0.0.1:0".parse().unwrap(),

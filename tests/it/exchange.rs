@@ -58,7 +58,8 @@ async fn subject_token_in_form_works_like_the_header() {
 
 #[actix_web::test]
 async fn user_token_alone_authenticates_the_caller() {
-    let env = start_default().await;
+    // Opt-in since issue 9: userToken.allowWithoutCaller (trusted-proxy deployments).
+    let env = start_with_yaml(Opts::default(), allow_without_caller).await;
     let alice = env.login("alice").await;
     let r = env
         .token(

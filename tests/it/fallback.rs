@@ -118,12 +118,14 @@ async fn idp_unreachable_falls_back_or_is_a_gateway_error() {
 #[actix_web::test]
 async fn keycloak_refusals_are_never_hidden_by_the_fallback() {
     let env = start_default().await;
-    // A token whose aud lacks the broker: Keycloak answers 403 even on a service_account target.
+    // A token whose aud lacks the broker: refused (by the broker itself since issue 9, where
+    // Keycloak would answer 403) even on a service_account target.
     let other = env.login_at("other-frontend", "alice", "alice").await;
     let (status, id, _, body) = parts(env.exchange(Some(&other), "kagenti").await).await;
-    assert_eq!((status, id.as_str()), (403, ""), "{body}");
-    assert_eq!(body["error"], "access_denied");
+    assert_eq!((status, id.as_str()), (400, ""), "{body}");
+    assert_eq!(body["error"], "invalid_request");
     assert_eq!(env.client_credentials(), 0);
+    assert_eq!(env.exchanges(), 0);
     // Requested audience not available on a service_account target: 400, no fallback.
     let alice = env.login("alice").await;
     let (status, id, _, body) = parts(env.exchange(Some(&alice), "unmapped").await).await;

@@ -33,17 +33,26 @@ async fn audience_not_found() {
 
 #[actix_web::test]
 async fn client_not_within_the_token_audience() {
+    // Keycloak's V2 rule (403 "Client is not within the token audience") is checked by the
+    // broker itself since issue 9, before any call: the same hint, no IdP round trip.
     let env = start_default().await;
     let other = env.login_at("other-frontend", "bob", "bob").await;
     let (status, _, _, body) = parts(env.exchange(Some(&other), "sonataflow").await).await;
-    assert_eq!(status, 403);
-    assert_eq!(body["error"], "access_denied");
-    assert_eq!(
-        body["error_description"],
-        "Client is not within the token audience"
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_request");
+    let d = body["error_description"].as_str().unwrap();
+    assert!(
+        d.contains("aud does not contain the broker's client 'token-broker'")
+            && d.contains("Client is not within the token audience"),
+        "{d}"
     );
-    assert_eq!(body["idp_status"], 403);
-    assert!(body["hint"].as_str().unwrap().contains("token-broker"));
+    assert!(body.get("idp_status").is_none(), "{body}");
+    let hint = body["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("token-broker") && hint.contains("Audience mapper"),
+        "{hint}"
+    );
+    assert_eq!(env.exchanges(), 0, "nothing reached Keycloak");
     env.stop().await;
 }
 

@@ -51,7 +51,7 @@ keycloak:
   jwksMinRefreshInterval: 1s
   maxConcurrentRequests: 1
 cache: {{negativeTtl: 5s}}
-userToken: {{header: X-Forwarded-Access-Token}}
+userToken: {{header: X-Forwarded-Access-Token, allowedClients: [dev-frontend, other-frontend], allowWithoutCaller: true}}
 backend:
   auth:
     externalAccess:
@@ -172,12 +172,14 @@ logging: {{format: json, level: info}}
     let (s, b) = send(Some(STATIC_TOKEN), None, "kagenti").await;
     assert_eq!(s, 200);
     secrets.push(b["access_token"].as_str().unwrap().to_owned());
-    // Keycloak refusals, bad credentials, bad tokens, unsupported exchange fallback.
+    // Keycloak refusals, bad credentials, bad tokens, unsupported exchange fallback. bob's
+    // token lacks the broker in aud: refused by the broker itself (issue 9), where Keycloak
+    // would answer 403.
     assert_eq!(
         send(Some(STATIC_TOKEN), Some(bob.clone()), "kagenti")
             .await
             .0,
-        403
+        400
     );
     assert_eq!(
         send(Some(STATIC_TOKEN), Some(alice.clone()), "unmapped")
@@ -367,11 +369,21 @@ logging: {{format: json, level: info}}
             "audit field {field}"
         );
     }
+    // Keycloak's refusals carry its error and status ("Requested audience not available",
+    // "Invalid token"); bob's token without the broker in aud was refused locally (issue 9),
+    // audited with its fingerprint and no IdP error.
     assert!(
         audit
             .iter()
-            .any(|v| v["idp_error"] == "access_denied" && v["idp_status"] == 403)
+            .any(|v| v["idp_error"] == "invalid_request" && v["idp_status"] == 400)
     );
+    let bob_fp = token_broker::digest::fingerprint(&bob);
+    assert!(audit.iter().any(|v| {
+        v["status"] == 400
+            && v["error"] == "invalid_request"
+            && v["idp_error"] == ""
+            && v["subject_fp"] == bob_fp.as_str()
+    }));
     assert!(logs.lines().count() > 20, "trace logging captured");
     assert!(
         logs.contains("shutting down"),

@@ -24,3 +24,4 @@ mod proxy;
 mod reliability;
 mod security_backstage;
 mod security_misc;
+mod security_laundering;

@@ -93,6 +93,7 @@ keycloak:
   jwksMinRefreshInterval: 1s
 userToken:
   header: X-Forwarded-Access-Token
+  allowedClients: [dev-frontend, other-frontend]
 backend:
   auth:
     externalAccess:
@@ -176,6 +177,16 @@ pub async fn start_with_yaml(o: Opts, edit: impl FnOnce(String) -> String) -> En
 
 pub async fn start_default() -> Env {
     start(Opts::default()).await
+}
+
+/// Config edit: `userToken.allowWithoutCaller: true` (a user token alone is a credential, as
+/// behind a trusted proxy); off by default.
+pub fn allow_without_caller(yaml: String) -> String {
+    yaml.replacen(
+        "userToken:\n",
+        "userToken:\n  allowWithoutCaller: true\n",
+        1,
+    )
 }
 
 impl Env {
