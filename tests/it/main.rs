@@ -22,3 +22,4 @@ mod logs;
 mod no_leak;
 mod proxy;
 mod reliability;
+mod security_edge;
