@@ -1,8 +1,9 @@
 //! The audit log: one structured line per token request (`POST /v1/token`, event
 //! `token_request`) and per proxied call (`/v1/proxy`, event `proxy_request`), refused and
-//! failed ones included, always JSON, emitted as a `tracing` event with target [`AUDIT_TARGET`]. `telemetry::init` routes that
-//! target to its own JSON writer on stdout, whatever `logging.format` says, and keeps it out of
-//! the diagnostic log on stderr (docs/operations.md "Audit log" lists the fields).
+//! failed ones included, always JSON, emitted as a `tracing` event with target
+//! [`AUDIT_TARGET`]. `telemetry::init` routes that target to its own JSON writer on stdout,
+//! whatever `logging.format` says, and keeps it out of the diagnostic log on stderr
+//! (docs/operations.md "Audit log" lists the fields).
 //!
 //! Only identifiers and fixed values are recorded: the caller principal, the user's `sub`,
 //! the target, fixed outcome codes, Keycloak's `error` code, and short SHA-256 fingerprints
@@ -10,6 +11,8 @@
 
 use crate::broker::{BrokerError, Issued};
 use crate::idp::IdpError;
+use crate::inbound::Principal;
+use crate::inbound::oidc::VerifiedUserToken;
 
 /// The `tracing` target of audit events.
 pub const AUDIT_TARGET: &str = "token_broker::audit";
@@ -71,6 +74,19 @@ pub fn outcome(result: &Result<Issued, BrokerError>) -> &'static str {
 }
 
 impl Record {
+    /// Records who is calling: as soon as the credentials are verified, so a request refused
+    /// later (bad form, body deadline, path) still names its caller.
+    pub fn principal(&mut self, principal: &Principal, user: Option<&VerifiedUserToken>) {
+        self.caller = principal.name.clone();
+        self.caller_kind = principal.kind.as_str();
+        self.actor = principal.actor.clone().unwrap_or_default();
+        self.user = if principal.backstage_user.is_some() {
+            principal.name.clone()
+        } else {
+            user.map(|u| u.sub.clone()).unwrap_or_default()
+        };
+    }
+
     /// Records the token service's answer, and counts it in the metrics.
     pub fn issued(&mut self, target_known: bool, result: &Result<Issued, BrokerError>) {
         self.note(result);

@@ -4,8 +4,8 @@
 //! (RFC 6750 §2.1): `GET /admin/info` and `POST /admin/exchange`.
 //!
 //! The admin credential is compared in constant time over SHA-256 digests, before the request
-//! body is read; the body is bounded by `server.maxBodyBytes` and `server.bodyReadTimeout`. Without
-//! `admin.token` the admin API answers 404. Answers carry no token: the tester's report
+//! body is read; the body is bounded by `server.maxBodyBytes` and `server.bodyReadTimeout`.
+//! Without `admin.token` the admin API answers 404. Answers carry no token: the tester's report
 //! redacts the subject token, the client secret and every token in Keycloak's body.
 
 use actix_web::http::StatusCode;

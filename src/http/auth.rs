@@ -4,9 +4,10 @@
 //! This module only reads the request: the caller credential (`Authorization`) and the user's
 //! token — the configured header or, on `/v1/token` only, the RFC 8693 §2.1 `subject_token`
 //! (both must agree if both are sent). Headers are authenticated before any body is read
-//! ([`authenticate`]); the form's token, if any, afterwards ([`with_form_token`]). Who the caller is, and whether the user token is valid,
-//! is decided by [`crate::inbound::Authenticator`]; this module maps its verdict onto HTTP
-//! answers and counts failures.
+//! ([`authenticate`]); the form's token, if any, afterwards ([`with_form_token`]). Who the
+//! caller is, and whether the user token is valid, is decided by
+//! [`crate::inbound::Authenticator`]; this module maps its verdict onto HTTP answers and counts
+//! failures.
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;

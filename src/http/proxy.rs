@@ -1,8 +1,8 @@
 //! `/v1/proxy/{target}/{path...}` (any method): forwards the call to the target's configured
 //! upstream with the downstream token the broker obtains for the caller, streaming both ways.
 //!
-//! Order: method (`TRACE`, `CONNECT` → 405) → header-size limit → [`authenticate`] (exactly as
-//! `/v1/token`) → the target must have an `upstream` (else 404) → path check
+//! Order: method (`TRACE`, `CONNECT` → 405) → header-size limit → [`authenticate`] (exactly
+//! as `/v1/token`) → the target must have an `upstream` (else 404) → path check
 //! ([`crate::proxy::upstream_url`]) → token through
 //! [`crate::broker::TokenService`] (cache, shared in-flight exchange, fallback; a streaming call
 //! gets at least `proxy.minStreamTokenLifetime` left) → request body read ahead up to
@@ -338,14 +338,7 @@ async fn handle(
         ));
     }
     let Authenticated { principal, user } = authenticate(req, state, &mut rec.subject_fp).await?;
-    rec.caller = principal.name.clone();
-    rec.caller_kind = principal.kind.as_str();
-    rec.actor = principal.actor.clone().unwrap_or_default();
-    rec.user = if principal.backstage_user.is_some() {
-        principal.name.clone()
-    } else {
-        user.as_ref().map(|u| u.sub.clone()).unwrap_or_default()
-    };
+    rec.principal(&principal, user.as_ref());
 
     let (target_name, rest) = split_path(req.uri().path()).ok_or_else(not_found)?;
     rec.target = target_name.chars().take(64).collect();

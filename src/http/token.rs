@@ -4,8 +4,9 @@
 //! Request: form-encoded per RFC 8693 §2.1 with `audience` = a target name; caller credential
 //! in `Authorization: Bearer`; the user's Keycloak token in the configured header or
 //! `subject_token`. The headers are authenticated before the body is read, and the body must
-//! arrive within `server.bodyReadTimeout` (`http/body.rs`). Answer: RFC 8693 §2.2.1 JSON with `X-Token-Broker-Identity` and
-//! `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see `error.rs`).
+//! arrive within `server.bodyReadTimeout` (`http/body.rs`). Answer: RFC 8693 §2.2.1 JSON with
+//! `X-Token-Broker-Identity` and `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see
+//! `error.rs`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -70,6 +71,7 @@ async fn handle(
     // The credentials in the headers first: without one, or with a wrong one, the answer does
     // not wait for the body (docs/security.md, "Slow bodies").
     let from_headers = authenticate(req, state, &mut rec.subject_fp).await?;
+    rec.principal(&from_headers.principal, from_headers.user.as_ref());
     let ct = req
         .headers()
         .get("content-type")
@@ -137,14 +139,7 @@ async fn handle(
             user_token: user.as_ref(),
         })
         .await;
-    rec.caller = principal.name.clone();
-    rec.caller_kind = principal.kind.as_str();
-    rec.actor = principal.actor.clone().unwrap_or_default();
-    rec.user = if principal.backstage_user.is_some() {
-        principal.name.clone()
-    } else {
-        user.as_ref().map(|u| u.sub.clone()).unwrap_or_default()
-    };
+    rec.principal(&principal, user.as_ref());
     rec.issued(state.config.targets.contains_key(target), &result);
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),
