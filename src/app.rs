@@ -226,6 +226,8 @@ pub async fn start_with_clock(
     let forwarder = web::Data::new(
         crate::http::proxy::Forwarder::new(&config.proxy).map_err(StartError::Http)?,
     );
+    // `server.maxConnections` is per listener; actix counts per worker.
+    let per_worker = config.server.max_connections.div_ceil(workers).max(1);
     let s = state.clone();
     let public = HttpServer::new(move || {
         App::new()
@@ -234,9 +236,15 @@ pub async fn start_with_clock(
             .wrap(actix_web::middleware::from_fn(
                 crate::http::limit_header_bytes,
             ))
+            // Outermost: also covers answers from the layers above (docs/security.md).
+            .wrap(actix_web::middleware::from_fn(
+                crate::http::body::close_unread_bodies,
+            ))
             .configure(public_routes)
     })
     .workers(workers)
+    .max_connections(per_worker)
+    .client_disconnect_timeout(config.server.client_disconnect_timeout)
     .shutdown_timeout(config.server.shutdown_timeout.as_secs())
     .disable_signals()
     .bind(config.server.listen)
@@ -256,15 +264,24 @@ pub async fn start_with_clock(
     let mut admin_addr = None;
     if let Some(listen) = config.admin.listen {
         let s = state.clone();
-        let admin = HttpServer::new(move || App::new().app_data(s.clone()).configure(admin_routes))
-            .workers(1)
-            .shutdown_timeout(config.server.shutdown_timeout.as_secs())
-            .disable_signals()
-            .bind(listen)
-            .map_err(|source| StartError::Bind {
-                addr: listen,
-                source,
-            })?;
+        let admin = HttpServer::new(move || {
+            App::new()
+                .app_data(s.clone())
+                .wrap(actix_web::middleware::from_fn(
+                    crate::http::body::close_unread_bodies,
+                ))
+                .configure(admin_routes)
+        })
+        .workers(1)
+        .max_connections(config.server.max_connections)
+        .client_disconnect_timeout(config.server.client_disconnect_timeout)
+        .shutdown_timeout(config.server.shutdown_timeout.as_secs())
+        .disable_signals()
+        .bind(listen)
+        .map_err(|source| StartError::Bind {
+            addr: listen,
+            source,
+        })?;
         admin_addr = admin.addrs().first().copied();
         let server = admin.run();
         handles.push(server.handle());

@@ -1,7 +1,9 @@
-//! The audit log: one structured line per token request (`POST /v1/token`), always JSON,
-//! emitted as a `tracing` event with target [`AUDIT_TARGET`]. `telemetry::init` routes that
-//! target to its own JSON writer on stdout, whatever `logging.format` says, and keeps it out of
-//! the diagnostic log on stderr (docs/operations.md "Audit log" lists the fields).
+//! The audit log: one structured line per token request (`POST /v1/token`, event
+//! `token_request`) and per proxied call (`/v1/proxy`, event `proxy_request`), refused and
+//! failed ones included, always JSON, emitted as a `tracing` event with target
+//! [`AUDIT_TARGET`]. `telemetry::init` routes that target to its own JSON writer on stdout,
+//! whatever `logging.format` says, and keeps it out of the diagnostic log on stderr
+//! (docs/operations.md "Audit log" lists the fields).
 //!
 //! Only identifiers and fixed values are recorded: the caller principal, the user's `sub`,
 //! the target, fixed outcome codes, Keycloak's `error` code, and short SHA-256 fingerprints
@@ -9,6 +11,8 @@
 
 use crate::broker::{BrokerError, Issued};
 use crate::idp::IdpError;
+use crate::inbound::Principal;
+use crate::inbound::oidc::VerifiedUserToken;
 
 /// The `tracing` target of audit events.
 pub const AUDIT_TARGET: &str = "token_broker::audit";
@@ -45,6 +49,11 @@ pub struct Record {
     /// The broker's own RFC 6749 §5.2 `error` code and HTTP status of the answer.
     pub error: String,
     pub status: u16,
+    /// Proxy calls only: the request method (at most 16 characters), the retries made and
+    /// whether an upstream 401 made the broker exchange again.
+    pub method: String,
+    pub retries: u32,
+    pub reauthenticated: bool,
 }
 
 /// A fixed label for the result of the token service (metrics and audit).
@@ -65,9 +74,22 @@ pub fn outcome(result: &Result<Issued, BrokerError>) -> &'static str {
 }
 
 impl Record {
+    /// Records who is calling: as soon as the credentials are verified, so a request refused
+    /// later (bad form, body deadline, path) still names its caller.
+    pub fn principal(&mut self, principal: &Principal, user: Option<&VerifiedUserToken>) {
+        self.caller = principal.name.clone();
+        self.caller_kind = principal.kind.as_str();
+        self.actor = principal.actor.clone().unwrap_or_default();
+        self.user = if principal.backstage_user.is_some() {
+            principal.name.clone()
+        } else {
+            user.map(|u| u.sub.clone()).unwrap_or_default()
+        };
+    }
+
     /// Records the token service's answer, and counts it in the metrics.
     pub fn issued(&mut self, target_known: bool, result: &Result<Issued, BrokerError>) {
-        self.outcome = outcome(result);
+        self.note(result);
         let m = crate::metrics::global();
         m.token_request(
             if target_known {
@@ -77,22 +99,30 @@ impl Record {
             },
             self.outcome,
         );
+        if let Ok(i) = result {
+            m.cache_request(
+                match i.identity {
+                    crate::broker::Identity::User => "user",
+                    crate::broker::Identity::Service => "service",
+                },
+                i.cache.as_str(),
+            );
+            if let Some(f) = i.fallback {
+                m.fallback(f.as_str());
+            }
+        }
+    }
+
+    /// Records the token service's answer without counting it in the metrics (a proxied call
+    /// is audited but is not a token request).
+    pub fn note(&mut self, result: &Result<Issued, BrokerError>) {
+        self.outcome = outcome(result);
         match result {
             Ok(i) => {
                 self.identity = i.identity.as_str();
                 self.cache = i.cache.as_str();
                 self.fallback = i.fallback.map(|f| f.as_str()).unwrap_or("");
                 self.issued_fp = i.token.fingerprint.clone();
-                m.cache_request(
-                    match i.identity {
-                        crate::broker::Identity::User => "user",
-                        crate::broker::Identity::Service => "service",
-                    },
-                    i.cache.as_str(),
-                );
-                if let Some(f) = i.fallback {
-                    m.fallback(f.as_str());
-                }
             }
             Err(e) => {
                 let idp = match e {
@@ -137,6 +167,35 @@ impl Record {
             subject_fp = %self.subject_fp,
             issued_fp = %self.issued_fp,
             "token request"
+        );
+    }
+
+    /// Writes the audit line of a proxied call (`/v1/proxy`): the fields of a token request
+    /// plus `method`, `retries` and `reauthenticated`; `status` is the status the caller got
+    /// (the upstream's, or the broker's own refusal).
+    pub fn emit_proxy(&self) {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            event = "proxy_request",
+            caller = %self.caller,
+            caller_kind = self.caller_kind,
+            actor = %self.actor,
+            user = %self.user,
+            target = %self.target,
+            method = %self.method,
+            status = self.status,
+            outcome = self.outcome,
+            identity = self.identity,
+            cache = self.cache,
+            fallback = self.fallback,
+            idp_status = self.idp_status,
+            idp_error = %self.idp_error,
+            error = %self.error,
+            subject_fp = %self.subject_fp,
+            issued_fp = %self.issued_fp,
+            retries = self.retries,
+            reauthenticated = self.reauthenticated,
+            "proxy request"
         );
     }
 }

@@ -104,6 +104,18 @@ pub struct ServerConfig {
     /// `server.shutdownTimeout`, default 30s: how long in-flight requests and open streams may
     /// run after the listeners stopped accepting.
     pub shutdown_timeout: Duration,
+    /// `server.bodyReadTimeout`, default 10s: the whole body of a `/v1/token` or
+    /// `/admin/exchange` request must arrive within this time once the broker starts reading
+    /// it (after the headers were authenticated); otherwise 408 and the connection is closed.
+    pub body_read_timeout: Duration,
+    /// `server.clientDisconnectTimeout`, default 1s (0 = off): after an answer sent before the
+    /// request body was read, how long the connection may linger so the client can read the
+    /// answer before it is closed.
+    pub client_disconnect_timeout: Duration,
+    /// `server.maxConnections`, default 1024: connections open at once on each listener,
+    /// split evenly over the workers (rounded up); beyond it new connections wait in the
+    /// kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// YAML `admin`.
@@ -268,6 +280,14 @@ pub struct UpstreamConfig {
     /// `targets.<name>.streaming`, default false: every call needs a token with at least
     /// `proxy.minStreamTokenLifetime` left.
     pub streaming: bool,
+    /// `targets.<name>.forwardHeaders`, default empty: request headers forwarded in addition
+    /// to the built-in allow-list (`proxy::headers::DEFAULT_FORWARDED`), lower-cased; an entry
+    /// ending in `*` is a prefix. Headers the proxy never forwards cannot be listed.
+    pub forward_headers: Vec<String>,
+    /// `targets.<name>.allowMatrixParams`, default false: whether a path segment may carry
+    /// `;` (RFC 3986 §3.3 matrix parameters, raw or `%3B`). `.`/`..` before a `;` is refused
+    /// either way.
+    pub allow_matrix_params: bool,
 }
 
 /// The header that carries the downstream token to the upstream.

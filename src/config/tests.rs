@@ -1251,3 +1251,86 @@ fn match_value_must_name_one_entity() {
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.user_token.match_value, "{namespace}/{name}");
 }
+
+#[test]
+fn server_slow_client_limits() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.server.client_disconnect_timeout, Duration::from_secs(1));
+    assert_eq!(c.server.max_connections, 1024);
+    let c = load(&format!(
+        "{MINIMAL}server:\n  bodyReadTimeout: 2s\n  clientDisconnectTimeout: 0\n  maxConnections: \"64\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.server.body_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.server.client_disconnect_timeout, Duration::ZERO);
+    assert_eq!(c.server.max_connections, 64);
+    let issues = errors(&format!(
+        "{MINIMAL}server:\n  bodyReadTimeout: 0\n  clientDisconnectTimeout: soon\n  maxConnections: 0\n"
+    ));
+    assert_issue(&issues, "server.bodyReadTimeout", "greater than zero");
+    assert_issue(
+        &issues,
+        "server.clientDisconnectTimeout",
+        "expected a duration",
+    );
+    assert_issue(&issues, "server.maxConnections", "integer of at least 1");
+}
+
+#[test]
+fn proxy_forward_headers_and_matrix_params() {
+    let c = load(&with_target("    upstream: http://x.example.com\n")).unwrap();
+    let u = c.targets["kagenti"].upstream.as_ref().unwrap();
+    assert!(u.forward_headers.is_empty());
+    assert!(!u.allow_matrix_params);
+    let c = load(&with_target(
+        "    upstream: http://x.example.com\n    forwardHeaders: [X-Tenant, x-kagenti-*, X-Tenant]\n    allowMatrixParams: true\n",
+    ))
+    .unwrap();
+    let u = c.targets["kagenti"].upstream.as_ref().unwrap();
+    assert_eq!(u.forward_headers, vec!["x-kagenti-*", "x-tenant"]);
+    assert!(u.allow_matrix_params);
+    for header in [
+        "X-Auth-Request-User",
+        "X-Remote-User",
+        "X-Real-IP",
+        "True-Client-IP",
+        "X-Original-URL",
+        "Cookie",
+        "Authorization",
+        "X-Forwarded-For",
+        "Transfer-Encoding",
+    ] {
+        let issues = errors(&with_target(&format!(
+            "    upstream: http://x.example.com\n    forwardHeaders: [{header}]\n"
+        )));
+        assert_issue(
+            &issues,
+            "targets.kagenti.forwardHeaders[0]",
+            "never forwards",
+        );
+    }
+    for bad in ["\"*\"", "\"bad header\"", "\"a*b*\""] {
+        let issues = errors(&with_target(&format!(
+            "    upstream: http://x.example.com\n    forwardHeaders: [{bad}]\n"
+        )));
+        assert_issue(
+            &issues,
+            "targets.kagenti.forwardHeaders[0]",
+            "HTTP header name",
+        );
+    }
+    let issues = errors(&with_target(
+        "    forwardHeaders: [x-a]\n    allowMatrixParams: true\n",
+    ));
+    assert_issue(
+        &issues,
+        "targets.kagenti.forwardHeaders",
+        "without upstream",
+    );
+    assert_issue(
+        &issues,
+        "targets.kagenti.allowMatrixParams",
+        "without upstream",
+    );
+}

@@ -116,6 +116,9 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
             "maxHeaderBytes",
             "drainDelay",
             "shutdownTimeout",
+            "bodyReadTimeout",
+            "clientDisconnectTimeout",
+            "maxConnections",
         ],
         issues,
     )?;
@@ -133,6 +136,14 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
     let workers = to_usize(&workers_field, workers_field.opt_uint(1, issues), issues);
     let max_body = obj.field("maxBodyBytes");
     let max_body_bytes = to_usize(&max_body, max_body.opt_uint(1, issues), issues);
+    let body_read_timeout =
+        obj.field("bodyReadTimeout")
+            .duration_or(Duration::from_secs(10), false, issues);
+    let client_disconnect_timeout =
+        obj.field("clientDisconnectTimeout")
+            .duration_or(Duration::from_secs(1), true, issues);
+    let max_conn = obj.field("maxConnections");
+    let max_connections = to_usize(&max_conn, max_conn.opt_uint(1, issues), issues);
     Some(ServerConfig {
         listen: listen?,
         workers: workers?,
@@ -140,6 +151,9 @@ fn server(field: &Field<'_>, issues: &mut Issues) -> Option<ServerConfig> {
         max_header_bytes: max_header_bytes?.unwrap_or(64 * 1024),
         drain_delay: drain_delay?,
         shutdown_timeout: shutdown_timeout?,
+        body_read_timeout: body_read_timeout?,
+        client_disconnect_timeout: client_disconnect_timeout?,
+        max_connections: max_connections?.unwrap_or(1024),
     })
 }
 
@@ -637,6 +651,8 @@ const TARGET_KEYS: &[&str] = &[
     "upstream",
     "tokenHeader",
     "streaming",
+    "forwardHeaders",
+    "allowMatrixParams",
     "userMapping",
 ];
 
@@ -878,11 +894,13 @@ const RESERVED_TOKEN_HEADERS: &[&str] = &[
     "x-backstage-user",
 ];
 
-/// `upstream`, `tokenHeader`, `streaming` of one target.
+/// `upstream`, `tokenHeader`, `streaming`, `forwardHeaders`, `allowMatrixParams` of one target.
 fn target_upstream(obj: &Obj<'_>, issues: &mut Issues) -> Option<Option<UpstreamConfig>> {
     let url_field = obj.field("upstream");
     let header_field = obj.field("tokenHeader");
     let streaming_field = obj.field("streaming");
+    let forward_field = obj.field("forwardHeaders");
+    let matrix_field = obj.field("allowMatrixParams");
     let base = match url_field.opt_str(issues) {
         None => None,
         Some(None) => Some(None),
@@ -916,20 +934,64 @@ fn target_upstream(obj: &Obj<'_>, issues: &mut Issues) -> Option<Option<Upstream
         }
     };
     let streaming = streaming_field.bool_or(false, issues);
+    let forward_headers = forward_headers(&forward_field, issues);
+    let allow_matrix_params = matrix_field.bool_or(false, issues);
     let base = base?;
     if base.is_none() {
-        for f in [&header_field, &streaming_field] {
+        for f in [
+            &header_field,
+            &streaming_field,
+            &forward_field,
+            &matrix_field,
+        ] {
             if f.value.is_some() {
                 issues.push(&f.path, "has no effect without upstream");
             }
         }
     }
     let (token_header, streaming) = (token_header?, streaming?);
+    let (forward_headers, allow_matrix_params) = (forward_headers?, allow_matrix_params?);
     Some(base.map(|base| UpstreamConfig {
         base,
         token_header,
         streaming,
+        forward_headers,
+        allow_matrix_params,
     }))
+}
+
+/// `forwardHeaders`: header names (or `prefix*` patterns) forwarded in addition to the
+/// built-in allow-list. Names the proxy never forwards (credentials, hop-by-hop, identity,
+/// client-IP and URL-override headers, see `proxy::headers`) are refused here; at run time they
+/// are stripped even when a pattern covers them.
+fn forward_headers(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<String>> {
+    let list = field.opt_str_list(
+        |h| {
+            let name = h.strip_suffix('*').unwrap_or(h);
+            if name.is_empty() || !name.bytes().all(is_tchar) || name.contains('*') {
+                Some(
+                    "each entry must be an HTTP header name (RFC 9110 §5.1), or a non-empty prefix followed by *",
+                )
+            } else if !h.ends_with('*')
+                && crate::proxy::headers::never_forwarded(&h.to_ascii_lowercase())
+            {
+                Some(
+                    "is a header the proxy never forwards (credentials, hop-by-hop, identity, client-IP or URL-override headers)",
+                )
+            } else {
+                None
+            }
+        },
+        issues,
+    )?;
+    let mut out: Vec<String> = list
+        .unwrap_or_default()
+        .iter()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    out.sort();
+    out.dedup();
+    Some(out)
 }
 
 /// An absolute http(s) URL with a host and no user info, query or fragment: the common rules

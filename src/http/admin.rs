@@ -3,8 +3,9 @@
 //! embedded in the binary), and the admin API behind `Authorization: Bearer <admin.token>`
 //! (RFC 6750 §2.1): `GET /admin/info` and `POST /admin/exchange`.
 //!
-//! The admin credential is compared in constant time over SHA-256 digests. Without
-//! `admin.token` the admin API answers 404. Answers carry no token: the tester's report
+//! The admin credential is compared in constant time over SHA-256 digests, before the request
+//! body is read; the body is bounded by `server.maxBodyBytes` and `server.bodyReadTimeout`.
+//! Without `admin.token` the admin API answers 404. Answers carry no token: the tester's report
 //! redacts the subject token, the client secret and every token in Keycloak's body.
 
 use actix_web::http::StatusCode;
@@ -15,6 +16,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::body::read_body;
 use crate::digest::sha256;
 use crate::error::ApiError;
 use crate::inbound::{BearerHeader, parse_bearer};
@@ -153,10 +155,19 @@ struct ExchangeBody {
 /// `POST /admin/exchange`: one exchange without the cache, explained.
 pub async fn exchange(
     req: HttpRequest,
-    body: web::Bytes,
+    mut payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
+    // The admin credential before the body: an unauthenticated caller does not get to hold
+    // the connection while trickling a body (docs/security.md, "Slow bodies").
     authorize(&req, &state)?;
+    let server = &state.config.server;
+    let body = read_body(
+        &mut payload,
+        server.max_body_bytes,
+        server.body_read_timeout,
+    )
+    .await?;
     // serde's messages may quote input (a token): never echo them.
     let body: ExchangeBody = serde_json::from_slice(&body).map_err(|_| {
         ApiError::invalid_request(

@@ -3,9 +3,11 @@
 //!
 //! This module only reads the request: the caller credential (`Authorization`) and the user's
 //! token — the configured header or, on `/v1/token` only, the RFC 8693 §2.1 `subject_token`
-//! (both must agree if both are sent). Who the caller is, and whether the user token is valid,
-//! is decided by [`crate::inbound::Authenticator`]; this module maps its verdict onto HTTP
-//! answers and counts failures.
+//! (both must agree if both are sent). Headers are authenticated before any body is read
+//! ([`authenticate`]); the form's token, if any, afterwards ([`with_form_token`]). Who the
+//! caller is, and whether the user token is valid, is decided by
+//! [`crate::inbound::Authenticator`]; this module maps its verdict onto HTTP answers and counts
+//! failures.
 
 use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
@@ -16,27 +18,49 @@ use crate::inbound::AuthError;
 pub use crate::inbound::Authenticated;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError};
 
-/// Authenticates `req`. `form_token` is the `subject_token` of a token request (already checked
-/// against `subject_token_type`; its error is reported after the header's); `Ok(None)` where
-/// there is no form. `subject_fp` receives the user token's fingerprint for the audit line.
+/// Authenticates `req` from its headers alone: the caller credential and the user-token
+/// header. `subject_fp` receives the user token's fingerprint for the audit line. Runs before
+/// any body is read, so a request without a valid credential is answered (401) without
+/// waiting for its body (docs/security.md, "Slow bodies").
 pub async fn authenticate(
     req: &HttpRequest,
     state: &AppState,
+    subject_fp: &mut String,
+) -> Result<Authenticated, ApiError> {
+    let header_token = user_token_header(req, &state.config.user_token.header)?;
+    run(req, state, header_token, subject_fp).await
+}
+
+/// After the body of a token request: takes the RFC 8693 §2.1 `subject_token` into account.
+/// `form_token` is the form's `subject_token`, already checked against `subject_token_type`
+/// (its error is reported here, after the header's). `headers` is what [`authenticate`] made
+/// of the headers: it stands when the form brings no token or the same token as the header;
+/// a form token without a header token is authenticated together with the caller credential
+/// (which is verified a second time: the caller's own verification caches keep that cheap).
+pub async fn with_form_token(
+    req: &HttpRequest,
+    state: &AppState,
+    headers: Authenticated,
     form_token: Result<Option<&str>, ApiError>,
     subject_fp: &mut String,
 ) -> Result<Authenticated, ApiError> {
     let header_token = user_token_header(req, &state.config.user_token.header)?;
-    let form_token = form_token?;
-    let raw_user = match (header_token, form_token) {
-        (Some(h), Some(f)) if h != f => {
-            return Err(ApiError::invalid_request(format!(
-                "subject_token and the '{}' header carry different tokens",
-                state.config.user_token.header
-            )));
-        }
-        (Some(t), _) | (None, Some(t)) => Some(t),
-        (None, None) => None,
-    };
+    match (header_token, form_token?) {
+        (Some(h), Some(f)) if h != f => Err(ApiError::invalid_request(format!(
+            "subject_token and the '{}' header carry different tokens",
+            state.config.user_token.header
+        ))),
+        (None, Some(f)) => run(req, state, Some(f), subject_fp).await,
+        (_, _) => Ok(headers),
+    }
+}
+
+async fn run(
+    req: &HttpRequest,
+    state: &AppState,
+    raw_user: Option<&str>,
+    subject_fp: &mut String,
+) -> Result<Authenticated, ApiError> {
     if raw_user.is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
         return Err(ApiError::invalid_request(format!(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod body;
 pub mod form;
 pub mod health;
 pub mod jwks;
@@ -54,7 +55,11 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 pub async fn limit_header_bytes(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
-) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+) -> Result<
+    actix_web::dev::ServiceResponse<actix_web::body::EitherBody<impl actix_web::body::MessageBody>>,
+    actix_web::Error,
+> {
+    use actix_web::ResponseError;
     let limit = req
         .app_data::<web::Data<AppState>>()
         .map_or(64 * 1024, |s| s.config.server.max_header_bytes);
@@ -64,14 +69,17 @@ pub async fn limit_header_bytes(
         .map(|(n, v)| n.as_str().len() + v.len())
         .sum();
     if size > limit {
-        return Err(ApiError::new(
+        // An answer, not an error: `body::close_unread_bodies` must see it to close the
+        // connection when the body is left unread.
+        let answer = ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request",
             format!("the request headers are larger than {limit} bytes"),
         )
-        .into());
+        .error_response();
+        return Ok(req.into_response(answer).map_into_right_body());
     }
-    next.call(req).await
+    Ok(next.call(req).await?.map_into_left_body())
 }
 
 pub fn public_routes(cfg: &mut web::ServiceConfig) {

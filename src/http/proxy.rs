@@ -1,8 +1,9 @@
 //! `/v1/proxy/{target}/{path...}` (any method): forwards the call to the target's configured
 //! upstream with the downstream token the broker obtains for the caller, streaming both ways.
 //!
-//! Order: header-size limit → [`authenticate`] (exactly as `/v1/token`) → the target must have
-//! an `upstream` (else 404) → path check ([`crate::proxy::upstream_url`]) → token through
+//! Order: method (`TRACE`, `CONNECT` → 405) → header-size limit → [`authenticate`] (exactly
+//! as `/v1/token`) → the target must have an `upstream` (else 404) → path check
+//! ([`crate::proxy::upstream_url`]) → token through
 //! [`crate::broker::TokenService`] (cache, shared in-flight exchange, fallback; a streaming call
 //! gets at least `proxy.minStreamTokenLifetime` left) → request body read ahead up to
 //! `proxy.replayBufferBytes` ([`crate::proxy::body`]) → forward. A 401 from the upstream with a
@@ -10,6 +11,8 @@
 //! idempotent replayable calls are retried after connection errors and 502/503/504 (RFC 9110
 //! §9.2.2) with bounded exponential backoff. Failures of the upstream are RFC 6749 §5.2-style
 //! JSON: 502 `upstream_unavailable`, 504 `upstream_timeout`, never with upstream internals.
+//! Only allow-listed request headers reach the upstream ([`crate::proxy::headers`]). Every
+//! call, refused, failed or forwarded, leaves one audit line (`audit.rs`, `proxy_request`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
@@ -26,6 +29,7 @@ use secrecy::ExposeSecret;
 use super::AppState;
 use super::auth::{Authenticated, authenticate};
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
+use crate::audit;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
 use crate::config::{ProxyConfig, TokenHeader, UpstreamConfig};
 use crate::error::{ApiError, from_broker};
@@ -194,7 +198,8 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
     })
 }
 
-/// The caller's headers that go upstream, plus the token and `X-Backstage-User`.
+/// The caller's headers that go upstream (the allow-list of `proxy::headers` plus the
+/// target's `forwardHeaders`), plus the token and `X-Backstage-User`.
 fn upstream_headers(
     req: &HttpRequest,
     user_token_header: &str,
@@ -211,7 +216,13 @@ fn upstream_headers(
     };
     let mut out = reqwest::header::HeaderMap::new();
     for (name, value) in headers.iter() {
-        if !rules::forward_request_header(name.as_str(), &conn, user_token_header, token_header) {
+        if !rules::forward_request_header(
+            name.as_str(),
+            &conn,
+            user_token_header,
+            token_header,
+            &upstream.forward_headers,
+        ) {
             continue;
         }
         if let (Ok(n), Ok(v)) = (
@@ -251,13 +262,65 @@ fn upstream_headers(
     Ok(out)
 }
 
+/// The handler: runs the call and writes its audit line (`audit.rs`, event `proxy_request`),
+/// whatever the result: refused calls (method, credentials, path, token) and failed ones
+/// (upstream unreachable or silent) are audited like forwarded ones.
 pub async fn proxy(
     req: HttpRequest,
     payload: web::Payload,
     state: web::Data<AppState>,
     fwd: web::Data<Forwarder>,
+) -> HttpResponse {
+    let mut rec = audit::Record {
+        method: req.method().as_str().chars().take(16).collect(),
+        ..Default::default()
+    };
+    let result = handle(&req, payload, &state, &fwd, &mut rec).await;
+    let response = match result {
+        Ok(r) => {
+            rec.status = r.status().as_u16();
+            r
+        }
+        Err(e) => {
+            rec.status = e.status.as_u16();
+            rec.error = e.error.clone();
+            if rec.outcome.is_empty() || rec.outcome.starts_with("issued_") {
+                rec.outcome = "bad_request";
+            }
+            let mut r = e.error_response();
+            if e.status == StatusCode::METHOD_NOT_ALLOWED {
+                // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
+                r.headers_mut().insert(
+                    actix_web::http::header::ALLOW,
+                    HeaderValue::from_static(rules::ALLOWED_METHODS),
+                );
+            }
+            r
+        }
+    };
+    rec.emit_proxy();
+    response
+}
+
+async fn handle(
+    req: &HttpRequest,
+    payload: web::Payload,
+    state: &AppState,
+    fwd: &Forwarder,
+    rec: &mut audit::Record,
 ) -> Result<HttpResponse, ApiError> {
     let cfg = &fwd.cfg;
+    if rules::refused_method(req.method().as_str()) {
+        rec.outcome = "method_refused";
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            format!(
+                "the proxy does not forward {} requests",
+                req.method().as_str()
+            ),
+        ));
+    }
     let header_bytes: usize = req
         .headers()
         .iter()
@@ -266,7 +329,7 @@ pub async fn proxy(
     if header_bytes > cfg.max_header_bytes {
         // RFC 6585 §5.
         return Err(ApiError::new(
-            StatusCode::from_u16(431).unwrap_or(StatusCode::BAD_REQUEST),
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "invalid_request",
             format!(
                 "the request headers are larger than {} bytes",
@@ -274,18 +337,30 @@ pub async fn proxy(
             ),
         ));
     }
-    let Authenticated { principal, user } =
-        authenticate(&req, &state, Ok(None), &mut String::new()).await?;
+    let Authenticated { principal, user } = authenticate(req, state, &mut rec.subject_fp).await?;
+    rec.principal(&principal, user.as_ref());
 
     let (target_name, rest) = split_path(req.uri().path()).ok_or_else(not_found)?;
-    let upstream = state
+    rec.target = target_name.chars().take(64).collect();
+    let Some(upstream) = state
         .config
         .targets
         .get(target_name)
         .and_then(|t| t.upstream.as_ref())
-        .ok_or_else(not_found)?;
-    let url = rules::upstream_url(&upstream.base, rest, req.uri().query())
-        .map_err(|e| ApiError::invalid_request(format!("the proxied path is refused: {e}")))?;
+    else {
+        rec.outcome = "unknown_target";
+        return Err(not_found());
+    };
+    let url = rules::upstream_url(
+        &upstream.base,
+        rest,
+        req.uri().query(),
+        upstream.allow_matrix_params,
+    )
+    .map_err(|e| {
+        rec.outcome = "path_refused";
+        ApiError::invalid_request(format!("the proxied path is refused: {e}"))
+    })?;
 
     let streaming = upstream.streaming
         || rules::accepts_event_stream(req.headers().get_all("accept").map(|v| v.as_bytes()));
@@ -299,9 +374,9 @@ pub async fn proxy(
     let min_life = cfg.min_stream_token_lifetime;
     let issue = |r| obtain(&state.service, r, streaming.then_some(min_life));
     let client_id = &state.config.keycloak.client_id;
-    let mut issued: Issued = issue(token_req)
-        .await
-        .map_err(|e| from_broker(&e, client_id))?;
+    let result = issue(token_req).await;
+    rec.note(&result);
+    let mut issued: Issued = result.map_err(|e| from_broker(&e, client_id))?;
 
     let user_ref = rules::user_entity_ref(&principal, user.as_ref());
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
@@ -323,11 +398,10 @@ pub async fn proxy(
     };
     let retry_ok = body.replayable() && rules::is_idempotent(method.as_str());
 
-    let mut reauthed = false;
     let mut attempt = 0u32;
     let resp = loop {
         let mut headers = upstream_headers(
-            &req,
+            req,
             &state.config.user_token.header,
             upstream,
             issued.token.access_token.expose_secret(),
@@ -346,24 +420,25 @@ pub async fn proxy(
                 // `refused` drops only the refused token's entry, rate-limited per entry.
                 if status == 401
                     && body.replayable()
-                    && !reauthed
+                    && !rec.reauthenticated
                     && state.service.refused(&issued).await
                 {
                     drop(resp);
-                    reauthed = true;
+                    rec.reauthenticated = true;
                     tracing::info!(
                         target = target_name,
                         token_fp = %issued.token.fingerprint,
                         "upstream answered 401: dropped the refused token, obtaining it again"
                     );
-                    issued = issue(token_req)
-                        .await
-                        .map_err(|e| from_broker(&e, client_id))?;
+                    let result = issue(token_req).await;
+                    rec.note(&result);
+                    issued = result.map_err(|e| from_broker(&e, client_id))?;
                     continue;
                 }
                 if retry_ok && rules::is_retryable_status(status) && attempt < cfg.max_retries {
                     drop(resp);
                     attempt += 1;
+                    rec.retries = attempt;
                     tokio::time::sleep(rules::backoff(attempt)).await;
                     continue;
                 }
@@ -371,34 +446,31 @@ pub async fn proxy(
             }
             Err(SendError::Transport) if retry_ok && attempt < cfg.max_retries => {
                 attempt += 1;
+                rec.retries = attempt;
                 tokio::time::sleep(rules::backoff(attempt)).await;
             }
             Err(SendError::Transport) => {
                 tracing::warn!(target = target_name, "upstream unreachable");
+                rec.outcome = "upstream_unavailable";
                 return Err(upstream_unavailable(target_name, "could not be reached"));
             }
             Err(SendError::Timeout) => {
                 tracing::warn!(target = target_name, "upstream timed out");
+                rec.outcome = "upstream_timeout";
                 return Err(upstream_timeout(target_name));
             }
         }
     };
-    tracing::info!(
-        target: "token_broker::audit",
-        caller = %principal.name,
-        user = user.as_ref().map(|u| u.sub.as_str()).unwrap_or(""),
-        target = %target_name,
-        method = %method,
-        status = resp.status().as_u16(),
-        identity = issued.identity.as_str(),
-        cache = issued.cache.as_str(),
-        issued_fp = %issued.token.fingerprint,
-        retries = attempt,
-        reauthenticated = reauthed,
-        outcome = "proxied",
-        "proxy request"
-    );
-    respond(resp, &issued, &method, cfg, target_name)
+    match respond(resp, &issued, &method, cfg, target_name) {
+        Ok(r) => {
+            rec.outcome = "proxied";
+            Ok(r)
+        }
+        Err(e) => {
+            rec.outcome = "upstream_unavailable";
+            Err(e)
+        }
+    }
 }
 
 /// The token for one forwarded call: a streaming call needs `min_life` left.

@@ -3,17 +3,19 @@
 //!
 //! Request: form-encoded per RFC 8693 §2.1 with `audience` = a target name; caller credential
 //! in `Authorization: Bearer`; the user's Keycloak token in the configured header or
-//! `subject_token`. Answer: RFC 8693 §2.2.1 JSON with `X-Token-Broker-Identity` and
-//! `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see `error.rs`).
+//! `subject_token`. The headers are authenticated before the body is read, and the body must
+//! arrive within `server.bodyReadTimeout` (`http/body.rs`). Answer: RFC 8693 §2.2.1 JSON with
+//! `X-Token-Broker-Identity` and `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see
+//! `error.rs`).
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
-use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 use serde::Serialize;
 
 use super::AppState;
-use super::auth::{Authenticated, authenticate};
+use super::auth::{Authenticated, authenticate, with_form_token};
+use super::body::read_body;
 use super::form::{self, FormError};
 use crate::audit;
 use crate::broker::{Issued, TokenRequest};
@@ -34,23 +36,6 @@ struct TokenAnswer<'a> {
     scope: Option<&'a str>,
 }
 
-async fn read_body(mut payload: web::Payload, limit: usize) -> Result<Vec<u8>, ApiError> {
-    let mut body = Vec::new();
-    while let Some(chunk) = payload.next().await {
-        let chunk =
-            chunk.map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
-        if body.len() + chunk.len() > limit {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request",
-                format!("the request body is larger than {limit} bytes"),
-            ));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 fn form_error(e: FormError) -> ApiError {
     ApiError::invalid_request(e.to_string())
 }
@@ -58,11 +43,11 @@ fn form_error(e: FormError) -> ApiError {
 /// The handler: runs the request and writes its audit line (`audit.rs`), whatever the result.
 pub async fn token(
     req: HttpRequest,
-    payload: web::Payload,
+    mut payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut rec = audit::Record::default();
-    let result = handle(&req, payload, &state, &mut rec).await;
+    let result = handle(&req, &mut payload, &state, &mut rec).await;
     match &result {
         Ok(r) => rec.status = r.status().as_u16(),
         Err(e) => {
@@ -79,10 +64,14 @@ pub async fn token(
 
 async fn handle(
     req: &HttpRequest,
-    payload: web::Payload,
+    payload: &mut web::Payload,
     state: &AppState,
     rec: &mut audit::Record,
 ) -> Result<HttpResponse, ApiError> {
+    // The credentials in the headers first: without one, or with a wrong one, the answer does
+    // not wait for the body (docs/security.md, "Slow bodies").
+    let from_headers = authenticate(req, state, &mut rec.subject_fp).await?;
+    rec.principal(&from_headers.principal, from_headers.user.as_ref());
     let ct = req
         .headers()
         .get("content-type")
@@ -94,7 +83,8 @@ async fn handle(
             "the body must be application/x-www-form-urlencoded (RFC 8693 §2.1)",
         ));
     }
-    let body = read_body(payload, state.config.server.max_body_bytes).await?;
+    let server = &state.config.server;
+    let body = read_body(payload, server.max_body_bytes, server.body_read_timeout).await?;
     let form = form::parse(&body).map_err(form_error)?;
 
     match form.non_empty("grant_type") {
@@ -123,7 +113,7 @@ async fn handle(
     rec.target = target.chars().take(64).collect();
 
     // RFC 8693 §2.1: subject_token_type is REQUIRED with subject_token. Checked here, reported
-    // by `authenticate` after the caller credential so the order of errors is unchanged.
+    // by `with_form_token` after the header's user token.
     let form_token = match form.non_empty("subject_token") {
         None => Ok(None),
         Some(t) => match form.non_empty("subject_token_type") {
@@ -137,7 +127,7 @@ async fn handle(
         },
     };
     let Authenticated { principal, user } =
-        authenticate(req, state, form_token, &mut rec.subject_fp).await?;
+        with_form_token(req, state, from_headers, form_token, &mut rec.subject_fp).await?;
 
     let result = state
         .service
@@ -149,14 +139,7 @@ async fn handle(
             user_token: user.as_ref(),
         })
         .await;
-    rec.caller = principal.name.clone();
-    rec.caller_kind = principal.kind.as_str();
-    rec.actor = principal.actor.clone().unwrap_or_default();
-    rec.user = if principal.backstage_user.is_some() {
-        principal.name.clone()
-    } else {
-        user.as_ref().map(|u| u.sub.clone()).unwrap_or_default()
-    };
+    rec.principal(&principal, user.as_ref());
     rec.issued(state.config.targets.contains_key(target), &result);
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),

@@ -4,6 +4,9 @@
 //! read-ahead that makes small request bodies replayable. The handler is `http/proxy.rs`.
 
 pub mod body;
+pub mod headers;
+
+pub use headers::{connection_named, forward_request_header, forward_response_header};
 
 use std::time::Duration;
 
@@ -20,31 +23,44 @@ pub const BACKSTAGE_USER_HEADER: &str = "x-backstage-user";
 pub enum PathError {
     #[error("the path has an empty segment (//)")]
     EmptySegment,
-    #[error("the path has a . or .. segment")]
+    #[error("the path has a . or .. segment (also before a ;)")]
     DotSegment,
     #[error("the path has an encoded / or \\, a \\, or a control character")]
     ForbiddenCharacter,
     #[error("the path has an invalid percent-encoding")]
     BadEncoding,
+    #[error("the path has a ; (matrix parameter), which this target does not accept")]
+    MatrixParameter,
 }
 
 /// The upstream URL for `rest` (the raw, still percent-encoded path after
 /// `/v1/proxy/<target>/`) and the raw query. `base` is the configured upstream, whose path ends
 /// in `/`. The result is always `base` plus segments below it:
 /// - `.`/`..` segments, also percent-encoded (`%2e%2E`), are refused (RFC 3986 §5.2.4 would
-///   otherwise climb out of the base);
+///   otherwise climb out of the base); so is a segment whose decoded form *before its first
+///   `;`* is `.` or `..` (`..;`, `..;x=1`, `%2e%2e;`, `..%3b`): Tomcat, Jetty and Spring strip
+///   RFC 3986 §3.3 path parameters before resolving dot segments, so `..;` climbs for them;
+/// - a segment that is empty before its first `;` (`;x`) counts as empty;
+/// - unless `allow_matrix` (the target's `allowMatrixParams`), any `;` in a segment, raw or
+///   `%3B`, is refused: servers disagree on what path parameters mean, and a rule at the
+///   upstream written for `/admin` may not match `/admin;x`;
 /// - `%2f`/`%5c` (encoded `/` and `\`), a raw `\` (some servers read it as `/`) and control
 ///   characters (also `%00`…) are refused;
 /// - empty segments are refused, so `//host/…` and `http://host/…` cannot be read as an
 ///   authority (RFC 3986 §3.2) anywhere downstream; one trailing `/` is kept;
 /// - the query (RFC 3986 §3.4) is passed through as sent.
-pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, PathError> {
+pub fn upstream_url(
+    base: &Url,
+    rest: &str,
+    query: Option<&str>,
+    allow_matrix: bool,
+) -> Result<Url, PathError> {
     let rest = rest.strip_suffix('/').map_or((rest, false), |r| (r, true));
     let (rest, trailing) = rest;
     let mut path = base.path().to_owned();
     if !rest.is_empty() {
         for seg in rest.split('/') {
-            check_segment(seg)?;
+            check_segment(seg, allow_matrix)?;
         }
         path.push_str(rest);
         if trailing {
@@ -68,7 +84,16 @@ pub fn upstream_url(base: &Url, rest: &str, query: Option<&str>) -> Result<Url, 
     Ok(url)
 }
 
-fn check_segment(seg: &str) -> Result<(), PathError> {
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn check_segment(seg: &str, allow_matrix: bool) -> Result<(), PathError> {
     if seg.is_empty() {
         return Err(PathError::EmptySegment);
     }
@@ -77,90 +102,37 @@ fn check_segment(seg: &str) -> Result<(), PathError> {
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
         if b == b'%' {
-            let hex = bytes.get(i + 1..i + 3).ok_or(PathError::BadEncoding)?;
-            let hex = std::str::from_utf8(hex).map_err(|_| PathError::BadEncoding)?;
-            let v = u8::from_str_radix(hex, 16).map_err(|_| PathError::BadEncoding)?;
-            decoded.push(v);
+            let h = bytes.get(i + 1).copied().and_then(hex_digit);
+            let l = bytes.get(i + 2).copied().and_then(hex_digit);
+            let (Some(h), Some(l)) = (h, l) else {
+                return Err(PathError::BadEncoding);
+            };
+            decoded.push(h * 16 + l);
             i += 3;
         } else {
             decoded.push(b);
             i += 1;
         }
     }
-    if b"\\".iter().any(|c| bytes.contains(c))
+    if bytes.contains(&b'\\')
         || decoded
             .iter()
             .any(|&c| c == b'/' || c == b'\\' || c < 0x20 || c == 0x7f)
     {
         return Err(PathError::ForbiddenCharacter);
     }
-    if decoded == b"." || decoded == b".." {
+    // What a servlet container resolves: the segment up to its first `;`, decoded.
+    let name = decoded.split(|&c| c == b';').next().unwrap_or(&[]);
+    if name == b"." || name == b".." {
         return Err(PathError::DotSegment);
     }
+    if name.is_empty() {
+        return Err(PathError::EmptySegment);
+    }
+    if !allow_matrix && decoded.contains(&b';') {
+        return Err(PathError::MatrixParameter);
+    }
     Ok(())
-}
-
-/// RFC 9110 §7.6.1 hop-by-hop fields (plus `Proxy-Connection`, still sent by some clients, and
-/// `Proxy-Authorization`, RFC 9110 §11.7.2, meant for this hop).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// The field names listed in `Connection` headers (RFC 9110 §7.6.1: also hop-by-hop).
-pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Whether a caller request header (lower-case `name`) is forwarded upstream. Removed: the
-/// caller's credentials (`Authorization`, `Cookie`, the user-token header), hop-by-hop fields
-/// and those `Connection` names, `Host` (the upstream's comes from config), framing
-/// (`Content-Length` is set again from the body, `Expect` is answered here), `Forwarded` and
-/// `X-Forwarded-*` (RFC 7239; the caller's claims about the path are not ours to vouch for),
-/// the target's token header, any `X-Authorization-*` and the broker's own headers (the
-/// caller cannot set them).
-pub fn forward_request_header(
-    name: &str,
-    connection: &[String],
-    user_token_header: &str,
-    token_header: &str,
-) -> bool {
-    !(HOP_BY_HOP.contains(&name)
-        || connection.iter().any(|c| c == name)
-        || matches!(
-            name,
-            "authorization" | "cookie" | "host" | "content-length" | "expect" | "forwarded"
-        )
-        || name.starts_with("x-forwarded-")
-        || name.starts_with("x-token-broker-")
-        // SonataFlow's credential-propagation family `X-Authorization-{Provider}`: only the
-        // broker supplies downstream credentials, whichever header the target reads.
-        || name.starts_with("x-authorization-")
-        || name == BACKSTAGE_USER_HEADER
-        || name.eq_ignore_ascii_case(user_token_header)
-        || name == token_header)
-}
-
-/// Whether an upstream response header (lower-case `name`) is passed to the caller: not
-/// hop-by-hop (RFC 9110 §7.6.1), not framing (actix frames the answer itself), not the broker's
-/// own `X-Token-Broker-*` (only the broker says whose token was used).
-pub fn forward_response_header(name: &str, connection: &[String]) -> bool {
-    !(HOP_BY_HOP.contains(&name)
-        || connection.iter().any(|c| c == name)
-        || name == "content-length"
-        || name.starts_with("x-token-broker-"))
 }
 
 /// The `X-Backstage-User` value: for a Backstage user principal (a user token, or a plugin
@@ -195,11 +167,19 @@ fn is_entity_name(s: &str) -> bool {
 /// RFC 9110 §9.2.2 idempotent methods: the only ones retried after a connection error or a
 /// 502/503/504.
 pub fn is_idempotent(method: &str) -> bool {
-    matches!(
-        method,
-        "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
-    )
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE")
 }
+
+/// Methods the proxy refuses with 405 (RFC 9110 §15.5.6) before anything else: `TRACE`
+/// (RFC 9110 §9.3.8) would echo the request, including whatever headers the upstream's own
+/// proxies add, back to the caller; `CONNECT` (§9.3.6) asks for a tunnel, which is not what a
+/// target is.
+pub fn refused_method(method: &str) -> bool {
+    method.eq_ignore_ascii_case("TRACE") || method.eq_ignore_ascii_case("CONNECT")
+}
+
+/// The `Allow` value of a 405 from the proxy (RFC 9110 §10.2.1).
+pub const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 /// Whether an upstream status is retried (for idempotent, replayable requests).
 pub fn is_retryable_status(status: u16) -> bool {
@@ -236,7 +216,8 @@ mod tests {
 
     #[test]
     fn paths_append_below_the_base() {
-        let u = |rest: &str, q: Option<&str>| upstream_url(&base(), rest, q).map(String::from);
+        let u =
+            |rest: &str, q: Option<&str>| upstream_url(&base(), rest, q, false).map(String::from);
         assert_eq!(u("", None).unwrap(), "http://up.example:8080/api/");
         assert_eq!(u("a/b", None).unwrap(), "http://up.example:8080/api/a/b");
         assert_eq!(u("a/b/", None).unwrap(), "http://up.example:8080/api/a/b/");
@@ -265,7 +246,7 @@ mod tests {
 
     #[test]
     fn escapes_are_refused() {
-        let e = |rest: &str| upstream_url(&base(), rest, None).unwrap_err();
+        let e = |rest: &str| upstream_url(&base(), rest, None, false).unwrap_err();
         assert_eq!(e(".."), PathError::DotSegment);
         assert_eq!(e("a/../../x"), PathError::DotSegment);
         assert_eq!(e("./x"), PathError::DotSegment);
@@ -282,50 +263,43 @@ mod tests {
         assert_eq!(e("/"), PathError::EmptySegment);
         assert_eq!(e("a%zz"), PathError::BadEncoding);
         assert_eq!(e("a%2"), PathError::BadEncoding);
+        assert_eq!(e("a%+f"), PathError::BadEncoding);
     }
 
     #[test]
-    fn request_header_hygiene() {
-        let conn = connection_named([b"keep-alive, X-Secret-Hop".as_slice()].into_iter());
-        let f = |n: &str| {
-            forward_request_header(
-                n,
-                &conn,
-                "X-Forwarded-Access-Token",
-                "x-authorization-keycloak",
-            )
-        };
-        for stripped in [
-            "authorization",
-            "cookie",
-            "host",
-            "connection",
-            "keep-alive",
-            "te",
-            "transfer-encoding",
-            "upgrade",
-            "proxy-authorization",
-            "x-secret-hop",
-            "forwarded",
-            "x-forwarded-for",
-            "x-forwarded-host",
-            "x-forwarded-access-token",
-            "x-authorization-keycloak",
-            "x-authorization-github",
-            "x-backstage-user",
-            "x-token-broker-identity",
-            "content-length",
-            "expect",
-        ] {
-            assert!(!f(stripped), "{stripped} must be stripped");
+    fn dot_segments_before_a_semicolon_are_refused_even_with_matrix_params() {
+        for allow in [false, true] {
+            let e = |rest: &str| upstream_url(&base(), rest, None, allow).unwrap_err();
+            for rest in [
+                "v1/..;/admin",
+                "..;",
+                "..;x=1/admin",
+                "%2e%2e;/admin",
+                "%2E.;jsessionid=1/x",
+                "..%3b/admin",
+                "..%3B/admin",
+                ".;/x",
+                "a/.%3bx/b",
+            ] {
+                assert_eq!(e(rest), PathError::DotSegment, "{rest} (allow {allow})");
+            }
+            assert_eq!(e("a/;x/b"), PathError::EmptySegment, "allow {allow}");
+            assert_eq!(e("a/%3b/b"), PathError::EmptySegment, "allow {allow}");
         }
-        for kept in ["accept", "content-type", "x-request-id", "user-agent"] {
-            assert!(f(kept), "{kept} must pass");
-        }
-        assert!(!forward_response_header("transfer-encoding", &[]));
-        assert!(!forward_response_header("x-token-broker-cache", &[]));
-        assert!(forward_response_header("content-type", &[]));
-        assert!(forward_response_header("www-authenticate", &[]));
+        // Matrix parameters: refused by default, raw or encoded; allowed per target.
+        let strict = |rest: &str| upstream_url(&base(), rest, None, false);
+        assert_eq!(strict("a;v=1/b"), Err(PathError::MatrixParameter));
+        assert_eq!(strict("a%3Bv=1"), Err(PathError::MatrixParameter));
+        let open = |rest: &str| upstream_url(&base(), rest, None, true).map(String::from);
+        assert_eq!(
+            open("cars;color=red/x").unwrap(),
+            "http://up.example:8080/api/cars;color=red/x"
+        );
+        assert_eq!(
+            open("a..;b").unwrap(),
+            "http://up.example:8080/api/a..;b",
+            "only a segment that is exactly . or .. before the ; is a dot segment"
+        );
     }
 
     #[test]

@@ -25,3 +25,4 @@ mod reliability;
 mod security_backstage;
 mod security_misc;
 mod security_laundering;
+mod security_edge;
