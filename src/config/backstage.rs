@@ -26,7 +26,7 @@ pub fn substitute(template: &str, plugin_id: &str) -> String {
 }
 
 /// Node's `Buffer.from(s, 'base64url')`: both alphabets, padding optional, invalid characters
-/// skipped, decoding stops at `=` (backstage-tokens.md §3.4 legacy).
+/// skipped, decoding stops at `=` (docs/reference/backstage-tokens.md §3.4, legacy).
 pub fn lenient_base64url(s: &str) -> Vec<u8> {
     let mut sextets: Vec<u8> = Vec::with_capacity(s.len());
     for b in s.bytes() {

@@ -8,7 +8,7 @@ use crate::config::error::Issues;
 use crate::config::model::AssertionConfig;
 use crate::config::walk::Field;
 
-/// Keycloak's default "Max allowed assertion expiration" (keycloak-token-exchange.md §6).
+/// Keycloak's default "Max allowed assertion expiration" (docs/reference/keycloak-token-exchange.md §6).
 pub const MAX_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// `assertion`: `{issuer, keyFile?, lifetime?}`; `None` when absent.

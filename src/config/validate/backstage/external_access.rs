@@ -1,6 +1,8 @@
 //! `backend.auth`: Backstage's external-access handlers (`externalAccess` entries of type
 //! `static`, `jwks` and `legacy`, each with optional `accessRestrictions`) and the older
-//! `backend.auth.keys`, all in the order Backstage tries them.
+//! `backend.auth.keys`, all in the order Backstage tries them. Backstage's rules for them:
+//! docs/reference/backstage-tokens.md §3.4 (the `.ts` names below are files of Backstage's
+//! source, listed in its §11).
 
 use secrecy::SecretString;
 use serde_json::Value;
@@ -116,7 +118,7 @@ pub(crate) fn jwks_handler(field: &Field<'_>, issues: &mut Issues) -> Option<Ext
             "issuer",
             "audience",
             "subjectPrefix",
-            // Parsed by Backstage but unused: only the entry-level key counts (§3.4).
+            // Parsed by Backstage but unused: only the entry-level key counts (backstage-tokens.md §3.4).
             "accessRestrictions",
         ],
         issues,
@@ -172,7 +174,7 @@ fn legacy_secret(field: &Field<'_>, issues: &mut Issues) -> Option<SecretString>
 }
 
 /// `backend.auth.keys`: `[{secret}]`, each a `legacy` handler with subject
-/// `external:backstage-plugin`, appended after `externalAccess` (§3.4).
+/// `external:backstage-plugin`, appended after `externalAccess` (backstage-tokens.md §3.4).
 pub(crate) fn auth_keys(
     field: &Field<'_>,
     issues: &mut Issues,
