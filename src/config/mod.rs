@@ -25,7 +25,7 @@ pub use env::{EnvLookup, ProcessEnv};
 pub use error::{ConfigErrors, ConfigIssue, ROOT_PATH};
 pub use model::*;
 pub use substitute::OVERRIDE_PREFIX;
-pub use validate::BROKER_PLUGIN_ID;
+pub use validate::{BROKER_PLUGIN_ID, MAX_ASSERTION_LIFETIME};
 
 use error::{Issues, KeyPath};
 

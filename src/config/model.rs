@@ -2,7 +2,7 @@
 //!
 //! Nothing here parses text; `config::load` turns a YAML document into these types and is the
 //! only constructor used outside tests. Everything downstream may rely on the invariants
-//! documented on each field (e.g. a target name matches `^[a-z0-9][a-z0-9.-]*$`).
+//! documented on each field (e.g. a target name matches `^[a-z0-9][a-z0-9-]*$`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -72,7 +72,7 @@ pub struct Config {
     pub keycloak: KeycloakConfig,
     pub user_token: UserTokenConfig,
     /// `backend.auth.externalAccess` entries, then one `legacy` entry per `backend.auth.keys`
-    /// item (subject `external:backstage-plugin`), in Backstage's order (backstage-tokens.md §3.4).
+    /// item (subject `external:backstage-plugin`), in Backstage's order (docs/reference/backstage-tokens.md §3.4).
     pub external_access: Vec<ExternalAccessEntry>,
     /// `backstage`, `backend.baseUrl` and `discovery`: which Backstage the broker trusts.
     pub backstage: BackstageConfig,
@@ -80,7 +80,7 @@ pub struct Config {
     /// `userMapping: jwt_authorization_grant`.
     pub assertion: Option<AssertionConfig>,
     pub cache: CacheConfig,
-    /// Keyed by target name (`^[a-z0-9][a-z0-9.-]*$`, at most 64 characters).
+    /// Keyed by target name (`^[a-z0-9][a-z0-9-]*$`, at most 64 characters).
     pub targets: BTreeMap<String, TargetConfig>,
     pub logging: LoggingConfig,
     pub proxy: ProxyConfig,
@@ -352,7 +352,7 @@ pub enum UserMappingKind {
     Impersonation,
 }
 
-/// Which Backstage the broker trusts (backstage-tokens.md §2.2).
+/// Which Backstage the broker trusts (docs/reference/backstage-tokens.md §2.2).
 #[derive(Debug, Clone)]
 pub struct BackstageConfig {
     /// `backstage.pluginId`, default `token-broker`: plugin tokens must carry this `aud`, and
