@@ -25,6 +25,7 @@ pub mod http;
 pub mod idp;
 pub mod inbound;
 pub mod metrics;
+pub mod outbound;
 pub mod proxy;
 pub mod telemetry;
 pub mod tester;

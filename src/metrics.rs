@@ -114,9 +114,20 @@ impl IdpRequest {
     }
 }
 
-/// All metrics of the process.
+/// A handle on one set of metrics (cheap to clone; clones share the counters).
+#[derive(Default, Clone)]
+pub struct Metrics(std::sync::Arc<Inner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The counters behind a [`Metrics`] handle.
 #[derive(Default)]
-pub struct Metrics {
+pub struct Inner {
     token_requests: Family,
     cache_requests: Family,
     cache_evictions: Family,
@@ -135,7 +146,7 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
-impl Metrics {
+impl Inner {
     /// One token request that reached the token service: `target` must be a configured
     /// target name (or `"_unknown"`), `outcome` a fixed value.
     pub fn token_request(&self, target: &str, outcome: &'static str) {

@@ -291,8 +291,7 @@ mod tests {
             detail: String::new(),
         };
         let transport = IdpError::Transport {
-            timeout: false,
-            detail: String::new(),
+            kind: crate::outbound::TransportKind::Connect,
         };
         for e in [transport, IdpError::Busy, rejected(503, "x"), protocol(502)] {
             assert_eq!(

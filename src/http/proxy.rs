@@ -30,6 +30,7 @@ use super::AppState;
 use super::auth::{Authenticated, authenticate};
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
 use crate::audit;
+use crate::outbound::TransportKind;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
 use crate::config::{ProxyConfig, TokenHeader, UpstreamConfig};
 use crate::error::{ApiError, from_broker};
@@ -50,12 +51,12 @@ impl Forwarder {
     /// §4.11) and no proxy from the environment is used: the upstream is the configured one.
     /// No total timeout: streams may run long; silence is bounded by `proxy.idleTimeout`.
     pub fn new(cfg: &ProxyConfig) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.connect_timeout)
-            .no_proxy()
-            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
-            .build()
+        let client = crate::outbound::client_builder(crate::outbound::ClientRules {
+            connect_timeout: cfg.connect_timeout,
+            timeout: None,
+            no_env_proxy: true,
+        })
+        .build()
             .map_err(|e| format!("proxy HTTP client: {e}"))?;
         Ok(Forwarder {
             client,
@@ -130,7 +131,10 @@ async fn send_head(
         let last = progress.last();
         tokio::select! {
             r = &mut fut => {
-                return r.map_err(|e| if e.is_timeout() { SendError::Timeout } else { SendError::Transport });
+                return r.map_err(|e| match TransportKind::of(&e) {
+                    TransportKind::Timeout => SendError::Timeout,
+                    _ => SendError::Transport,
+                });
             }
             _ = tokio::time::sleep_until((last + idle).into()) => {
                 if progress.last() == last {

@@ -15,7 +15,6 @@
 //! request decides which key or issuer verifies a token.
 
 pub mod backstage;
-pub mod jwks;
 pub mod oidc;
 pub mod static_token;
 

@@ -25,7 +25,7 @@ use jsonwebtoken::{Validation, decode, decode_header};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::jwks::{JwksCache, JwksError};
+use crate::idp::jwks::{JwksCache, JwksError};
 use crate::clock::Clock;
 
 /// Largest subject token accepted (Backstage refuses user tokens over 32768 characters too).
