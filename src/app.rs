@@ -20,7 +20,6 @@ use crate::idp::jwks::JwksCache;
 use crate::inbound::Authenticator;
 use crate::inbound::backstage::BackstageVerifier;
 use crate::inbound::oidc::{OidcVerifier, UserClaimRules};
-use crate::inbound::static_token::StaticTokens;
 use crate::outbound::{Outbound, OutboundConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -213,7 +212,6 @@ pub async fn start_with_clock(
     let state = web::Data::new(AppState {
         auth,
         assertion,
-        statics: Arc::new(StaticTokens::new(&config.external_access)),
         config: config.clone(),
         service,
         verifier,

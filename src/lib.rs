@@ -26,6 +26,7 @@ pub mod idp;
 pub mod inbound;
 pub mod metrics;
 pub mod outbound;
+pub mod protocol;
 pub mod proxy;
 pub mod telemetry;
 pub mod tester;

@@ -105,8 +105,8 @@ impl IdpRequest {
     /// The label for a token-endpoint form with this `grant_type`.
     pub fn for_grant(grant_type: Option<&str>) -> Self {
         match grant_type {
-            Some(crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
-            Some(crate::idp::client_credentials::GRANT_TYPE_CLIENT_CREDENTIALS) => {
+            Some(crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
+            Some(crate::protocol::GRANT_TYPE_CLIENT_CREDENTIALS) => {
                 IdpRequest::ClientCredentials
             }
             _ => IdpRequest::OtherGrant,
@@ -182,7 +182,7 @@ impl Inner {
         self.fallbacks.inc(format!("reason=\"{reason}\""));
     }
 
-    /// A refused caller credential of a fixed `kind` (`static_token`, `user_token`, `none`,
+    /// A refused caller credential of a fixed `kind` (`caller`, `user_token`, `none`,
     /// `admin_token`) with a fixed `reason` (e.g. `unknown`, `expired`, `bad_signature`).
     pub fn auth_failure(&self, kind: &'static str, reason: &'static str) {
         self.auth_failures

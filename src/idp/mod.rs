@@ -11,6 +11,7 @@
 
 pub mod client_credentials;
 pub mod exchange;
+pub mod hints;
 pub mod jwks;
 pub mod user_mapping;
 

@@ -16,7 +16,6 @@
 
 pub mod backstage;
 pub mod oidc;
-pub mod static_token;
 
 mod authenticate;
 pub use authenticate::{
