@@ -152,7 +152,9 @@ pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
 
 fn idp_unavailable(e: &IdpError) -> ApiError {
     let status = match e {
-        IdpError::Transport { kind: crate::outbound::TransportKind::Timeout } => StatusCode::GATEWAY_TIMEOUT,
+        IdpError::Transport {
+            kind: crate::outbound::TransportKind::Timeout,
+        } => StatusCode::GATEWAY_TIMEOUT,
         // The broker's own bound (keycloak.maxConcurrentRequests), not Keycloak's failure.
         IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
@@ -203,7 +205,9 @@ pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
                 other => idp_unavailable(other),
             };
             api.status = match source {
-                IdpError::Transport { kind: crate::outbound::TransportKind::Timeout } => StatusCode::GATEWAY_TIMEOUT,
+                IdpError::Transport {
+                    kind: crate::outbound::TransportKind::Timeout,
+                } => StatusCode::GATEWAY_TIMEOUT,
                 IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             };

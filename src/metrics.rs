@@ -106,9 +106,7 @@ impl IdpRequest {
     pub fn for_grant(grant_type: Option<&str>) -> Self {
         match grant_type {
             Some(crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
-            Some(crate::protocol::GRANT_TYPE_CLIENT_CREDENTIALS) => {
-                IdpRequest::ClientCredentials
-            }
+            Some(crate::protocol::GRANT_TYPE_CLIENT_CREDENTIALS) => IdpRequest::ClientCredentials,
             _ => IdpRequest::OtherGrant,
         }
     }

@@ -30,10 +30,10 @@ use super::AppState;
 use super::auth::{Authenticated, authenticate};
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
 use crate::audit;
-use crate::outbound::TransportKind;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
 use crate::config::{ProxyConfig, TokenHeader, UpstreamConfig};
 use crate::error::{ApiError, from_broker};
+use crate::outbound::TransportKind;
 use crate::proxy::body::{Prebuffered, prebuffer};
 use crate::proxy::{self as rules, BACKSTAGE_USER_HEADER};
 
@@ -57,7 +57,7 @@ impl Forwarder {
             no_env_proxy: true,
         })
         .build()
-            .map_err(|e| format!("proxy HTTP client: {e}"))?;
+        .map_err(|e| format!("proxy HTTP client: {e}"))?;
         Ok(Forwarder {
             client,
             cfg: cfg.clone(),

@@ -9,6 +9,7 @@
 //! Endpoints come only from the issuer's discovery document (OpenID Connect Discovery 1.0 §4),
 //! whose `issuer` must equal the configured issuer exactly (checked by `openidconnect`).
 
+pub mod claims;
 pub mod client_credentials;
 pub mod exchange;
 pub mod hints;
@@ -556,7 +557,10 @@ mod tests {
             issuer: format!("{base}/"),
             ..idp
         };
-        assert!(matches!(other.discover().await, Err(IdpError::Discovery(_))));
+        assert!(matches!(
+            other.discover().await,
+            Err(IdpError::Discovery(_))
+        ));
     }
 
     #[test]

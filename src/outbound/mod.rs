@@ -421,8 +421,14 @@ mod tests {
             ),
             "error"
         );
-        assert_eq!(result_label(IdpRequest::TokenExchange, &ok(503)), "server_error");
-        assert_eq!(result_label(IdpRequest::ClientCredentials, &ok(401)), "rejected");
+        assert_eq!(
+            result_label(IdpRequest::TokenExchange, &ok(503)),
+            "server_error"
+        );
+        assert_eq!(
+            result_label(IdpRequest::ClientCredentials, &ok(401)),
+            "rejected"
+        );
         assert_eq!(
             result_label(
                 IdpRequest::OtherGrant,

@@ -14,9 +14,9 @@ use std::sync::Arc;
 use super::{Report, Tester};
 use crate::clock::{Clock, SystemClock};
 use crate::idp::IdpClient;
-use crate::outbound::{Outbound, OutboundConfig};
 use crate::idp::jwks::JwksCache;
 use crate::inbound::oidc::OidcVerifier;
+use crate::outbound::{Outbound, OutboundConfig};
 
 /// Runs the command; everything it prints goes to stdout, problems to stderr.
 pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) -> ExitCode {
@@ -40,10 +40,7 @@ pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) 
         }
     };
     let kc = &cfg.keycloak;
-    let outbound = match Outbound::new(
-        OutboundConfig::from(kc),
-        crate::metrics::global().clone(),
-    ) {
+    let outbound = match Outbound::new(OutboundConfig::from(kc), crate::metrics::global().clone()) {
         Ok(h) => Arc::new(h),
         Err(e) => {
             eprintln!("token-broker exchange: {e}");

@@ -23,6 +23,6 @@ mod no_leak;
 mod proxy;
 mod reliability;
 mod security_backstage;
-mod security_misc;
-mod security_laundering;
 mod security_edge;
+mod security_laundering;
+mod security_misc;
