@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use token_broker::clock::SystemClock;
 use token_broker::devidp::{self, DevIdpConfig};
-use token_broker::inbound::jwks::JwksCache;
+use token_broker::idp::jwks::JwksCache;
 use token_broker::inbound::oidc::OidcVerifier;
+use token_broker::outbound::{Outbound, OutboundConfig};
 
 /// Resident set size in bytes (Linux `/proc/self/statm`, second field, in pages).
 fn rss_bytes() -> u64 {
@@ -65,7 +66,17 @@ async fn main() {
     )
     .unwrap();
 
-    let jwks = Arc::new(JwksCache::new(http.clone(), Duration::from_secs(10)));
+    let outbound = Outbound::new(
+        OutboundConfig {
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(10),
+            max_concurrent_requests: 8,
+            retries: 0,
+        },
+        token_broker::metrics::Metrics::default(),
+    )
+    .unwrap();
+    let jwks = Arc::new(JwksCache::new(Arc::new(outbound), Duration::from_secs(10)));
     jwks.set_url(
         format!("{}/protocol/openid-connect/certs", idp.issuer())
             .parse()

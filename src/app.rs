@@ -15,12 +15,12 @@ use crate::broker::assertion::AssertionSigner;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{AppState, admin_routes, public_routes};
-use crate::idp::{IdpClient, build_http};
+use crate::idp::IdpClient;
+use crate::idp::jwks::JwksCache;
 use crate::inbound::Authenticator;
 use crate::inbound::backstage::BackstageVerifier;
-use crate::inbound::jwks::JwksCache;
 use crate::inbound::oidc::{OidcVerifier, UserClaimRules};
-use crate::inbound::static_token::StaticTokens;
+use crate::outbound::{Outbound, OutboundConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -157,9 +157,15 @@ pub async fn start_with_clock(
 ) -> Result<RunningBroker, StartError> {
     let config = Arc::new(config);
     let kc = &config.keycloak;
-    let http = build_http(kc.connect_timeout, kc.timeout).map_err(StartError::Http)?;
-    let jwks = Arc::new(JwksCache::new(http.clone(), kc.jwks_min_refresh_interval));
-    let idp = Arc::new(IdpClient::new(kc, http, jwks.clone()));
+    let outbound = Arc::new(
+        Outbound::new(OutboundConfig::from(kc), crate::metrics::global().clone())
+            .map_err(StartError::Http)?,
+    );
+    let jwks = Arc::new(JwksCache::new(
+        outbound.clone(),
+        kc.jwks_min_refresh_interval,
+    ));
+    let idp = Arc::new(IdpClient::new(kc, outbound.clone(), jwks.clone()));
     let verifier = Arc::new(
         OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
             UserClaimRules {
@@ -194,7 +200,7 @@ pub async fn start_with_clock(
     let backstage = Arc::new(BackstageVerifier::new(
         &config.backstage,
         &config.external_access,
-        idp.http().clone(),
+        outbound,
         clock.clone(),
     ));
     let auth = Arc::new(Authenticator::new(
@@ -206,7 +212,6 @@ pub async fn start_with_clock(
     let state = web::Data::new(AppState {
         auth,
         assertion,
-        statics: Arc::new(StaticTokens::new(&config.external_access)),
         config: config.clone(),
         service,
         verifier,

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::broker::{BrokerError, PolicyError};
 use crate::idp::IdpError;
+use crate::idp::hints::keycloak_hint;
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -100,44 +101,6 @@ impl ResponseError for ApiError {
     }
 }
 
-/// A short hint for a Keycloak error, keyed on Keycloak's own texts
-/// (keycloak-token-exchange.md §3.8, §8).
-pub fn keycloak_hint(error: &str, description: Option<&str>, client_id: &str) -> Option<String> {
-    let d = description.unwrap_or("");
-    let hint = if d == "Client is not within the token audience" {
-        format!(
-            "the user's token must carry the broker's client '{client_id}' in aud: add an Audience mapper for '{client_id}' to the client the user logs in with"
-        )
-    } else if d.starts_with("Requested audience not available") {
-        format!(
-            "give client '{client_id}' an Audience mapper (or a client-role scope) for the target's audience, and check the user may receive it"
-        )
-    } else if d == "Audience not found" {
-        "the target's audience is not a client of the realm: check targets.<name>.audience".into()
-    } else if d == "Invalid token" {
-        "Keycloak refused the user's token although it verified locally: the user's session may have ended or the user is disabled, or Keycloak is reached under another hostname than the token's iss".into()
-    } else if d == "Standard token exchange is not enabled for the requested client" {
-        format!(
-            "turn on 'Standard token exchange' in the Capability config of client '{client_id}'"
-        )
-    } else if d == "Public client is not allowed to exchange token" {
-        format!("client '{client_id}' must be confidential (Client authentication on)")
-    } else if d == "Invalid client or Invalid client credentials" {
-        "check keycloak.clientId, keycloak.clientSecret and keycloak.clientAuthMethod".into()
-    } else if d == "Client not enabled to retrieve service account" {
-        format!("turn on 'Service accounts roles' for client '{client_id}'")
-    } else if error == "unsupported_grant_type" {
-        "enable standard token exchange (feature token-exchange-standard:v2, Keycloak 26.2+)".into()
-    } else if error == "invalid_scope" {
-        format!("the scope must be an optional client scope of client '{client_id}'")
-    } else if d == "requested_token_type unsupported" {
-        "request an access token (targets.<name>.requestedTokenType)".into()
-    } else {
-        return None;
-    };
-    Some(hint)
-}
-
 /// Maps a Keycloak refusal. Keycloak's 400 and 403 pass through with their status; a 401 is
 /// Keycloak refusing the *broker's* client credentials, which the caller cannot fix, so it
 /// becomes 502 (with `idp_status: 401`): answering 401 would tell the caller its own
@@ -189,7 +152,9 @@ pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
 
 fn idp_unavailable(e: &IdpError) -> ApiError {
     let status = match e {
-        IdpError::Transport { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+        IdpError::Transport {
+            kind: crate::outbound::TransportKind::Timeout,
+        } => StatusCode::GATEWAY_TIMEOUT,
         // The broker's own bound (keycloak.maxConcurrentRequests), not Keycloak's failure.
         IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
@@ -240,7 +205,9 @@ pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
                 other => idp_unavailable(other),
             };
             api.status = match source {
-                IdpError::Transport { timeout: true, .. } => StatusCode::GATEWAY_TIMEOUT,
+                IdpError::Transport {
+                    kind: crate::outbound::TransportKind::Timeout,
+                } => StatusCode::GATEWAY_TIMEOUT,
                 IdpError::Busy => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::BAD_GATEWAY,
             };

@@ -5,10 +5,11 @@
 //! for a token scoped to a named target, caches it per subject, shares concurrent identical
 //! exchanges, and falls back to its own client-credentials token where a target allows it.
 //!
-//! Module map: `config` (YAML → validated types), `inbound` (who is calling), `idp`
-//! (Keycloak), `broker` (policy, cache, fallback), `http` (routes, thin handlers), `error`
-//! (RFC 6749 error answers), `app` (assembly), `devidp` (the development Keycloak), `dev`
-//! (the `token-broker dev` set-up).
+//! Module map (layers and dependency direction: docs/architecture.md): `config` (YAML →
+//! validated types), `inbound` (who is calling), `broker` (policy, cache, fallback), `idp`
+//! (Keycloak), `outbound` (the one HTTP layer), `protocol` (OAuth URNs), `http` (routes, thin
+//! handlers), `error` (RFC 6749 error answers), `app` (assembly), `devidp` (the development
+//! Keycloak), `dev` (the `token-broker dev` set-up).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -25,6 +26,8 @@ pub mod http;
 pub mod idp;
 pub mod inbound;
 pub mod metrics;
+pub mod outbound;
+pub mod protocol;
 pub mod proxy;
 pub mod telemetry;
 pub mod tester;

@@ -105,18 +105,27 @@ impl IdpRequest {
     /// The label for a token-endpoint form with this `grant_type`.
     pub fn for_grant(grant_type: Option<&str>) -> Self {
         match grant_type {
-            Some(crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
-            Some(crate::idp::client_credentials::GRANT_TYPE_CLIENT_CREDENTIALS) => {
-                IdpRequest::ClientCredentials
-            }
+            Some(crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE) => IdpRequest::TokenExchange,
+            Some(crate::protocol::GRANT_TYPE_CLIENT_CREDENTIALS) => IdpRequest::ClientCredentials,
             _ => IdpRequest::OtherGrant,
         }
     }
 }
 
-/// All metrics of the process.
+/// A handle on one set of metrics (cheap to clone; clones share the counters).
+#[derive(Default, Clone)]
+pub struct Metrics(std::sync::Arc<Inner>);
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// The counters behind a [`Metrics`] handle.
 #[derive(Default)]
-pub struct Metrics {
+pub struct Inner {
     token_requests: Family,
     cache_requests: Family,
     cache_evictions: Family,
@@ -135,7 +144,7 @@ pub fn global() -> &'static Metrics {
     &GLOBAL
 }
 
-impl Metrics {
+impl Inner {
     /// One token request that reached the token service: `target` must be a configured
     /// target name (or `"_unknown"`), `outcome` a fixed value.
     pub fn token_request(&self, target: &str, outcome: &'static str) {
@@ -171,7 +180,7 @@ impl Metrics {
         self.fallbacks.inc(format!("reason=\"{reason}\""));
     }
 
-    /// A refused caller credential of a fixed `kind` (`static_token`, `user_token`, `none`,
+    /// A refused caller credential of a fixed `kind` (`caller`, `user_token`, `none`,
     /// `admin_token`) with a fixed `reason` (e.g. `unknown`, `expired`, `bad_signature`).
     pub fn auth_failure(&self, kind: &'static str, reason: &'static str) {
         self.auth_failures

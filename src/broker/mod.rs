@@ -27,6 +27,7 @@
 pub mod assertion;
 pub mod cache;
 pub mod policy;
+pub mod principal;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,12 +39,13 @@ use serde::Deserialize;
 use crate::clock::Clock;
 use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
 use crate::digest::{KeyBuilder, KeyDigest, fingerprint};
+use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
-use crate::inbound::Principal;
 use crate::inbound::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
 pub use cache::{CacheStatus, TokenCache};
 pub use policy::PolicyError;
+use principal::Principal;
 
 /// Whose identity a served token carries (the `X-Token-Broker-Identity` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,14 +238,6 @@ enum Expected<'a> {
     Person(&'a str),
 }
 
-fn aud_contains(aud: &Option<serde_json::Value>, wanted: &str) -> bool {
-    match aud {
-        Some(serde_json::Value::String(s)) => s == wanted,
-        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
-        _ => false,
-    }
-}
-
 /// The token service shared by all workers.
 pub struct TokenService {
     config: Arc<Config>,
@@ -360,7 +354,7 @@ impl TokenService {
         let token_type = policy::resolve_token_type(req.target, target, req.requested_token_type)?;
 
         let Some(user) = req.user_token else {
-            if req.principal.kind == crate::inbound::PrincipalKind::Service {
+            if req.principal.kind == principal::PrincipalKind::Service {
                 // A service acting as itself: the broker's service-account token, where the
                 // target allows service principals (`servicePrincipals`).
                 return match target.service_principals {
@@ -617,7 +611,7 @@ impl TokenService {
         scopes: &[String],
         token_type: TokenType,
         principal: &Principal,
-        bs: &crate::inbound::BackstageUser,
+        bs: &principal::BackstageUser,
         mapping: &crate::config::UserMapping,
     ) -> Result<Issued, BrokerError> {
         use secrecy::ExposeSecret;
@@ -750,7 +744,7 @@ impl TokenService {
             .map(str::to_owned);
         let claims = serde_json::from_value::<IssuedClaims>(payload)
             .map_err(|_| "the issued token's claims are malformed".to_owned())?;
-        if issued_type == TokenType::AccessToken && !aud_contains(&claims.aud, audience) {
+        if issued_type == TokenType::AccessToken && !aud_contains(claims.aud.as_ref(), audience) {
             return Err(format!(
                 "the issued token's aud does not contain '{audience}'"
             ));
@@ -768,7 +762,7 @@ impl TokenService {
                 if claims.sub.as_deref().is_none_or(str::is_empty) {
                     return Err("the issued token has no sub".into());
                 }
-                if crate::inbound::oidc::is_service_account(
+                if is_service_account(
                     claims
                         .client_id
                         .as_ref()

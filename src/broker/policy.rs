@@ -14,9 +14,9 @@
 //!   fallback may cover — the one place that decides it, for exchanges and user mappings.
 
 use super::FallbackReason;
+use super::principal::Principal;
 use crate::config::{TargetConfig, TokenType};
 use crate::idp::IdpError;
-use crate::inbound::Principal;
 
 /// The broker's plugin id in Backstage terms (dev-contract.md).
 pub const PLUGIN_ID: &str = "token-broker";
@@ -176,8 +176,8 @@ pub fn fallback_reason(e: &IdpError) -> Option<FallbackReason> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::broker::principal::PrincipalKind;
     use crate::config::{AccessRestriction, FallbackPolicy};
-    use crate::inbound::PrincipalKind;
 
     fn target() -> TargetConfig {
         TargetConfig {
@@ -291,8 +291,7 @@ mod tests {
             detail: String::new(),
         };
         let transport = IdpError::Transport {
-            timeout: false,
-            detail: String::new(),
+            kind: crate::outbound::TransportKind::Connect,
         };
         for e in [transport, IdpError::Busy, rejected(503, "x"), protocol(502)] {
             assert_eq!(

@@ -21,8 +21,8 @@ pub enum TokenType {
 }
 
 impl TokenType {
-    pub const ACCESS_TOKEN_URN: &'static str = "urn:ietf:params:oauth:token-type:access_token";
-    pub const ID_TOKEN_URN: &'static str = "urn:ietf:params:oauth:token-type:id_token";
+    pub const ACCESS_TOKEN_URN: &'static str = crate::protocol::TOKEN_TYPE_ACCESS_TOKEN;
+    pub const ID_TOKEN_URN: &'static str = crate::protocol::TOKEN_TYPE_ID_TOKEN;
 
     pub fn urn(self) -> &'static str {
         match self {

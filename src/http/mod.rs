@@ -23,13 +23,11 @@ use crate::error::ApiError;
 use crate::idp::IdpClient;
 use crate::inbound::Authenticator;
 use crate::inbound::oidc::OidcVerifier;
-use crate::inbound::static_token::StaticTokens;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
     pub config: Arc<Config>,
     pub service: Arc<TokenService>,
-    pub statics: Arc<StaticTokens>,
     /// Caller authentication: one principal per request.
     pub auth: Arc<Authenticator>,
     /// The RFC 7523 assertion signer, when a target uses `jwt_authorization_grant`.

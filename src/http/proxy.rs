@@ -33,6 +33,7 @@ use crate::audit;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
 use crate::config::{ProxyConfig, TokenHeader, UpstreamConfig};
 use crate::error::{ApiError, from_broker};
+use crate::outbound::TransportKind;
 use crate::proxy::body::{Prebuffered, prebuffer};
 use crate::proxy::{self as rules, BACKSTAGE_USER_HEADER};
 
@@ -50,13 +51,13 @@ impl Forwarder {
     /// §4.11) and no proxy from the environment is used: the upstream is the configured one.
     /// No total timeout: streams may run long; silence is bounded by `proxy.idleTimeout`.
     pub fn new(cfg: &ProxyConfig) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(cfg.connect_timeout)
-            .no_proxy()
-            .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("proxy HTTP client: {e}"))?;
+        let client = crate::outbound::client_builder(crate::outbound::ClientRules {
+            connect_timeout: cfg.connect_timeout,
+            timeout: None,
+            no_env_proxy: true,
+        })
+        .build()
+        .map_err(|e| format!("proxy HTTP client: {e}"))?;
         Ok(Forwarder {
             client,
             cfg: cfg.clone(),
@@ -130,7 +131,10 @@ async fn send_head(
         let last = progress.last();
         tokio::select! {
             r = &mut fut => {
-                return r.map_err(|e| if e.is_timeout() { SendError::Timeout } else { SendError::Transport });
+                return r.map_err(|e| match TransportKind::of(&e) {
+                    TransportKind::Timeout => SendError::Timeout,
+                    _ => SendError::Transport,
+                });
             }
             _ = tokio::time::sleep_until((last + idle).into()) => {
                 if progress.last() == last {

@@ -21,7 +21,7 @@ use crate::audit;
 use crate::broker::{Issued, TokenRequest};
 use crate::config::TokenType;
 use crate::error::{ApiError, from_broker};
-use crate::idp::exchange::GRANT_TYPE_TOKEN_EXCHANGE;
+use crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE;
 
 pub const IDENTITY_HEADER: &str = "x-token-broker-identity";
 pub const CACHE_HEADER: &str = "x-token-broker-cache";

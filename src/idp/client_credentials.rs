@@ -7,9 +7,7 @@
 //! (RFC 6749 §2.3.1) and the IdP metrics (`request="client_credentials"`).
 
 use super::{IdpClient, IdpError, TokenResponse};
-
-/// RFC 6749 §4.4.2 grant type.
-pub const GRANT_TYPE_CLIENT_CREDENTIALS: &str = "client_credentials";
+use crate::protocol::GRANT_TYPE_CLIENT_CREDENTIALS;
 
 /// The form of a client-credentials request, without client authentication: `scope` only
 /// when scopes are requested (RFC 6749 §3.3, space-delimited).

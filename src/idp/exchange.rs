@@ -11,9 +11,7 @@ use crate::config::TokenType;
 use secrecy::ExposeSecret;
 
 use super::{IdpClient, IdpError, TokenResponse};
-
-/// RFC 8693 §2.1 grant type.
-pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+use crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE;
 
 /// One exchange.
 pub struct ExchangeRequest<'a> {

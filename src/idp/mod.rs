@@ -9,8 +9,11 @@
 //! Endpoints come only from the issuer's discovery document (OpenID Connect Discovery 1.0 §4),
 //! whose `issuer` must equal the configured issuer exactly (checked by `openidconnect`).
 
+pub mod claims;
 pub mod client_credentials;
 pub mod exchange;
+pub mod hints;
+pub mod jwks;
 pub mod user_mapping;
 
 use std::sync::{Arc, RwLock};
@@ -22,10 +25,15 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::config::{ClientAuthMethod, KeycloakConfig};
-use crate::inbound::jwks::JwksCache;
+use crate::metrics::IdpRequest;
+use crate::outbound::{Outbound, OutboundError, Request, TransportKind};
+use jwks::JwksCache;
 
 /// Largest token-endpoint answer read (a Keycloak token response is a few KiB).
 pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+
+/// Largest discovery document read (Keycloak's is under 10 KiB).
+const MAX_DISCOVERY_BYTES: usize = 1024 * 1024;
 
 /// How often a failed discovery may be retried by requests.
 const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
@@ -41,8 +49,8 @@ pub struct Endpoints {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IdpError {
     /// No usable answer: connection refused or reset, DNS, TLS, timeout.
-    #[error("the IdP could not be reached ({detail})")]
-    Transport { timeout: bool, detail: String },
+    #[error("the IdP could not be reached ({kind})")]
+    Transport { kind: TransportKind },
     /// An OAuth error answer (RFC 6749 §5.2) with Keycloak's own `error` and description.
     #[error("the IdP refused the request: {error}")]
     Rejected {
@@ -91,7 +99,9 @@ impl IdpError {
     /// A fixed label for logs and metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            IdpError::Transport { timeout: true, .. } => "timeout",
+            IdpError::Transport {
+                kind: TransportKind::Timeout,
+            } => "timeout",
             IdpError::Transport { .. } => "network",
             IdpError::Rejected { .. } => "rejected",
             IdpError::Protocol { .. } => "protocol",
@@ -138,60 +148,29 @@ pub struct IdpClient {
     /// Replaceable at run time (SIGHUP re-reads `keycloak.clientSecret`, e.g. from `$file`).
     client_secret: RwLock<SecretString>,
     auth_method: ClientAuthMethod,
-    http: reqwest::Client,
+    outbound: Arc<Outbound>,
     endpoints: RwLock<Option<Arc<Endpoints>>>,
     discovery: tokio::sync::Mutex<Option<Instant>>,
     jwks: Arc<JwksCache>,
-    /// Bounds token-endpoint calls in flight (`keycloak.maxConcurrentRequests`).
-    permits: tokio::sync::Semaphore,
-    retries: u32,
-}
-
-/// First backoff step after a connection failure; doubled per attempt, capped at
-/// [`BACKOFF_CAP`], and "full jitter" applied (a uniform delay in `[0, step]`), so retries of
-/// many requests do not arrive in lockstep.
-const BACKOFF_BASE: Duration = Duration::from_millis(50);
-const BACKOFF_CAP: Duration = Duration::from_secs(1);
-
-/// The delay before retry number `attempt` (0-based), jittered with `random`.
-pub fn backoff_delay(attempt: u32, random: u64) -> Duration {
-    let step = BACKOFF_BASE
-        .saturating_mul(1u32 << attempt.min(16))
-        .min(BACKOFF_CAP);
-    let millis = u64::try_from(step.as_millis()).unwrap_or(u64::MAX).max(1);
-    Duration::from_millis(random % (millis + 1))
-}
-
-/// Builds the shared outbound HTTP client.
-pub fn build_http(connect_timeout: Duration, timeout: Duration) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .connect_timeout(connect_timeout)
-        .timeout(timeout)
-        .user_agent(concat!("token-broker/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))
 }
 
 impl IdpClient {
-    pub fn new(cfg: &KeycloakConfig, http: reqwest::Client, jwks: Arc<JwksCache>) -> Self {
+    pub fn new(cfg: &KeycloakConfig, outbound: Arc<Outbound>, jwks: Arc<JwksCache>) -> Self {
         IdpClient {
             issuer: cfg.issuer.as_str().trim_end_matches('/').to_owned(),
             client_id: cfg.client_id.clone(),
             client_secret: RwLock::new(cfg.client_secret.clone()),
             auth_method: cfg.client_auth_method,
-            http,
+            outbound,
             endpoints: RwLock::new(None),
             discovery: tokio::sync::Mutex::new(None),
             jwks,
-            permits: tokio::sync::Semaphore::new(cfg.max_concurrent_requests.max(1)),
-            retries: cfg.retries,
         }
     }
 
     /// Token-endpoint calls that may start now (for metrics and tests).
     pub fn available_permits(&self) -> usize {
-        self.permits.available_permits()
+        self.outbound.available_permits()
     }
 
     pub fn issuer(&self) -> &str {
@@ -223,8 +202,14 @@ impl IdpClient {
         &self.client_id
     }
 
+    /// The raw client, for development-only calls (the tester's dev logins).
     pub fn http(&self) -> &reqwest::Client {
-        &self.http
+        self.outbound.client()
+    }
+
+    /// The outbound layer this client calls through.
+    pub fn outbound(&self) -> &Arc<Outbound> {
+        &self.outbound
     }
 
     pub fn is_discovered(&self) -> bool {
@@ -242,18 +227,13 @@ impl IdpClient {
     }
 
     async fn discover_locked(&self) -> Result<Arc<Endpoints>, IdpError> {
-        // The issuer string in the config is what tokens carry in `iss`; openidconnect joins
-        // the well-known suffix and checks the document's `issuer` against it.
+        // The issuer string in the config is what tokens carry in `iss`. The document is
+        // fetched through the outbound layer and only then handed to `openidconnect`, which
+        // models it; its `jwks_uri` is fetched once, by the realm key cache below (the
+        // library's own discovery would fetch the key set a second time).
         let issuer =
             IssuerUrl::new(self.issuer.clone()).map_err(|e| IdpError::Discovery(e.to_string()))?;
-        let started = Instant::now();
-        let meta = CoreProviderMetadata::discover_async(issuer, &self.http).await;
-        crate::metrics::global().idp_request(
-            crate::metrics::IdpRequest::Discovery,
-            started.elapsed(),
-            if meta.is_ok() { "ok" } else { "error" },
-        );
-        let meta = meta.map_err(|e| IdpError::Discovery(describe_discovery_error(&e)))?;
+        let meta = self.fetch_metadata(&issuer).await?;
         let token = meta
             .token_endpoint()
             .map(|t| t.url().clone())
@@ -267,6 +247,48 @@ impl IdpClient {
         }
         tracing::info!(issuer = %self.issuer, token_endpoint = %ep.token, "IdP discovery loaded");
         Ok(ep)
+    }
+
+    /// GETs the discovery document (OpenID Connect Discovery 1.0 §4) and checks that its
+    /// `issuer` is exactly the configured one (§4.3), as `openidconnect`'s own discovery does.
+    async fn fetch_metadata(&self, issuer: &IssuerUrl) -> Result<CoreProviderMetadata, IdpError> {
+        let url = issuer
+            .join(".well-known/openid-configuration")
+            .map_err(|e| IdpError::Discovery(e.to_string()))?;
+        let answer = self
+            .outbound
+            .send(Request {
+                metric: Some(IdpRequest::Discovery),
+                ..Request::get_json(url, MAX_DISCOVERY_BYTES)
+            })
+            .await
+            .map_err(|_| IdpError::Discovery("the discovery request failed".into()))?;
+        if answer.status != 200 {
+            return Err(IdpError::Discovery(format!(
+                "discovery answered HTTP {}",
+                answer.status
+            )));
+        }
+        // RFC 7231 §3.1.1.1: media types are case-insensitive and may carry parameters.
+        if let Some(ct) = &answer.content_type {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            if !essence.eq_ignore_ascii_case("application/json") {
+                return Err(IdpError::Discovery(format!(
+                    "discovery answered HTTP {}",
+                    answer.status
+                )));
+            }
+        }
+        let meta: CoreProviderMetadata = serde_json::from_slice(&answer.body)
+            .map_err(|_| IdpError::Discovery("the discovery document is not valid".into()))?;
+        if meta.issuer() != issuer {
+            return Err(IdpError::Discovery(format!(
+                "unexpected issuer URI `{}` (expected `{}`)",
+                meta.issuer().as_str(),
+                issuer.as_str()
+            )));
+        }
+        Ok(meta)
     }
 
     /// The discovered endpoints; if discovery has not succeeded yet, retries it (at most every
@@ -335,30 +357,31 @@ impl IdpClient {
     }
 
     /// POSTs a form to the token endpoint and returns Keycloak's literal status and body
-    /// (bounded), whatever they are. Transport failures are errors.
+    /// (bounded), whatever they are. Transport failures are errors. The call goes through the
+    /// outbound layer with the concurrency bound, connect retries and metrics.
     pub(crate) async fn post_token_form_raw(
         &self,
         mut form: Vec<(&'static str, String)>,
     ) -> Result<RawAnswer, IdpError> {
         let ep = self.endpoints().await?;
-        let request = crate::metrics::IdpRequest::for_grant(
+        let metric = IdpRequest::for_grant(
             form.iter()
                 .find(|(k, _)| *k == "grant_type")
                 .map(|(_, v)| v.as_str()),
         );
-        // Fail fast instead of queueing: in an outage, waiting requests would only pile up.
-        let Ok(_permit) = self.permits.try_acquire() else {
-            crate::metrics::global().idp_busy(request);
-            return Err(IdpError::Busy);
-        };
-        let started = Instant::now();
-        let mut req = self.http.post(ep.token.clone());
+        let mut headers = vec![
+            (
+                "content-type",
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+            ("accept", "application/json".to_owned()),
+        ];
         match self.auth_method {
             ClientAuthMethod::ClientSecretBasic => {
-                req = req.header(
+                headers.push((
                     "authorization",
                     basic_auth(&self.client_id, &self.client_secret()),
-                );
+                ));
             }
             ClientAuthMethod::ClientSecretPost => {
                 form.push(("client_id", self.client_id.clone()));
@@ -371,76 +394,34 @@ impl IdpClient {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
             .finish();
-        let req = req
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body);
-        let result = async {
-            let mut attempt = 0;
-            let resp = loop {
-                let Some(this) = req.try_clone() else {
-                    return Err(IdpError::Protocol {
-                        status: None,
-                        detail: "request body cannot be retried".into(),
-                    });
-                };
-                match this.send().await {
-                    Ok(r) => break r,
-                    // Only a failed connection is retried: the request was never delivered, so
-                    // a retry cannot run a grant twice. Timeouts and answers are final.
-                    Err(e) if e.is_connect() && !e.is_timeout() && attempt < self.retries => {
-                        let wait = backoff_delay(attempt, jitter_seed());
-                        attempt += 1;
-                        tracing::debug!(
-                            attempt,
-                            wait_ms = wait.as_millis() as u64,
-                            "IdP connection failed; retrying"
-                        );
-                        tokio::time::sleep(wait).await;
-                    }
-                    Err(e) => {
-                        return Err(IdpError::Transport {
-                            timeout: e.is_timeout(),
-                            detail: describe_reqwest(&e),
-                        });
-                    }
-                }
-            };
-            let status = resp.status().as_u16();
-            let bytes = read_bounded(resp, MAX_RESPONSE_BYTES)
-                .await
-                .map_err(|e| match e {
-                    // An oversized answer is an answer, not a network failure.
-                    ReadError::TooLarge(detail) => IdpError::Protocol {
-                        status: Some(status),
-                        detail,
-                    },
-                    ReadError::Transport(detail) => IdpError::Transport {
-                        timeout: detail.contains("timed out"),
-                        detail,
-                    },
-                })?;
-            Ok::<_, IdpError>(RawAnswer {
-                status,
-                body: bytes,
+        let answer = self
+            .outbound
+            .send(Request {
+                method: reqwest::Method::POST,
+                url: ep.token.clone(),
+                headers,
+                body: Some(body),
+                limit: MAX_RESPONSE_BYTES,
+                timeout: None,
+                bounded: true,
+                retry_connect: true,
+                metric: Some(metric),
             })
-        }
-        .await;
-        let label = match &result {
-            Ok(r) if r.status == 200 => "ok",
-            Ok(r) if r.status >= 500 => "server_error",
-            Ok(_) => "rejected",
-            Err(e) => e.kind(),
-        };
-        crate::metrics::global().idp_request(request, started.elapsed(), label);
-        result
+            .await
+            .map_err(|e| match e {
+                OutboundError::Busy => IdpError::Busy,
+                OutboundError::Transport(kind) => IdpError::Transport { kind },
+                // An oversized answer is an answer, not a network failure.
+                OutboundError::TooLarge { status, limit } => IdpError::Protocol {
+                    status: Some(status),
+                    detail: format!("response larger than {limit} bytes"),
+                },
+            })?;
+        Ok(RawAnswer {
+            status: answer.status,
+            body: answer.body,
+        })
     }
-}
-
-/// Randomness for backoff jitter (not security relevant; a v4 UUID is 122 random bits).
-fn jitter_seed() -> u64 {
-    let v = uuid::Uuid::new_v4().as_u128();
-    (v as u64) ^ ((v >> 64) as u64)
 }
 
 /// Name/value pairs for display.
@@ -487,61 +468,7 @@ pub fn basic_auth(id: &str, secret: &SecretString) -> String {
     )
 }
 
-/// A short description of a transport error without URLs or bodies.
-pub fn describe_reqwest(e: &reqwest::Error) -> String {
-    if e.is_timeout() {
-        "timed out".into()
-    } else if e.is_connect() {
-        "connection failed".into()
-    } else if e.is_body() || e.is_decode() {
-        "broken response body".into()
-    } else {
-        "request failed".into()
-    }
-}
-
-fn describe_discovery_error<E: std::error::Error>(e: &openidconnect::DiscoveryError<E>) -> String {
-    match e {
-        openidconnect::DiscoveryError::Request(_) => "the discovery request failed".into(),
-        openidconnect::DiscoveryError::Response(status, _, _) => {
-            format!("discovery answered HTTP {}", status.as_u16())
-        }
-        openidconnect::DiscoveryError::Parse(_) => "the discovery document is not valid".into(),
-        openidconnect::DiscoveryError::Validation(msg) => msg.clone(),
-        other => other.to_string(),
-    }
-}
-
-/// Reads a response body, refusing more than `limit` bytes.
-pub async fn read_limited(resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
-    read_bounded(resp, limit).await.map_err(|e| match e {
-        ReadError::TooLarge(d) | ReadError::Transport(d) => d,
-    })
-}
-
-/// Why a bounded body read failed.
-enum ReadError {
-    TooLarge(String),
-    Transport(String),
-}
-
-async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, ReadError> {
-    let mut out = Vec::new();
-    loop {
-        match resp.chunk().await {
-            Ok(Some(chunk)) => {
-                if out.len() + chunk.len() > limit {
-                    return Err(ReadError::TooLarge(format!(
-                        "response larger than {limit} bytes"
-                    )));
-                }
-                out.extend_from_slice(&chunk);
-            }
-            Ok(None) => return Ok(out),
-            Err(e) => return Err(ReadError::Transport(describe_reqwest(&e))),
-        }
-    }
-}
+pub use crate::outbound::{describe_reqwest, read_limited};
 
 #[cfg(test)]
 mod tests {
@@ -558,23 +485,93 @@ mod tests {
         assert_eq!(String::from_utf8(decoded).unwrap(), "my+client:a%3Ab%25c");
     }
 
+    /// Discovery reads the document once and the key set once: the metadata is modelled by
+    /// `openidconnect` from the document the outbound layer fetched, not by the library's own
+    /// discovery (which fetches the key set itself, a second time).
+    #[actix_web::test]
+    async fn discovery_fetches_the_jwks_once() {
+        use actix_web::{App, HttpResponse, HttpServer, web};
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let certs = Arc::new(AtomicUsize::new(0));
+        let docs = Arc::new(AtomicUsize::new(0));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}/realms/r", listener.local_addr().unwrap());
+        let (c, d, b) = (certs.clone(), docs.clone(), base.clone());
+        let server = HttpServer::new(move || {
+            let (c, d, b) = (c.clone(), d.clone(), b.clone());
+            App::new()
+                .route(
+                    "/realms/r/.well-known/openid-configuration",
+                    web::get().to(move || {
+                        let (d, b) = (d.clone(), b.clone());
+                        async move {
+                            d.fetch_add(1, Ordering::SeqCst);
+                            HttpResponse::Ok().json(serde_json::json!({
+                                "issuer": b,
+                                "authorization_endpoint": format!("{b}/auth"),
+                                "token_endpoint": format!("{b}/token"),
+                                "jwks_uri": format!("{b}/certs"),
+                                "response_types_supported": ["code"],
+                                "subject_types_supported": ["public"],
+                                "id_token_signing_alg_values_supported": ["RS256"],
+                            }))
+                        }
+                    }),
+                )
+                .route(
+                    "/realms/r/certs",
+                    web::get().to(move || {
+                        let c = c.clone();
+                        async move {
+                            c.fetch_add(1, Ordering::SeqCst);
+                            HttpResponse::Ok().json(serde_json::json!({"keys": []}))
+                        }
+                    }),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_web::rt::spawn(server);
+        let outbound = Arc::new(Outbound::for_tests());
+        let jwks = Arc::new(JwksCache::new(outbound.clone(), Duration::from_secs(10)));
+        let idp = IdpClient {
+            issuer: base.clone(),
+            client_id: "broker".into(),
+            client_secret: RwLock::new(SecretString::from("s".to_owned())),
+            auth_method: ClientAuthMethod::ClientSecretBasic,
+            outbound,
+            endpoints: RwLock::new(None),
+            discovery: tokio::sync::Mutex::new(None),
+            jwks,
+        };
+        let ep = idp.discover().await.unwrap();
+        assert_eq!(ep.token.as_str(), format!("{base}/token"));
+        assert_eq!(docs.load(Ordering::SeqCst), 1);
+        assert_eq!(certs.load(Ordering::SeqCst), 1);
+
+        // The issuer check still holds: a document naming another issuer is refused.
+        let other = IdpClient {
+            issuer: format!("{base}/"),
+            ..idp
+        };
+        assert!(matches!(
+            other.discover().await,
+            Err(IdpError::Discovery(_))
+        ));
+    }
+
     #[test]
-    fn backoff_is_jittered_and_capped() {
-        for attempt in 0..20 {
-            for r in [0, 1, 7, 999, u64::MAX] {
-                assert!(backoff_delay(attempt, r) <= BACKOFF_CAP);
-            }
-        }
-        assert!(backoff_delay(0, u64::MAX) <= BACKOFF_BASE);
-        assert_eq!(backoff_delay(3, 0), Duration::ZERO);
+    fn busy_is_unavailable() {
         assert!(IdpError::Busy.is_unavailable());
     }
 
     #[test]
     fn unavailable_classification() {
         let t = IdpError::Transport {
-            timeout: true,
-            detail: String::new(),
+            kind: TransportKind::Timeout,
         };
         assert!(t.is_unavailable());
         let r = IdpError::Rejected {

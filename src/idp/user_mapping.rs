@@ -4,12 +4,9 @@
 //! - legacy token exchange V1 naked impersonation (§5): `requested_subject`, one `audience`,
 //!   `requested_token_type` set explicitly (V1 defaults to a refresh token), no subject token.
 
-use super::exchange::GRANT_TYPE_TOKEN_EXCHANGE;
 use super::{IdpClient, IdpError, TokenResponse};
 use crate::config::TokenType;
-
-/// RFC 7523 §2.1 grant type.
-pub const GRANT_TYPE_JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+use crate::protocol::{GRANT_TYPE_JWT_BEARER, GRANT_TYPE_TOKEN_EXCHANGE};
 
 pub fn jwt_bearer_form(assertion: &str, scopes: &[String]) -> Vec<(&'static str, String)> {
     let mut form = vec![

@@ -94,7 +94,7 @@ impl Refusal {
         match self {
             Refusal::BrokerIssued(_) => "send the user's own Keycloak access token (from the client the user logged in with), never a token the broker returned".into(),
             Refusal::ServiceAccount => "a service acting as itself sends only its caller credential (Authorization); the target's servicePrincipals policy then applies".into(),
-            Refusal::NotInAudience(client) => crate::error::keycloak_hint(
+            Refusal::NotInAudience(client) => crate::idp::hints::keycloak_hint(
                 "access_denied",
                 Some("Client is not within the token audience"),
                 client,

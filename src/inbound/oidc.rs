@@ -25,8 +25,9 @@ use jsonwebtoken::{Validation, decode, decode_header};
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::jwks::{JwksCache, JwksError};
 use crate::clock::Clock;
+use crate::idp::claims::{aud_contains, is_service_account};
+use crate::idp::jwks::{JwksCache, JwksError};
 
 /// Largest subject token accepted (Backstage refuses user tokens over 32768 characters too).
 pub const MAX_TOKEN_LEN: usize = 32 * 1024;
@@ -187,26 +188,6 @@ struct Claims {
     client_id: Option<serde_json::Value>,
     #[serde(default, rename = "clientId")]
     client_id_legacy: Option<serde_json::Value>,
-}
-
-/// Whether `aud` (a string or an array of strings, RFC 7519 §4.1.3) contains `wanted`.
-pub fn aud_contains(aud: Option<&serde_json::Value>, wanted: &str) -> bool {
-    match aud {
-        Some(serde_json::Value::String(s)) => s == wanted,
-        Some(serde_json::Value::Array(a)) => a.iter().any(|v| v.as_str() == Some(wanted)),
-        _ => false,
-    }
-}
-
-/// Keycloak's marks of a service-account (client-credentials) token: the `client_id` claim of
-/// the `service_account` client scope (`clientId` in older versions) or the `service-account-`
-/// username prefix Keycloak gives service-account users (documented in docs/security.md).
-pub fn is_service_account(
-    client_id: Option<&serde_json::Value>,
-    preferred_username: Option<&str>,
-) -> bool {
-    client_id.is_some_and(|v| !v.is_null())
-        || preferred_username.is_some_and(|u| u.starts_with("service-account-"))
 }
 
 /// Verifies Keycloak access tokens of one realm.

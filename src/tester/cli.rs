@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use super::{Report, Tester};
 use crate::clock::{Clock, SystemClock};
-use crate::idp::{IdpClient, build_http};
-use crate::inbound::jwks::JwksCache;
+use crate::idp::IdpClient;
+use crate::idp::jwks::JwksCache;
 use crate::inbound::oidc::OidcVerifier;
+use crate::outbound::{Outbound, OutboundConfig};
 
 /// Runs the command; everything it prints goes to stdout, problems to stderr.
 pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) -> ExitCode {
@@ -39,15 +40,18 @@ pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) 
         }
     };
     let kc = &cfg.keycloak;
-    let http = match build_http(kc.connect_timeout, kc.timeout) {
-        Ok(h) => h,
+    let outbound = match Outbound::new(OutboundConfig::from(kc), crate::metrics::global().clone()) {
+        Ok(h) => Arc::new(h),
         Err(e) => {
             eprintln!("token-broker exchange: {e}");
             return ExitCode::from(1);
         }
     };
-    let jwks = Arc::new(JwksCache::new(http.clone(), kc.jwks_min_refresh_interval));
-    let idp = IdpClient::new(kc, http, jwks.clone());
+    let jwks = Arc::new(JwksCache::new(
+        outbound.clone(),
+        kc.jwks_min_refresh_interval,
+    ));
+    let idp = IdpClient::new(kc, outbound, jwks.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let verifier = OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone());
     if let Err(e) = idp.discover().await {

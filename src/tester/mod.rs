@@ -17,8 +17,8 @@ use serde_json::Value;
 
 use crate::config::{Config, TargetConfig};
 use crate::digest::fingerprint;
-use crate::error::keycloak_hint;
 use crate::idp::exchange::{ExchangeRequest, exchange_form};
+use crate::idp::hints::keycloak_hint;
 use crate::idp::{IdpClient, IdpError, parse_token_answer};
 use crate::inbound::oidc::OidcVerifier;
 

@@ -224,3 +224,100 @@ async fn exchange_command_prints_result_or_error_with_hint() {
     std::fs::remove_dir_all(&dir).ok();
     env.stop().await;
 }
+
+/// docs/operations.md lists exactly what `/metrics` emits: every family it documents is
+/// exposed, every exposed family is documented, and every label value seen in a scrape (other
+/// than target names and the version) is named in that family's row.
+#[actix_web::test]
+async fn metrics_match_the_documented_names_and_labels() {
+    let env = start_default().await;
+    let alice = env.login("alice").await;
+    assert_eq!(env.exchange(Some(&alice), "kagenti").await.status(), 200);
+    env.idp.set_token_exchange_enabled(false);
+    let bob = env.login("bob").await;
+    assert_eq!(env.exchange(Some(&bob), "kagenti").await.status(), 200);
+    // A refused caller credential and a refused admin credential.
+    let r = env
+        .http
+        .post(format!("{}/v1/token", env.broker.public_url()))
+        .bearer_auth("not-a-known-caller-token")
+        .form(&[("audience", "kagenti")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let (status, _) = tester(&env, Some("wrong"), json!({"target": "kagenti"})).await;
+    assert_eq!(status, 401);
+    let text = env
+        .http
+        .get(format!("{}/metrics", admin_url(&env)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md"))
+        .unwrap();
+    let section = doc
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let rows: std::collections::BTreeMap<String, String> = section
+        .lines()
+        .filter_map(|l| {
+            let name = l.strip_prefix("| `")?.split('`').next()?;
+            name.starts_with("token_broker_")
+                .then(|| (name.to_owned(), l.to_owned()))
+        })
+        .collect();
+    let exposed: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_owned)
+        .collect();
+    let documented: std::collections::BTreeSet<String> = rows.keys().cloned().collect();
+    assert_eq!(exposed, documented, "families exposed vs documented");
+    let mut checked = 0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, _)) = line.split_once('{') else {
+            continue;
+        };
+        let family = exposed
+            .iter()
+            .filter(|f| series.starts_with(f.as_str()))
+            .max_by_key(|f| f.len())
+            .unwrap_or_else(|| panic!("undocumented series {line}"));
+        let row = &rows[family];
+        let labels = line.split_once('{').unwrap().1.split('}').next().unwrap();
+        for pair in labels.split(',') {
+            let (k, v) = pair.split_once('=').unwrap();
+            let v = v.trim_matches('"');
+            if matches!(k, "target" | "version" | "le") {
+                continue;
+            }
+            assert!(
+                row.contains(&format!("`{k}")),
+                "label {k} of {family} is not documented"
+            );
+            assert!(
+                row.contains(&format!("`{v}`")) || row.contains(&format!("{k}=\"{v}\"")),
+                "value {k}=\"{v}\" of {family} is not documented in: {row}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "too few labels checked: {checked}");
+    for want in [
+        "token_broker_idp_request_duration_seconds_count{request=\"client_credentials\"}",
+        "token_broker_caller_auth_failures_total{kind=\"caller\",reason=\"invalid\"}",
+        "token_broker_caller_auth_failures_total{kind=\"admin_token\",reason=\"unknown\"}",
+    ] {
+        assert!(text.contains(want), "missing {want}");
+    }
+    env.stop().await;
+}

@@ -28,6 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::Jwk;
+
+use crate::outbound::{Outbound, Request};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
@@ -227,7 +229,7 @@ impl Budget {
 }
 
 struct Shared {
-    http: reqwest::Client,
+    outbound: Arc<Outbound>,
     limits: Limits,
     budget: Mutex<Budget>,
     /// URLs that have served a key set at least once: their fetches need no budget.
@@ -294,29 +296,25 @@ impl RemoteKeySet {
 
     /// GETs the set; 404 is [`KeySetError::NotSupported`] (Backstage's plugin support probe).
     async fn get(&self) -> Result<Vec<Arc<Key>>, KeySetError> {
-        let resp = self
+        // Unbounded by `keycloak.maxConcurrentRequests` and unmeasured as an IdP call: these
+        // fetches have their own limits (negative cache, single flight, budget) here. The
+        // body read is inside the same deadline as the request (`timeout`).
+        let answer = self
             .shared
-            .http
-            .get(self.url.clone())
-            .header("accept", "application/json")
-            .timeout(self.shared.limits.fetch_timeout)
-            .send()
+            .outbound
+            .send(Request {
+                timeout: Some(self.shared.limits.fetch_timeout),
+                ..Request::get_json(self.url.clone(), MAX_JWKS_BYTES)
+            })
             .await
-            .map_err(|e| KeySetError::Fetch(crate::idp::describe_reqwest(&e)))?;
-        if resp.status().as_u16() == 404 {
+            .map_err(|e| KeySetError::Fetch(e.to_string()))?;
+        if answer.status == 404 {
             return Err(KeySetError::NotSupported);
         }
-        if !resp.status().is_success() {
-            return Err(KeySetError::Fetch(format!(
-                "HTTP {}",
-                resp.status().as_u16()
-            )));
+        if !(200..300).contains(&answer.status) {
+            return Err(KeySetError::Fetch(format!("HTTP {}", answer.status)));
         }
-        // The body read is inside the same deadline as the request (`timeout` above).
-        let body = crate::idp::read_limited(resp, MAX_JWKS_BYTES)
-            .await
-            .map_err(KeySetError::Fetch)?;
-        parse_set(&body).ok_or(KeySetError::Malformed)
+        parse_set(&answer.body).ok_or(KeySetError::Malformed)
     }
 
     /// Fetches the set unless the fetch is not needed any more or not allowed. `seen` is
@@ -427,14 +425,14 @@ pub struct KeySets {
 }
 
 impl KeySets {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self::with_limits(http, Limits::default())
+    pub fn new(outbound: Arc<Outbound>) -> Self {
+        Self::with_limits(outbound, Limits::default())
     }
 
-    pub fn with_limits(http: reqwest::Client, limits: Limits) -> Self {
+    pub fn with_limits(outbound: Arc<Outbound>, limits: Limits) -> Self {
         KeySets {
             shared: Arc::new(Shared {
-                http,
+                outbound,
                 limits,
                 budget: Mutex::new(Budget::new(&limits)),
                 known: moka::sync::Cache::builder()
@@ -485,6 +483,10 @@ impl KeySets {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_outbound() -> Arc<Outbound> {
+        Arc::new(crate::outbound::Outbound::for_tests())
+    }
 
     #[test]
     fn selection_follows_jose() {
@@ -581,7 +583,7 @@ mod tests {
     async fn waiters_share_one_fetch_and_a_failure_is_remembered_for_the_negative_ttl() {
         let (base, count) = serve(Duration::from_millis(300), 503, "{}");
         let sets = KeySets::with_limits(
-            reqwest::Client::new(),
+            test_outbound(),
             Limits {
                 negative_ttl: Duration::from_millis(800),
                 ..Limits::default()
@@ -622,7 +624,7 @@ mod tests {
     async fn unseen_urls_share_one_budget_and_configured_ones_need_none() {
         let (base, count) = serve(Duration::ZERO, 200, GOOD);
         let sets = KeySets::with_limits(
-            reqwest::Client::new(),
+            test_outbound(),
             Limits {
                 new_set_burst: 2,
                 new_set_interval: Duration::from_secs(3600),
@@ -660,7 +662,7 @@ mod tests {
     async fn the_forced_reload_budget_is_shared_by_all_sets() {
         let (base, count) = serve(Duration::ZERO, 200, GOOD);
         let sets = KeySets::with_limits(
-            reqwest::Client::new(),
+            test_outbound(),
             Limits {
                 forced_budget: 2,
                 ..Limits::default()

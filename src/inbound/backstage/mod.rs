@@ -130,7 +130,7 @@ impl BackstageVerifier {
     pub fn new(
         config: &BackstageConfig,
         external: &[ExternalAccessEntry],
-        http: reqwest::Client,
+        outbound: Arc<crate::outbound::Outbound>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         BackstageVerifier {
@@ -138,7 +138,7 @@ impl BackstageVerifier {
             discovery: Discovery::new(config),
             trusted_plugins: config.trusted_plugins.clone(),
             entries: std::sync::RwLock::new(Arc::new(build_entries(external))),
-            key_sets: KeySets::new(http),
+            key_sets: KeySets::new(outbound),
             clock,
         }
     }

@@ -16,6 +16,9 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, P
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::Mutex;
 
+use crate::metrics::IdpRequest;
+use crate::outbound::{Outbound, Request};
+
 /// Largest JWKS document accepted (a realm with dozens of keys is a few tens of KiB).
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -43,7 +46,7 @@ struct KeySet {
 /// A JWKS endpoint's keys, fetched on demand.
 pub struct JwksCache {
     url: RwLock<Option<url::Url>>,
-    http: reqwest::Client,
+    outbound: Arc<Outbound>,
     keys: RwLock<Arc<KeySet>>,
     min_refresh_interval: Duration,
     /// Serialises fetches and remembers when the last one started.
@@ -56,10 +59,10 @@ pub struct JwksCache {
 pub type RemovedKeysListener = Arc<dyn Fn(&[String]) + Send + Sync>;
 
 impl JwksCache {
-    pub fn new(http: reqwest::Client, min_refresh_interval: Duration) -> Self {
+    pub fn new(outbound: Arc<Outbound>, min_refresh_interval: Duration) -> Self {
         JwksCache {
             url: RwLock::new(None),
-            http,
+            outbound,
             keys: RwLock::new(Arc::new(KeySet::default())),
             min_refresh_interval,
             fetch: Mutex::new(None),
@@ -119,15 +122,8 @@ impl JwksCache {
     }
 
     async fn fetch_now(&self) -> Result<(), JwksError> {
-        let started = std::time::Instant::now();
         let result = self.fetch_now_inner().await;
-        let m = crate::metrics::global();
-        m.jwks_refresh(result.is_ok());
-        m.idp_request(
-            crate::metrics::IdpRequest::Jwks,
-            started.elapsed(),
-            if result.is_ok() { "ok" } else { "error" },
-        );
+        self.outbound.metrics().jwks_refresh(result.is_ok());
         result
     }
 
@@ -138,20 +134,18 @@ impl JwksCache {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| JwksError::Fetch("no JWKS URL known yet".into()))?;
-        let resp = self
-            .http
-            .get(url)
-            .header("accept", "application/json")
-            .send()
+        let answer = self
+            .outbound
+            .send(Request {
+                metric: Some(IdpRequest::Jwks),
+                ..Request::get_json(url, MAX_JWKS_BYTES)
+            })
             .await
-            .map_err(|e| JwksError::Fetch(crate::idp::describe_reqwest(&e)))?;
-        if !resp.status().is_success() {
-            return Err(JwksError::Fetch(format!("HTTP {}", resp.status().as_u16())));
+            .map_err(|e| JwksError::Fetch(e.to_string()))?;
+        if !(200..300).contains(&answer.status) {
+            return Err(JwksError::Fetch(format!("HTTP {}", answer.status)));
         }
-        let body = crate::idp::read_limited(resp, MAX_JWKS_BYTES)
-            .await
-            .map_err(JwksError::Fetch)?;
-        let set = parse_jwks(&body)?;
+        let set = parse_jwks(&answer.body)?;
         tracing::debug!(keys = set.by_kid.len(), "JWKS loaded");
         let old = std::mem::replace(
             &mut *self.keys.write().unwrap_or_else(|e| e.into_inner()),
