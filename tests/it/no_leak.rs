@@ -20,6 +20,10 @@ async fn a_thousand_users_each_only_ever_get_their_own_token() {
     let mut opts = Opts {
         // Entries live (4 s lifespan - 2 s margin) = 2 s: passes mix hits, misses and expiry.
         margin: "2s",
+        // A loaded CI machine can hold a dev-IdP answer past the default 3 s; a timeout would
+        // make `kagenti` fall back to the service account, which is no leak but not what this
+        // test is about, so the IdP gets time enough.
+        timeout: "30s",
         ..Opts::default()
     };
     for c in &mut opts.idp.clients {
