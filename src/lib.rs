@@ -7,8 +7,9 @@
 //!
 //! Module map: `config` (YAML → validated types), `inbound` (who is calling), `idp`
 //! (Keycloak), `broker` (policy, cache, fallback), `http` (routes, thin handlers), `error`
-//! (RFC 6749 error answers), `app` (assembly), `devidp` (the development Keycloak), `dev`
-//! (the `token-broker dev` set-up).
+//! (RFC 6749 error answers), `app` (assembly), and with cargo feature `dev` (on by default)
+//! `dev` (the `token-broker dev` set-up around the development IdP of the
+//! `token-broker-devidp` crate) and `devupstream` (its echo upstream).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -16,8 +17,9 @@ pub mod audit;
 pub mod broker;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
-pub mod devidp;
+#[cfg(feature = "dev")]
 pub mod devupstream;
 pub mod digest;
 pub mod error;

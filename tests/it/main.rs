@@ -23,5 +23,5 @@ mod no_leak;
 mod proxy;
 mod reliability;
 mod security_backstage;
-mod security_misc;
 mod security_laundering;
+mod security_misc;

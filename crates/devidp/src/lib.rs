@@ -1,12 +1,14 @@
-//! A Keycloak-compatible **development** identity provider embedded in token-broker: one realm
-//! with discovery, JWKS, and a token endpoint implementing the password, client_credentials,
-//! standard token exchange V2, JWT authorization grant (RFC 7523) and legacy V1 naked
-//! impersonation grants with Keycloak's wire behaviour
-//! (`/work/shared/docs/keycloak-token-exchange.md` §1–§6, §8, §10; `docs/dev-idp.md`).
+//! token-broker's **development** identity provider (crate `token-broker-devidp`), a
+//! Keycloak look-alike: one realm with discovery, JWKS, and a token endpoint implementing the
+//! password, client_credentials, standard token exchange V2, JWT authorization grant (RFC 7523)
+//! and legacy V1 naked impersonation grants with Keycloak's wire behaviour
+//! (keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is emulated).
 //!
-//! This module owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
-//! state and the actix-web server. It is for development and tests only: no TLS, no UI, no
-//! persistence, keys regenerated at every start.
+//! The crate root owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
+//! state and the actix-web server. It is for development and tests only — `token-broker dev`
+//! (the broker's cargo feature `dev`) and the test suites: no TLS, no UI, no persistence, keys
+//! regenerated at every start. It does not depend on the broker, which talks to it only over
+//! HTTP, as to Keycloak.
 
 mod claims;
 mod discovery;
