@@ -4,7 +4,7 @@
 //! runtime switches, and the fixed development contract (`DevIdpConfig::contract()`, see
 //! `docs/dev-idp.md` "The contract set-up").
 //!
-//! Everything here is plain data behind one `Mutex` owned by the crate root; no actix types.
+//! Everything here is plain data behind one `Mutex` (in `state.rs`); no actix types.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
