@@ -273,7 +273,7 @@ async fn run(a: Args) {
     std::fs::create_dir_all(&tmp).unwrap();
 
     // The dev IdP.
-    let mut realm = token_broker::devidp::DevIdpConfig::contract();
+    let mut realm = token_broker_devidp::DevIdpConfig::contract();
     if a.soak > 0 {
         // The soak reuses one user token for its whole run: the realm's tokens must outlive it.
         // Exchanged tokens keep Keycloak's 300 s, so the cache expires and refills meanwhile.
@@ -284,7 +284,7 @@ async fn run(a: Args) {
             }
         }
     }
-    let idp = token_broker::devidp::start(realm, "127.0.0.1:0".parse().unwrap())
+    let idp = token_broker_devidp::start(realm, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
 

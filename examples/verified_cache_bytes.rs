@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use token_broker::clock::SystemClock;
-use token_broker::devidp::{self, DevIdpConfig};
 use token_broker::idp::jwks::JwksCache;
 use token_broker::inbound::oidc::OidcVerifier;
 use token_broker::outbound::{Outbound, OutboundConfig};
+use token_broker_devidp::{self as devidp, DevIdpConfig};
 
 /// Resident set size in bytes (Linux `/proc/self/statm`, second field, in pages).
 fn rss_bytes() -> u64 {

@@ -120,7 +120,7 @@ pub async fn serve_signals(broker: &RunningBroker, config_path: &std::path::Path
             signal(SignalKind::hangup()),
             signal(SignalKind::terminate()),
         ) else {
-            crate::dev::wait_for_shutdown().await;
+            wait_for_shutdown().await;
             return;
         };
         loop {
@@ -141,7 +141,30 @@ pub async fn serve_signals(broker: &RunningBroker, config_path: &std::path::Path
     #[cfg(not(unix))]
     {
         let _ = (broker, config_path);
-        crate::dev::wait_for_shutdown().await;
+        wait_for_shutdown().await;
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn wait_for_shutdown() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

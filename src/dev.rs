@@ -15,8 +15,10 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use token_broker_devidp::{self as devidp, DevIdentityProvider, DevIdpConfig, DevIdpHandle};
+
+use crate::app::wait_for_shutdown;
 use crate::config::{self, ProcessEnv, UserMappingKind};
-use crate::devidp::{self, DevIdentityProvider, DevIdpConfig, DevIdpHandle};
 use crate::devupstream::{self, DEV_UPSTREAM_ADDR};
 
 /// `config/dev.yaml`, embedded so `token-broker dev` works from any directory.
@@ -149,7 +151,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     })?;
     let mut idp_config = DevIdpConfig::contract();
     // For the exchange tester's failing example: tokens without the broker in aud.
-    let mut no_aud = devidp::DevClient::public(crate::tester::DEV_NO_AUDIENCE_CLIENT);
+    let mut no_aud = devidp::DevClient::public(crate::tester::dev_login::DEV_NO_AUDIENCE_CLIENT);
     no_aud.direct_access_grants = true;
     idp_config.clients.push(no_aud);
     let idp = devidp::start(idp_config, idp_addr)
@@ -224,27 +226,4 @@ fn print_banner(issuer: &str, broker: &str, admin: Option<SocketAddr>) {
 =====================================================================
 "#
     );
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn wait_for_shutdown() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

@@ -8,8 +8,9 @@
 //! Module map (layers and dependency direction: docs/architecture.md): `config` (YAML →
 //! validated types), `inbound` (who is calling), `broker` (policy, cache, fallback), `idp`
 //! (Keycloak), `outbound` (the one HTTP layer), `protocol` (OAuth URNs), `http` (routes, thin
-//! handlers), `error` (RFC 6749 error answers), `app` (assembly), `devidp` (the development
-//! Keycloak), `dev` (the `token-broker dev` set-up).
+//! handlers), `error` (RFC 6749 error answers), `app` (assembly), and with cargo feature `dev`
+//! (on by default) `dev` (the `token-broker dev` set-up around the development IdP of the
+//! `token-broker-devidp` crate) and `devupstream` (its echo upstream).
 #![forbid(unsafe_code)]
 
 pub mod app;
@@ -17,8 +18,9 @@ pub mod audit;
 pub mod broker;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
-pub mod devidp;
+#[cfg(feature = "dev")]
 pub mod devupstream;
 pub mod digest;
 pub mod error;

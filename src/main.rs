@@ -1,4 +1,5 @@
-//! The `token-broker` command: `serve`, `check-config`, `exchange` and `dev`. No logic lives here.
+//! The `token-broker` command: `serve`, `check-config`, `exchange`, and `dev` in builds with the
+//! `dev` feature (the production build has no `dev` subcommand). No logic lives here.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ enum Command {
         explain: bool,
     },
     /// DEVELOPMENT ONLY: run the broker with an embedded Keycloak-compatible IdP on loopback.
+    #[cfg(feature = "dev")]
     Dev {
         /// Use this configuration instead of the embedded config/dev.yaml.
         #[arg(long, value_name = "FILE")]
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             &subject_token_file,
             explain,
         )),
+        #[cfg(feature = "dev")]
         Command::Dev { config, backstage } => run_system(async move {
             token_broker::dev::run(token_broker::dev::DevOptions { config, backstage })
                 .await

@@ -20,7 +20,7 @@ use super::body::read_body;
 use crate::digest::sha256;
 use crate::error::ApiError;
 use crate::inbound::{BearerHeader, parse_bearer};
-use crate::tester::{self, DEV_USERS, Tester, TesterError};
+use crate::tester::{Tester, TesterError};
 
 const PAGE: &str = include_str!("../tester/page.html");
 const SCRIPT: &str = include_str!("../tester/app.js");
@@ -108,7 +108,6 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
 /// `GET /admin/info`: what the tester page offers.
 pub async fn info(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     authorize(&req, &state)?;
-    let dev = tester::dev_login_available(&state.config);
     let targets: Vec<_> = state
         .config
         .targets
@@ -124,14 +123,11 @@ pub async fn info(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             })
         })
         .collect();
-    let dev_users: Vec<_> = if dev {
-        DEV_USERS
-            .iter()
-            .map(|(id, _, _, label)| json!({"id": id, "label": label}))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    // Dev users exist only in builds with the `dev` feature; the production build lists none.
+    #[cfg(feature = "dev")]
+    let dev_users = crate::tester::dev_login::offered(&state.config);
+    #[cfg(not(feature = "dev"))]
+    let dev_users: Vec<serde_json::Value> = Vec::new();
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
         .json(json!({
@@ -150,6 +146,22 @@ struct ExchangeBody {
     /// DEVELOPMENT ONLY: a dev user id from `/admin/info` instead of `subject_token`.
     #[serde(default)]
     dev_user: Option<String>,
+}
+
+/// `dev_user` of `/admin/exchange`: the dev user's token from the dev IdP (feature `dev`).
+#[cfg(feature = "dev")]
+async fn dev_login(state: &AppState, id: &str) -> Result<secrecy::SecretString, ApiError> {
+    crate::tester::dev_login::login(&state.config, &state.idp, id)
+        .await
+        .map_err(ApiError::invalid_request)
+}
+
+/// `dev_user` of `/admin/exchange` in the production build: there are no dev users.
+#[cfg(not(feature = "dev"))]
+async fn dev_login(_: &AppState, _: &str) -> Result<secrecy::SecretString, ApiError> {
+    Err(ApiError::invalid_request(
+        "dev users are not part of this build (built without the `dev` feature)",
+    ))
 }
 
 /// `POST /admin/exchange`: one exchange without the cache, explained.
@@ -176,9 +188,7 @@ pub async fn exchange(
     })?;
     let token = match (body.subject_token.as_deref().map(str::trim), &body.dev_user) {
         (Some(t), _) if !t.is_empty() => secrecy::SecretString::from(t.to_owned()),
-        (_, Some(u)) => tester::dev_login(&state.config, &state.idp, u)
-            .await
-            .map_err(ApiError::invalid_request)?,
+        (_, Some(u)) => dev_login(&state, u).await?,
         _ => {
             return Err(ApiError::invalid_request(
                 "missing subject_token (the user's Keycloak access token)",

@@ -300,8 +300,8 @@ async fn caller_authentication_fails_closed() {
 async fn bad_user_tokens_are_refused_locally() {
     // The user-token-alone half below needs userToken.allowWithoutCaller (opt-in, issue 9).
     let env = start_with_yaml(Opts::default(), allow_without_caller).await;
-    let other_idp = token_broker::devidp::start(
-        token_broker::devidp::DevIdpConfig::contract(),
+    let other_idp = token_broker_devidp::start(
+        token_broker_devidp::DevIdpConfig::contract(),
         "127.0.0.1:0".parse().unwrap(),
     )
     .await

@@ -74,7 +74,7 @@ async fn user_token_alone_authenticates_the_caller() {
 }
 
 fn form_of(
-    req: &token_broker::devidp::RecordedRequest,
+    req: &token_broker_devidp::RecordedRequest,
 ) -> std::collections::BTreeMap<String, String> {
     req.form.iter().cloned().collect()
 }
@@ -221,7 +221,7 @@ async fn per_target_entries_and_allow_lists() {
 
 #[actix_web::test]
 async fn answers_that_fail_the_checks_are_never_served_or_cached() {
-    use token_broker::devidp::ExchangeFault;
+    use token_broker_devidp::ExchangeFault;
     let env = start_default().await;
     let alice = env.login("alice").await;
     for fault in [

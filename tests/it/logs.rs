@@ -32,7 +32,7 @@ fn pieces(secret: &str) -> Vec<String> {
 
 #[actix_web::test]
 async fn no_token_or_secret_in_logs() {
-    let idp = token_broker::devidp::start(Opts::default().idp, "127.0.0.1:0".parse().unwrap())
+    let idp = token_broker_devidp::start(Opts::default().idp, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let dir = std::env::temp_dir().join(format!("tb-logs-{}", std::process::id()));

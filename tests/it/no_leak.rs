@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use token_broker::devidp::DevUser;
+use token_broker_devidp::DevUser;
 
 use crate::support::*;
 

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-use token_broker::devidp;
+use token_broker_devidp as devidp;
 
 #[actix_web::test]
 async fn idp_outage_serves_cached_tokens_fails_misses_fast_and_recovers() {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::Value;
-use token_broker::devidp::DevClient;
+use token_broker_devidp::DevClient;
 
 use crate::backstage::EsKey;
 use crate::support::*;

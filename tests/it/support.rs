@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use token_broker::app::RunningBroker;
-use token_broker::devidp::{self, DevClient, DevIdpConfig, DevIdpHandle};
+use token_broker_devidp::{self as devidp, DevClient, DevIdpConfig, DevIdpHandle};
 
 pub const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 pub const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
@@ -42,7 +42,7 @@ impl Default for Opts {
         let mut other = DevClient::public("other-frontend");
         other.direct_access_grants = true;
         idp.clients.push(other);
-        let mut no_aud = DevClient::public(token_broker::tester::DEV_NO_AUDIENCE_CLIENT);
+        let mut no_aud = DevClient::public(token_broker::tester::dev_login::DEV_NO_AUDIENCE_CLIENT);
         no_aud.direct_access_grants = true;
         idp.clients.push(no_aud);
         Opts {

@@ -10,49 +10,34 @@
 //! answered like every other grant (`invalid_scope` / `Invalid scopes: <scope>`, §3.4 step 6,
 //! §8).
 //!
-//! The IdP's JWKS is fetched over HTTP before the synchronous grant runs (the grant holds the
-//! realm lock and must not await), and cached per JWKS URL: it is refetched only for an unknown
-//! `kid`, at most once per [`JWKS_REFETCH_COOLDOWN`].
+//! The IdP's JWKS is fetched (through the cache of `idp_jwks.rs`) before the synchronous grant
+//! runs: the grant holds the realm lock and must not await.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-use super::Shared;
-use super::claims::{TokenKind, TokenSpec, now_secs};
-use super::realm::{DevClient, RealmState, Subject};
-use super::token_endpoint::{
+use super::common::{
     Form, Issuer, OAuthError, audiences, requested_scopes, scope_string, token_response,
 };
-
-/// RFC 7523 §2.1 grant type.
-pub const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+use crate::claims::{TokenKind, TokenSpec, now_secs};
+use crate::realm::{DevClient, RealmState, Subject};
+use crate::state::Shared;
 
 /// Keycloak's default "Max allowed assertion expiration" (§6): `exp` at most 5 min ahead.
 pub const MAX_ASSERTION_EXPIRATION_SECS: u64 = 300;
-
-/// Minimum time between two fetches of one JWKS URL for an unknown `kid`.
-const JWKS_REFETCH_COOLDOWN: Duration = Duration::from_secs(10);
 
 /// The `jti` grant shortcut of tokens from this grant. §4 lists no shortcut for it (only `ac`,
 /// `ro`, `cc`, `te`), so `jg` is the dev IdP's choice; the session type is `tr` (transient,
 /// §6) and the token type `rt` (regular).
 const JTI_PREFIX: &str = "trrtjg";
 
-/// One identity provider's key set, as last fetched.
-#[derive(Clone, Debug)]
-pub struct CachedJwks {
-    fetched: Instant,
-    keys: Value,
-}
-
 /// The keys fetched for a request's assertion before the grant runs.
 #[derive(Debug)]
-pub struct Prefetched {
+pub(super) struct Prefetched {
     /// The JWKS URL they came from (the grant checks it is still the IdP's).
     jwks_url: String,
     keys: Result<Value, String>,
@@ -81,7 +66,7 @@ fn decode_unverified(token: &str) -> Option<(Value, Value)> {
 /// For a jwt-bearer request while the feature is on: the keys of the identity provider named
 /// by the assertion's (unverified) `iss`. `None` when there is nothing to fetch; the grant then
 /// reports what is wrong in its own check order.
-pub async fn prefetch_keys(idp: &Shared, form: &[(String, String)]) -> Option<Prefetched> {
+pub(super) async fn prefetch_keys(idp: &Shared, form: &[(String, String)]) -> Option<Prefetched> {
     let form = Form(form);
     let assertion = form.first("assertion")?;
     let (header, claims) = decode_unverified(assertion)?;
@@ -94,55 +79,8 @@ pub async fn prefetch_keys(idp: &Shared, form: &[(String, String)]) -> Option<Pr
         st.identity_provider_by_issuer(iss)?.jwks_url.clone()
     };
     let kid = header.get("kid").and_then(Value::as_str);
-    let keys = fetch_jwks(idp, &jwks_url, kid).await;
+    let keys = idp.idp_jwks.get(&jwks_url, kid).await;
     Some(Prefetched { jwks_url, keys })
-}
-
-fn jwks_has_kid(jwks: &Value, kid: &str) -> bool {
-    jwks.get("keys")
-        .and_then(Value::as_array)
-        .is_some_and(|keys| keys.iter().any(|k| k.get("kid") == Some(&Value::from(kid))))
-}
-
-/// The cached key set of `url`, refetched when it lacks `kid` (cooldown permitting).
-async fn fetch_jwks(idp: &Shared, url: &str, kid: Option<&str>) -> Result<Value, String> {
-    let cached = idp.idp_keys().get(url).cloned();
-    if let Some(c) = &cached {
-        let known = kid.is_none_or(|k| jwks_has_kid(&c.keys, k));
-        if known || c.fetched.elapsed() < JWKS_REFETCH_COOLDOWN {
-            return Ok(c.keys.clone());
-        }
-    }
-    let fetched = async {
-        let resp = idp.http.get(url).send().await.map_err(|e| e.to_string())?;
-        if !resp.status().is_success() {
-            return Err(format!("HTTP {}", resp.status().as_u16()));
-        }
-        let v: Value = resp.json().await.map_err(|e| e.to_string())?;
-        if v.get("keys").is_some_and(Value::is_array) {
-            Ok(v)
-        } else {
-            Err("not a JWKS document".to_owned())
-        }
-    }
-    .await;
-    match fetched {
-        Ok(keys) => {
-            idp.idp_keys().insert(
-                url.to_owned(),
-                CachedJwks {
-                    fetched: Instant::now(),
-                    keys: keys.clone(),
-                },
-            );
-            Ok(keys)
-        }
-        Err(e) => {
-            tracing::warn!(jwks_url = url, error = %e, "dev IdP could not fetch an identity provider's JWKS");
-            // A stale set is better than none (the unknown kid then fails verification).
-            cached.map(|c| c.keys).ok_or(e)
-        }
-    }
 }
 
 /// Verifies the assertion's signature with the IdP's keys (ES256 or RS256, by `kid` when the

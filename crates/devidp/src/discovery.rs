@@ -6,10 +6,8 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use super::Shared;
-
-/// Grant type URN of RFC 8693.
-pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+use crate::protocol::{JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT};
+use crate::state::Shared;
 
 /// The issuer for this request: `http://{Host}/realms/{realm}`. Keycloak (without pinned
 /// hostname options) derives it from the request's base URI, so a token minted through
@@ -50,7 +48,7 @@ fn grant_types_supported(token_exchange: bool, jwt_grant: bool) -> Vec<&'static 
         grants.push(TOKEN_EXCHANGE_GRANT);
     }
     if jwt_grant {
-        grants.push(super::jwt_grant::JWT_BEARER_GRANT);
+        grants.push(JWT_BEARER_GRANT);
     }
     grants.sort_unstable();
     grants

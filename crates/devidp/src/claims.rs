@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use super::realm::{SESSION_IDLE_SECS, Subject};
+use crate::realm::{SESSION_IDLE_SECS, Subject};
 
 /// Unix seconds now. The dev IdP mints real tokens, so it reads the wall clock (relying
 /// parties such as jsonwebtoken check `exp` against it too).

@@ -12,16 +12,12 @@
 use actix_web::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::claims::{TokenKind, TokenSpec, now_secs};
-use super::realm::{
+use super::common::{Form, Issuer, OAuthError, audiences, scope_string, token_response};
+use crate::claims::{TokenKind, TokenSpec, now_secs};
+use crate::protocol::{ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML2_TOKEN_TYPE};
+use crate::realm::{
     DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession,
 };
-use super::token_endpoint::{
-    ACCESS_TOKEN_TYPE, Form, Issuer, OAuthError, scope_string, token_response,
-};
-
-const REFRESH_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:refresh_token";
-const SAML2_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:saml2";
 
 /// §5: every permission failure, and an unknown or disabled requested user (anti-fishing).
 fn not_allowed() -> OAuthError {
@@ -122,7 +118,7 @@ pub(super) fn v1_exchange(
             optional.push(s.to_owned());
         }
     }
-    let mut aud = super::token_endpoint::audiences(&target, &optional);
+    let mut aud = audiences(&target, &optional);
     // §5: `aud` += target.
     if to_other && !aud.contains(&target.client_id) {
         aud.push(target.client_id.clone());

@@ -2,9 +2,9 @@
 //! Keycloak client attributes that the token-exchange, JWT authorization grant and V1
 //! impersonation paths depend on), identity providers, user sessions, service-account users, the
 //! runtime switches, and the fixed development contract (`DevIdpConfig::contract()`, see
-//! `/work/shared/docs/dev-contract.md`).
+//! `docs/dev-idp.md` "The contract set-up").
 //!
-//! Everything here is plain data behind one `Mutex` owned by `mod.rs`; no actix types.
+//! Everything here is plain data behind one `Mutex` (in `state.rs`); no actix types.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

@@ -1,27 +1,29 @@
-//! A Keycloak-compatible **development** identity provider embedded in token-broker: one realm
-//! with discovery, JWKS, and a token endpoint implementing the password, client_credentials,
-//! standard token exchange V2, JWT authorization grant (RFC 7523) and legacy V1 naked
-//! impersonation grants with Keycloak's wire behaviour
-//! (`/work/shared/docs/keycloak-token-exchange.md` §1–§6, §8, §10; `docs/dev-idp.md`).
+//! token-broker's **development** identity provider (crate `token-broker-devidp`), a
+//! Keycloak look-alike: one realm with discovery, JWKS, and a token endpoint implementing the
+//! password, client_credentials, standard token exchange V2, JWT authorization grant (RFC 7523)
+//! and legacy V1 naked impersonation grants with Keycloak's wire behaviour
+//! (keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is emulated).
 //!
-//! This module owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
-//! state and the actix-web server. It is for development and tests only: no TLS, no UI, no
-//! persistence, keys regenerated at every start.
+//! The crate root owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
+//! state and the actix-web server. It is for development and tests only — `token-broker dev`
+//! (the broker's cargo feature `dev`) and the test suites: no TLS, no UI, no persistence, keys
+//! regenerated at every start. It does not depend on the broker, which talks to it only over
+//! HTTP, as to Keycloak.
 
 mod claims;
 mod discovery;
-mod jwt_grant;
+mod idp_jwks;
 mod keys;
+mod protocol;
 mod realm;
+mod state;
 mod token_endpoint;
-mod v1_exchange;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
@@ -29,70 +31,10 @@ use actix_web::{App, HttpServer, web};
 pub use realm::{
     DevClient, DevIdentityProvider, DevIdpConfig, DevUser, ExchangeFault, FederatedIdentity,
 };
+pub use state::RecordedRequest;
 
-use keys::{KeyRing, RealmKeys};
-use realm::RealmState;
-
-/// One request received by the token endpoint, with the answer it got.
-#[derive(Clone, Debug)]
-pub struct RecordedRequest {
-    /// First `grant_type` form value.
-    pub grant_type: Option<String>,
-    /// Form pairs as received (decoded), in order, duplicates kept.
-    pub form: Vec<(String, String)>,
-    /// Client id from an HTTP Basic `Authorization` header (RFC 6749 §2.3.1 decoded).
-    pub basic_auth_client_id: Option<String>,
-    pub status: u16,
-    /// Response body (`Value::Null` when the response had none).
-    pub body: serde_json::Value,
-}
-
-/// State shared by every worker and by the handle.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    realm: String,
-    realm_lifespan: Duration,
-    keys: KeyRing,
-    state: Mutex<RealmState>,
-    requests: Mutex<Vec<RecordedRequest>>,
-    /// Identity providers' key sets by JWKS URL (§6 JWT authorization grant).
-    idp_keys: Mutex<HashMap<String, jwt_grant::CachedJwks>>,
-    /// Client for fetching identity providers' JWKS.
-    http: reqwest::Client,
-}
-
-impl Shared {
-    fn new(config: &DevIdpConfig, keys: RealmKeys) -> std::io::Result<Arc<Self>> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(std::io::Error::other)?;
-        Ok(Arc::new(Self {
-            realm: config.realm.clone(),
-            realm_lifespan: config.access_token_lifespan,
-            keys: KeyRing::new(keys),
-            state: Mutex::new(RealmState::new(config)),
-            requests: Mutex::new(Vec::new()),
-            idp_keys: Mutex::new(HashMap::new()),
-            http,
-        }))
-    }
-
-    /// Locks the realm state. A poisoned lock only means another thread panicked mid-update;
-    /// the data is still the best we have for a dev IdP.
-    fn state(&self) -> MutexGuard<'_, RealmState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn idp_keys(&self) -> MutexGuard<'_, HashMap<String, jwt_grant::CachedJwks>> {
-        self.idp_keys.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
+use keys::RealmKeys;
+use state::Shared;
 
 /// Handle to a running dev IdP. Cloning shares the same server.
 #[derive(Clone)]
@@ -224,7 +166,7 @@ impl DevIdpHandle {
     /// Adds an identity provider, replacing one with the same alias (§6). Its cached keys are
     /// dropped, so a changed JWKS URL or key set is fetched afresh.
     pub fn add_identity_provider(&self, idp: DevIdentityProvider) {
-        self.shared.idp_keys().remove(&idp.jwks_url);
+        self.shared.idp_jwks.forget(&idp.jwks_url);
         self.shared.state().upsert_identity_provider(idp);
     }
 
