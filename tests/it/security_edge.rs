@@ -596,7 +596,7 @@ fn free_port() -> u16 {
 #[actix_web::test]
 async fn refused_and_failed_proxy_calls_are_audited() {
     let up = upstream().await;
-    let idp = token_broker::devidp::start(Opts::default().idp, "127.0.0.1:0".parse().unwrap())
+    let idp = token_broker_devidp::start(Opts::default().idp, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let dir = std::env::temp_dir().join(format!("tb-proxy-audit-{}", std::process::id()));
