@@ -6,8 +6,8 @@
 //! where they arise: `http/auth.rs` (401/403/503 for credentials), `http/admin.rs`,
 //! `http/proxy.rs` (405, 431, 404, upstream 502/504), `http/jwks.rs` (404), `http/body.rs`
 //! (408, 413), `http/token.rs` (400 `unsupported_grant_type`) and `http/mod.rs` (404, 405,
-//! 431). Descriptions never contain token or secret
-//! material: the lower layers' messages are built without it.
+//! 431). Descriptions never contain token or secret material: the lower layers' messages are
+//! built without it.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
