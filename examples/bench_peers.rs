@@ -871,7 +871,7 @@ async fn fill_cache(n: u64, token_len: usize) -> Fill {
     let me = std::process::id();
     let before = rss_kb(me);
     let clock: Arc<dyn token_broker::clock::Clock> = Arc::new(token_broker::clock::SystemClock);
-    let cache = TokenCache::new(n + 1000, clock);
+    let cache = TokenCache::new(n + 1000, clock, token_broker::metrics::Metrics::new());
     let exp = now() + 3600;
     for i in 0..n {
         let key = token_broker::digest::KeyBuilder::new("exchange")

@@ -4,6 +4,7 @@
 //! Shared state is built once, outside the per-worker `HttpServer` factory, so all workers
 //! share one cache and one in-flight table (rust-practices.md §8 item 6).
 
+use crate::metrics::Metrics;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -180,9 +181,10 @@ pub async fn start_with_clock(
 ) -> Result<RunningBroker, StartError> {
     let config = Arc::new(config);
     let kc = &config.keycloak;
+    // One registry per broker, handed to every layer that records (no global instance).
+    let metrics = Metrics::new();
     let outbound = Arc::new(
-        Outbound::new(OutboundConfig::from(kc), crate::metrics::global().clone())
-            .map_err(StartError::Http)?,
+        Outbound::new(OutboundConfig::from(kc), metrics.clone()).map_err(StartError::Http)?,
     );
     let jwks = Arc::new(JwksCache::new(
         outbound.clone(),
@@ -205,8 +207,14 @@ pub async fn start_with_clock(
         None => None,
     };
     let service = Arc::new(
-        TokenService::new(config.clone(), idp.clone(), verifier.clone(), clock.clone())
-            .with_assertion_signer(assertion.clone()),
+        TokenService::new(
+            config.clone(),
+            idp.clone(),
+            verifier.clone(),
+            clock.clone(),
+            metrics.clone(),
+        )
+        .with_assertion_signer(assertion.clone()),
     );
     {
         // Entries exchanged for subject tokens whose key left the JWKS can never be served
@@ -240,6 +248,7 @@ pub async fn start_with_clock(
         verifier,
         idp,
         clock,
+        metrics,
         draining: std::sync::atomic::AtomicBool::new(false),
     });
 

@@ -8,11 +8,9 @@
 //! Only identifiers and fixed values are recorded: the caller principal, the user's `sub`,
 //! the target, fixed outcome codes, Keycloak's `error` code, and short SHA-256 fingerprints
 //! (`digest::fingerprint`) of the tokens involved — never a token, never a secret.
-
-use crate::broker::{BrokerError, Issued};
-use crate::idp::IdpError;
-use crate::inbound::Principal;
-use crate::inbound::oidc::VerifiedUserToken;
+//!
+//! The record is plain data: the HTTP edge (`http::record`) fills it from what the lower
+//! layers return, so this module depends on none of them.
 
 /// The `tracing` target of audit events.
 pub const AUDIT_TARGET: &str = "token_broker::audit";
@@ -41,7 +39,8 @@ pub struct Record {
     pub fallback: &'static str,
     /// Fingerprint of the served token.
     pub issued_fp: String,
-    /// `issued_user`, `issued_service`, or why not (see [`outcome`]).
+    /// `issued_user`, `issued_service`, or why not (the token service's outcome, or the
+    /// edge's: `bad_request`, `method_refused`, `path_refused`, `upstream_*`, `proxied`).
     pub outcome: &'static str,
     /// Keycloak's HTTP status and `error` when Keycloak refused or failed.
     pub idp_status: Option<u16>,
@@ -56,96 +55,7 @@ pub struct Record {
     pub reauthenticated: bool,
 }
 
-/// A fixed label for the result of the token service (metrics and audit).
-pub fn outcome(result: &Result<Issued, BrokerError>) -> &'static str {
-    match result {
-        Ok(i) => match i.identity {
-            crate::broker::Identity::User => "issued_user",
-            crate::broker::Identity::Service => "issued_service",
-        },
-        Err(BrokerError::UnknownTarget(_)) => "unknown_target",
-        Err(BrokerError::Policy(_)) => "policy_denied",
-        Err(BrokerError::UserTokenRequired { .. }) => "user_token_required",
-        Err(BrokerError::ExchangeFailed { .. }) => "idp_unavailable",
-        Err(BrokerError::ExchangeRejected(_)) => "keycloak_rejected",
-        Err(BrokerError::ServiceAccountFailed { .. }) => "service_account_failed",
-        Err(BrokerError::InvalidIdpAnswer(_)) => "invalid_idp_answer",
-    }
-}
-
 impl Record {
-    /// Records who is calling: as soon as the credentials are verified, so a request refused
-    /// later (bad form, body deadline, path) still names its caller.
-    pub fn principal(&mut self, principal: &Principal, user: Option<&VerifiedUserToken>) {
-        self.caller = principal.name.clone();
-        self.caller_kind = principal.kind.as_str();
-        self.actor = principal.actor.clone().unwrap_or_default();
-        self.user = if principal.backstage_user.is_some() {
-            principal.name.clone()
-        } else {
-            user.map(|u| u.sub.clone()).unwrap_or_default()
-        };
-    }
-
-    /// Records the token service's answer, and counts it in the metrics.
-    pub fn issued(&mut self, target_known: bool, result: &Result<Issued, BrokerError>) {
-        self.note(result);
-        let m = crate::metrics::global();
-        m.token_request(
-            if target_known {
-                self.target.as_str()
-            } else {
-                "_unknown"
-            },
-            self.outcome,
-        );
-        if let Ok(i) = result {
-            m.cache_request(
-                match i.identity {
-                    crate::broker::Identity::User => "user",
-                    crate::broker::Identity::Service => "service",
-                },
-                i.cache.as_str(),
-            );
-            if let Some(f) = i.fallback {
-                m.fallback(f.as_str());
-            }
-        }
-    }
-
-    /// Records the token service's answer without counting it in the metrics (a proxied call
-    /// is audited but is not a token request).
-    pub fn note(&mut self, result: &Result<Issued, BrokerError>) {
-        self.outcome = outcome(result);
-        match result {
-            Ok(i) => {
-                self.identity = i.identity.as_str();
-                self.cache = i.cache.as_str();
-                self.fallback = i.fallback.map(|f| f.as_str()).unwrap_or("");
-                self.issued_fp = i.token.fingerprint.clone();
-            }
-            Err(e) => {
-                let idp = match e {
-                    BrokerError::ExchangeFailed { source, .. }
-                    | BrokerError::ServiceAccountFailed { source, .. }
-                    | BrokerError::ExchangeRejected(source) => Some(source),
-                    _ => None,
-                };
-                match idp {
-                    Some(IdpError::Rejected { status, error, .. }) => {
-                        self.idp_status = *status;
-                        self.idp_error = error.chars().take(64).collect();
-                    }
-                    Some(other) => {
-                        self.idp_status = other.idp_status();
-                        self.idp_error = other.kind().to_owned();
-                    }
-                    None => {}
-                }
-            }
-        }
-    }
-
     /// Writes the audit line.
     pub fn emit(&self) {
         tracing::info!(

@@ -1,8 +1,13 @@
 //! The HTTP error answer: RFC 6749 §5.2 JSON (`error`, `error_description`) plus, for errors
 //! Keycloak returned, Keycloak's HTTP status (`idp_status`) and a `hint` with the likely fix.
 //!
-//! This is the one place where errors become statuses. Descriptions never contain token or
-//! secret material: the lower layers' messages are built without it.
+//! The lower layers' errors (`BrokerError`, `IdpError`) become statuses here, in
+//! [`from_broker`] and [`from_idp_rejection`]. The edge's own refusals still pick their status
+//! where they arise: `http/auth.rs` (401/403/503 for credentials), `http/admin.rs`,
+//! `http/proxy.rs` (405, 431, 404, upstream 502/504), `http/jwks.rs` (404), `http/body.rs`
+//! (408, 413), `http/token.rs` (400 `unsupported_grant_type`) and `http/mod.rs` (404, 405,
+//! 431). Descriptions never contain token or secret material: the lower layers' messages are
+//! built without it.
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};

@@ -1,87 +1,70 @@
-//! Process-wide metrics, rendered in the Prometheus text exposition format (version 0.0.4) on
-//! the admin listener's `/metrics`.
+//! The broker's metrics: one [`Metrics`] registry (`prometheus-client`) with typed label sets,
+//! rendered on the admin listener's `/metrics` in the OpenMetrics text format.
 //!
-//! Hand-rolled on atomics and small maps to keep dependencies lean. Every label value comes
-//! from a fixed set: `&'static str` enums of the code, or a target name that exists in the
-//! validated configuration (a fixed, operator-defined set). User ids, caller names and token
-//! material never become labels.
-//!
-//! The counters are process-global (one broker per process in production); in-process tests
-//! that start several brokers see the sum, which is why tests assert on increases only.
+//! There is no global instance: `app` builds one [`Metrics`] per broker and hands clones to
+//! the layers that record (the HTTP edge, the outbound layer, the token caches' eviction
+//! listener). Every label value comes from a fixed set: the enums below, the `&'static str`
+//! kinds of the code's error enums, or a target name that exists in the validated
+//! configuration (a fixed, operator-defined set). User ids, caller names and token material
+//! never become labels.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
 const BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// A counter family keyed by its rendered label set (`a="x",b="y"`).
-#[derive(Default)]
-struct Family(Mutex<BTreeMap<String, u64>>);
+/// The content type of [`Metrics::encode`]'s text (OpenMetrics 1.0, which Prometheus scrapes
+/// natively).
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-impl Family {
-    fn inc(&self, labels: String) {
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *m.entry(labels).or_insert(0) += 1;
-    }
-
-    fn render(&self, out: &mut String, name: &str, help: &str) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        for (labels, v) in m.iter() {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+/// Defines a label-value enum: its variants, their fixed label text ([`as_str`]) and the
+/// `EncodeLabelValue` impl writing that text. (The crate's derive writes the Rust variant name
+/// verbatim, `IssuedUser`; the documented values are snake_case.)
+macro_rules! label_values {
+    ($(#[$m:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($variant),+
         }
-    }
-}
 
-/// One histogram series: cumulative bucket counts, count, sum in microseconds.
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_micros: AtomicU64,
-}
-
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        for (i, le) in BUCKETS.iter().enumerate() {
-            if secs <= *le {
-                self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        impl $name {
+            /// The label value.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
             }
         }
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
-    }
 
-    fn render(&self, out: &mut String, name: &str, labels: &str) {
-        for (i, le) in BUCKETS.iter().enumerate() {
-            let v = self.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {v}");
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                std::fmt::Write::write_str(encoder, self.as_str())
+            }
         }
-        let count = self.count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
-        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
-        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
-    }
+    };
 }
 
-/// The outbound calls whose latency is measured (label `request`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdpRequest {
-    TokenExchange,
-    ClientCredentials,
-    OtherGrant,
-    Jwks,
-    Discovery,
-}
+label_values!(
+    /// The outbound calls whose latency is measured (label `request`).
+    IdpRequest {
+        TokenExchange => "token_exchange",
+        ClientCredentials => "client_credentials",
+        OtherGrant => "other_grant",
+        Jwks => "jwks",
+        Discovery => "discovery",
+    }
+);
 
 impl IdpRequest {
     const ALL: [IdpRequest; 5] = [
@@ -91,16 +74,6 @@ impl IdpRequest {
         IdpRequest::Jwks,
         IdpRequest::Discovery,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdpRequest::TokenExchange => "token_exchange",
-            IdpRequest::ClientCredentials => "client_credentials",
-            IdpRequest::OtherGrant => "other_grant",
-            IdpRequest::Jwks => "jwks",
-            IdpRequest::Discovery => "discovery",
-        }
-    }
 
     /// The label for a token-endpoint form with this `grant_type`.
     pub fn for_grant(grant_type: Option<&str>) -> Self {
@@ -112,169 +85,441 @@ impl IdpRequest {
     }
 }
 
-/// A handle on one set of metrics (cheap to clone; clones share the counters).
-#[derive(Default, Clone)]
-pub struct Metrics(std::sync::Arc<Inner>);
+label_values!(
+    /// The result class of one outbound call (label `result`).
+    IdpResult {
+        Ok => "ok",
+        Rejected => "rejected",
+        ServerError => "server_error",
+        Timeout => "timeout",
+        Network => "network",
+        Protocol => "protocol",
+        Busy => "busy",
+        Error => "error",
+    }
+);
 
-impl std::ops::Deref for Metrics {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
+label_values!(
+    /// The result of the token service for one request (label `outcome`).
+    TokenOutcome {
+        IssuedUser => "issued_user",
+        IssuedService => "issued_service",
+        UnknownTarget => "unknown_target",
+        PolicyDenied => "policy_denied",
+        UserTokenRequired => "user_token_required",
+        IdpUnavailable => "idp_unavailable",
+        KeycloakRejected => "keycloak_rejected",
+        ServiceAccountFailed => "service_account_failed",
+        InvalidIdpAnswer => "invalid_idp_answer",
+    }
+);
+
+label_values!(
+    /// Which cache answered (label `cache`).
+    CacheKind {
+        User => "user",
+        Service => "service",
+        Negative => "negative",
+    }
+);
+
+label_values!(
+    /// How the cache answered (label `result`).
+    CacheResult {
+        Hit => "hit",
+        Miss => "miss",
+        Coalesced => "coalesced",
+    }
+);
+
+label_values!(
+    /// Why an entry left a cache (label `cause`).
+    EvictionCause {
+        Size => "size",
+        Expired => "expired",
+    }
+);
+
+label_values!(
+    /// Why a service-account token replaced an exchanged one (label `reason`).
+    FallbackReason {
+        NoUserToken => "no_user_token",
+        IdpUnavailable => "idp_unavailable",
+        ExchangeUnsupported => "exchange_unsupported",
+    }
+);
+
+label_values!(
+    /// Which credential was refused (label `kind`).
+    AuthKind {
+        Caller => "caller",
+        None => "none",
+        UserToken => "user_token",
+        AdminToken => "admin_token",
+    }
+);
+
+label_values!(
+    /// The result of a key-set fetch (label `result`).
+    FetchResult {
+        Ok => "ok",
+        Error => "error",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TokenRequestLabels {
+    target: String,
+    outcome: TokenOutcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheLabels {
+    cache: CacheKind,
+    result: CacheResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EvictionLabels {
+    cause: EvictionCause,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FallbackLabels {
+    reason: FallbackReason,
+}
+
+/// `reason` is the `kind()` of one of the code's error enums: a fixed set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AuthLabels {
+    kind: AuthKind,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FetchLabels {
+    result: FetchResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdpLabels {
+    request: IdpRequest,
+    result: IdpResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct IdpRequestLabel {
+    request: IdpRequest,
+}
+
+/// `outcome` is a tester report's fixed outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct TesterLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct VersionLabel {
+    version: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct CacheEntriesLabel {
+    cache: CacheKind,
+}
+
+/// The exchange tester's report outcomes (`tester::Report::outcome`).
+const TESTER_OUTCOMES: [&str; 3] = ["success", "keycloak_error", "idp_unreachable"];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The values read at scrape time rather than recorded as they happen.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// Entries in the user-token cache (approximate).
+    pub user_cache_entries: u64,
+    /// Discovery document and JWKS loaded.
+    pub ready: bool,
+    /// Configured targets.
+    pub targets: usize,
+}
+
+/// One broker's metrics (cheap to clone; clones share the registry and its series).
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
     }
 }
 
-/// The counters behind a [`Metrics`] handle.
-#[derive(Default)]
-pub struct Inner {
-    token_requests: Family,
-    cache_requests: Family,
-    cache_evictions: Family,
-    fallbacks: Family,
-    auth_failures: Family,
-    jwks_refreshes: Family,
-    idp_results: Family,
-    tester_runs: Family,
-    idp_latency: [Histogram; 5],
+struct Inner {
+    registry: Registry,
+    cache_entries: Family<CacheEntriesLabel, Gauge<i64, AtomicI64>>,
+    ready: Gauge<i64, AtomicI64>,
+    targets: Gauge<i64, AtomicI64>,
+    token_requests: Family<TokenRequestLabels, Counter>,
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_evictions: Family<EvictionLabels, Counter>,
+    fallbacks: Family<FallbackLabels, Counter>,
+    auth_failures: Family<AuthLabels, Counter>,
+    jwks_refreshes: Family<FetchLabels, Counter>,
+    idp_results: Family<IdpLabels, Counter>,
+    tester_runs: Family<TesterLabels, Counter>,
+    idp_latency: Family<IdpRequestLabel, Histogram, fn() -> Histogram>,
 }
 
-static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::default);
+type AtomicI64 = std::sync::atomic::AtomicI64;
 
-/// The process-wide metrics.
-pub fn global() -> &'static Metrics {
-    &GLOBAL
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
-impl Inner {
-    /// One token request that reached the token service: `target` must be a configured
-    /// target name (or `"_unknown"`), `outcome` a fixed value.
-    pub fn token_request(&self, target: &str, outcome: &'static str) {
-        self.token_requests
-            .inc(format!("target=\"{target}\",outcome=\"{outcome}\""));
+impl Metrics {
+    /// A fresh registry with every family registered (in the order of the exposition).
+    pub fn new() -> Self {
+        // Help texts without a final period: the encoder appends one.
+        let mut registry = Registry::default();
+        let build_info = Family::<VersionLabel, Gauge<i64, AtomicI64>>::default();
+        build_info
+            .get_or_create(&VersionLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("token_broker_build_info", "Build information", build_info);
+        let cache_entries = Family::default();
+        registry.register(
+            "token_broker_cache_entries",
+            "Entries in the token caches (approximate)",
+            cache_entries.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "token_broker_ready",
+            "1 when the IdP discovery document and JWKS are loaded",
+            ready.clone(),
+        );
+        let targets = Gauge::default();
+        registry.register(
+            "token_broker_targets",
+            "Configured targets",
+            targets.clone(),
+        );
+        // Counters: registered without `_total`; the exposition appends it to every series
+        // (OpenMetrics: the family is `x`, its samples `x_total`).
+        let token_requests = Family::default();
+        registry.register(
+            "token_broker_token_requests",
+            "Token requests that reached the token service, by target and outcome",
+            token_requests.clone(),
+        );
+        let cache_requests = Family::default();
+        registry.register(
+            "token_broker_cache_requests",
+            "Cache lookups by cache and result (hit, miss, coalesced = joined an in-flight exchange)",
+            cache_requests.clone(),
+        );
+        let cache_evictions = Family::default();
+        registry.register(
+            "token_broker_cache_evictions",
+            "Cache entries removed by the size bound (size) or their lifetime (expired)",
+            cache_evictions.clone(),
+        );
+        let fallbacks = Family::default();
+        registry.register(
+            "token_broker_fallbacks",
+            "Service-account tokens served instead of an exchanged one, by reason",
+            fallbacks.clone(),
+        );
+        let auth_failures = Family::default();
+        registry.register(
+            "token_broker_caller_auth_failures",
+            "Refused caller credentials by kind",
+            auth_failures.clone(),
+        );
+        let jwks_refreshes = Family::default();
+        registry.register(
+            "token_broker_jwks_refreshes",
+            "JWKS fetches by result",
+            jwks_refreshes.clone(),
+        );
+        let idp_results = Family::default();
+        registry.register(
+            "token_broker_idp_requests",
+            "Requests to the IdP by request and result",
+            idp_results.clone(),
+        );
+        let tester_runs = Family::default();
+        registry.register(
+            "token_broker_tester_runs",
+            "Exchange tester runs (admin API, web page) by outcome",
+            tester_runs.clone(),
+        );
+        let idp_latency: Family<IdpRequestLabel, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        // Every request kind is exposed from the start, observed or not.
+        for request in IdpRequest::ALL {
+            let _ = idp_latency.get_or_create(&IdpRequestLabel { request });
+        }
+        registry.register(
+            "token_broker_idp_request_duration_seconds",
+            "Latency of requests to the IdP (token endpoint, JWKS, discovery)",
+            idp_latency.clone(),
+        );
+        // The series of fixed label sets start at zero, so every family is exposed (and
+        // `rate()` sees the first increase) before anything happened.
+        for (cache, result) in [
+            (CacheKind::User, CacheResult::Hit),
+            (CacheKind::User, CacheResult::Miss),
+            (CacheKind::User, CacheResult::Coalesced),
+            (CacheKind::Service, CacheResult::Hit),
+            (CacheKind::Service, CacheResult::Miss),
+            (CacheKind::Service, CacheResult::Coalesced),
+            (CacheKind::Negative, CacheResult::Hit),
+        ] {
+            let _ = cache_requests.get_or_create(&CacheLabels { cache, result });
+        }
+        for cause in [EvictionCause::Size, EvictionCause::Expired] {
+            let _ = cache_evictions.get_or_create(&EvictionLabels { cause });
+        }
+        for reason in [
+            FallbackReason::NoUserToken,
+            FallbackReason::IdpUnavailable,
+            FallbackReason::ExchangeUnsupported,
+        ] {
+            let _ = fallbacks.get_or_create(&FallbackLabels { reason });
+        }
+        for result in [FetchResult::Ok, FetchResult::Error] {
+            let _ = jwks_refreshes.get_or_create(&FetchLabels { result });
+        }
+        for outcome in TESTER_OUTCOMES {
+            let _ = tester_runs.get_or_create(&TesterLabels { outcome });
+        }
+        Metrics(Arc::new(Inner {
+            registry,
+            cache_entries,
+            ready,
+            targets,
+            token_requests,
+            cache_requests,
+            cache_evictions,
+            fallbacks,
+            auth_failures,
+            jwks_refreshes,
+            idp_results,
+            tester_runs,
+            idp_latency,
+        }))
     }
 
-    /// A cache lookup: `cache` is `user` or `service`, `result` hit / miss / coalesced.
-    pub fn cache_request(&self, cache: &'static str, result: &'static str) {
-        self.cache_requests
-            .inc(format!("cache=\"{cache}\",result=\"{result}\""));
+    /// One request that reached the token service (`/v1/token`, or a proxied call): `target`
+    /// must be a configured target name (or `"_unknown"`).
+    pub fn token_request(&self, target: &str, outcome: TokenOutcome) {
+        self.0
+            .token_requests
+            .get_or_create(&TokenRequestLabels {
+                target: target.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
-    /// A request answered from the negative cache (a recent IdP failure for the same key).
-    pub fn negative_cache_hit(&self) {
-        self.cache_requests
-            .inc("cache=\"negative\",result=\"hit\"".to_owned());
+    /// A cache lookup that served a token, or a negative-cache hit.
+    pub fn cache_request(&self, cache: CacheKind, result: CacheResult) {
+        self.0
+            .cache_requests
+            .get_or_create(&CacheLabels { cache, result })
+            .inc();
     }
 
     /// A token-endpoint call refused locally because `keycloak.maxConcurrentRequests` calls
     /// were in flight (no latency observed: nothing was sent).
-    pub fn idp_busy(&self, req: IdpRequest) {
-        self.idp_results
-            .inc(format!("request=\"{}\",result=\"busy\"", req.as_str()));
+    pub fn idp_busy(&self, request: IdpRequest) {
+        self.0
+            .idp_results
+            .get_or_create(&IdpLabels {
+                request,
+                result: IdpResult::Busy,
+            })
+            .inc();
     }
 
-    /// An entry left a cache for `cause` (`size`: evicted by the bound; `expired`).
-    pub fn cache_eviction(&self, cause: &'static str) {
-        self.cache_evictions.inc(format!("cause=\"{cause}\""));
+    /// An entry left a cache.
+    pub fn cache_eviction(&self, cause: EvictionCause) {
+        self.0
+            .cache_evictions
+            .get_or_create(&EvictionLabels { cause })
+            .inc();
     }
 
-    pub fn fallback(&self, reason: &'static str) {
-        self.fallbacks.inc(format!("reason=\"{reason}\""));
+    pub fn fallback(&self, reason: FallbackReason) {
+        self.0
+            .fallbacks
+            .get_or_create(&FallbackLabels { reason })
+            .inc();
     }
 
-    /// A refused caller credential of a fixed `kind` (`caller`, `user_token`, `none`,
-    /// `admin_token`) with a fixed `reason` (e.g. `unknown`, `expired`, `bad_signature`).
-    pub fn auth_failure(&self, kind: &'static str, reason: &'static str) {
-        self.auth_failures
-            .inc(format!("kind=\"{kind}\",reason=\"{reason}\""));
+    /// A refused credential of `kind` with a fixed `reason` (e.g. `invalid`, `expired`).
+    pub fn auth_failure(&self, kind: AuthKind, reason: &'static str) {
+        self.0
+            .auth_failures
+            .get_or_create(&AuthLabels { kind, reason })
+            .inc();
     }
 
     pub fn jwks_refresh(&self, ok: bool) {
-        self.jwks_refreshes
-            .inc(format!("result=\"{}\"", if ok { "ok" } else { "error" }));
+        let result = if ok {
+            FetchResult::Ok
+        } else {
+            FetchResult::Error
+        };
+        self.0
+            .jwks_refreshes
+            .get_or_create(&FetchLabels { result })
+            .inc();
     }
 
-    /// One outbound call to the IdP: its latency and a fixed result class (`ok`, `rejected`,
-    /// `timeout`, `network`, `protocol`, `discovery`, `error`).
-    pub fn idp_request(&self, req: IdpRequest, took: Duration, result: &'static str) {
-        if let Some(i) = IdpRequest::ALL.iter().position(|r| *r == req) {
-            self.idp_latency[i].observe(took);
-        }
-        self.idp_results
-            .inc(format!("request=\"{}\",result=\"{result}\"", req.as_str()));
+    /// One outbound call to the IdP: its latency and result class.
+    pub fn idp_request(&self, request: IdpRequest, took: Duration, result: IdpResult) {
+        self.0
+            .idp_latency
+            .get_or_create(&IdpRequestLabel { request })
+            .observe(took.as_secs_f64());
+        self.0
+            .idp_results
+            .get_or_create(&IdpLabels { request, result })
+            .inc();
     }
 
+    /// One exchange-tester run with its report's fixed `outcome`.
     pub fn tester_run(&self, outcome: &'static str) {
-        self.tester_runs.inc(format!("outcome=\"{outcome}\""));
+        self.0
+            .tester_runs
+            .get_or_create(&TesterLabels { outcome })
+            .inc();
     }
 
-    /// The exposition text. `gauges` are point-in-time values read by the caller (cache sizes,
-    /// readiness), already with their label sets.
-    pub fn render(&self, gauges: &[(&str, &str, &str, u64)]) -> String {
+    /// The exposition text (OpenMetrics, [`CONTENT_TYPE`]), with the scrape-time values of
+    /// `now`.
+    pub fn encode(&self, now: Snapshot) -> String {
+        let m = &self.0;
+        m.cache_entries
+            .get_or_create(&CacheEntriesLabel {
+                cache: CacheKind::User,
+            })
+            .set(i64::try_from(now.user_cache_entries).unwrap_or(i64::MAX));
+        m.ready.set(i64::from(now.ready));
+        m.targets
+            .set(i64::try_from(now.targets).unwrap_or(i64::MAX));
         let mut out = String::with_capacity(8192);
-        let _ = writeln!(
-            out,
-            "# HELP token_broker_build_info Build information.\n# TYPE token_broker_build_info gauge\ntoken_broker_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        let mut last = "";
-        for (name, help, labels, v) in gauges {
-            if *name != last {
-                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-                last = name;
-            }
-            if labels.is_empty() {
-                let _ = writeln!(out, "{name} {v}");
-            } else {
-                let _ = writeln!(out, "{name}{{{labels}}} {v}");
-            }
-        }
-        self.token_requests.render(
-            &mut out,
-            "token_broker_token_requests_total",
-            "Token requests that reached the token service, by target and outcome.",
-        );
-        self.cache_requests.render(
-            &mut out,
-            "token_broker_cache_requests_total",
-            "Cache lookups by cache and result (hit, miss, coalesced = joined an in-flight exchange).",
-        );
-        self.cache_evictions.render(
-            &mut out,
-            "token_broker_cache_evictions_total",
-            "Cache entries removed by the size bound (size) or their lifetime (expired).",
-        );
-        self.fallbacks.render(
-            &mut out,
-            "token_broker_fallbacks_total",
-            "Service-account tokens served instead of an exchanged one, by reason.",
-        );
-        self.auth_failures.render(
-            &mut out,
-            "token_broker_caller_auth_failures_total",
-            "Refused caller credentials by kind.",
-        );
-        self.jwks_refreshes.render(
-            &mut out,
-            "token_broker_jwks_refreshes_total",
-            "JWKS fetches by result.",
-        );
-        self.idp_results.render(
-            &mut out,
-            "token_broker_idp_requests_total",
-            "Requests to the IdP by request and result.",
-        );
-        self.tester_runs.render(
-            &mut out,
-            "token_broker_tester_runs_total",
-            "Exchange tester runs (admin API, web page) by outcome.",
-        );
-        let name = "token_broker_idp_request_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Latency of requests to the IdP (token endpoint, JWKS, discovery).\n# TYPE {name} histogram"
-        );
-        for (i, r) in IdpRequest::ALL.iter().enumerate() {
-            self.idp_latency[i].render(&mut out, name, &format!("request=\"{}\"", r.as_str()));
-        }
+        // Writing into a String cannot fail; an encoder error would leave a partial text,
+        // which the scraper rejects (no `# EOF`).
+        let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
         out
     }
 }
@@ -285,26 +530,43 @@ mod tests {
 
     #[test]
     fn renders_counters_histograms_and_gauges() {
-        let m = Metrics::default();
-        m.token_request("kagenti", "issued_user");
-        m.token_request("kagenti", "issued_user");
-        m.idp_request(IdpRequest::TokenExchange, Duration::from_millis(30), "ok");
-        let text = m.render(&[(
-            "token_broker_cache_entries",
-            "Entries.",
-            "cache=\"user\"",
-            3,
-        )]);
+        let m = Metrics::new();
+        m.token_request("kagenti", TokenOutcome::IssuedUser);
+        m.token_request("kagenti", TokenOutcome::IssuedUser);
+        m.idp_request(
+            IdpRequest::TokenExchange,
+            Duration::from_millis(30),
+            IdpResult::Ok,
+        );
+        m.auth_failure(AuthKind::UserToken, "expired");
+        let text = m.encode(Snapshot {
+            user_cache_entries: 3,
+            ready: true,
+            targets: 2,
+        });
         assert!(text.contains(
             "token_broker_token_requests_total{target=\"kagenti\",outcome=\"issued_user\"} 2"
         ));
         assert!(text.contains(
+            "token_broker_idp_request_duration_seconds_bucket{le=\"0.05\",request=\"token_exchange\"} 1"
+        ) || text.contains(
             "token_broker_idp_request_duration_seconds_bucket{request=\"token_exchange\",le=\"0.05\"} 1"
-        ));
+        ), "{text}");
+        assert!(
+            text.contains(
+                "token_broker_idp_request_duration_seconds_bucket{request=\"token_exchange\",le=\"0.025\"} 0"
+            ) || text.contains(
+                "token_broker_idp_request_duration_seconds_bucket{le=\"0.025\",request=\"token_exchange\"} 0"
+            ),
+            "{text}"
+        );
         assert!(text.contains(
-            "token_broker_idp_request_duration_seconds_bucket{request=\"token_exchange\",le=\"0.025\"} 0"
+            "token_broker_caller_auth_failures_total{kind=\"user_token\",reason=\"expired\"} 1"
         ));
         assert!(text.contains("token_broker_cache_entries{cache=\"user\"} 3"));
+        assert!(text.contains("token_broker_ready 1\n"));
+        assert!(text.contains("token_broker_build_info{version=\""));
+        assert!(text.ends_with("# EOF\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             assert!(line.starts_with("token_broker_"), "{line}");
         }

@@ -20,6 +20,7 @@ use moka::future::Cache;
 use super::IssuedToken;
 use crate::clock::Clock;
 use crate::digest::KeyDigest;
+use crate::metrics::{EvictionCause, Metrics};
 
 /// Where a served token came from (the `X-Token-Broker-Cache` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,19 +64,20 @@ pub struct TokenCache {
 }
 
 impl TokenCache {
-    pub fn new(max_entries: u64, clock: Arc<dyn Clock>) -> Self {
+    /// `metrics` counts the entries the size bound or their deadline removes.
+    pub fn new(max_entries: u64, clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
         let inner = Cache::builder()
             .max_capacity(max_entries)
             .support_invalidation_closures()
             .expire_after(UntilCacheDeadline {
                 clock: clock.clone(),
             })
-            .eviction_listener(|_key, _value, cause| match cause {
+            .eviction_listener(move |_key, _value, cause| match cause {
                 moka::notification::RemovalCause::Size => {
-                    crate::metrics::global().cache_eviction("size")
+                    metrics.cache_eviction(EvictionCause::Size)
                 }
                 moka::notification::RemovalCause::Expired => {
-                    crate::metrics::global().cache_eviction("expired")
+                    metrics.cache_eviction(EvictionCause::Expired)
                 }
                 _ => {}
             })

@@ -43,6 +43,7 @@ use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
 use crate::inbound::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
+use crate::metrics::{CacheKind, CacheResult, Metrics};
 pub use cache::{CacheStatus, TokenCache};
 pub use policy::PolicyError;
 use principal::Principal;
@@ -259,11 +260,14 @@ pub struct TokenService {
 /// so a new key, never blocked by an old failure. Local refusals (`Busy`) are not remembered.
 struct NegativeCache {
     inner: moka::future::Cache<crate::digest::KeyDigest, IdpError>,
+    /// Counts the hits (`cache="negative"`): a hit is an error, not an [`Issued`].
+    metrics: Metrics,
 }
 
 impl NegativeCache {
-    fn new(ttl: std::time::Duration, max: u64) -> Option<Self> {
+    fn new(ttl: std::time::Duration, max: u64, metrics: Metrics) -> Option<Self> {
         (!ttl.is_zero()).then(|| NegativeCache {
+            metrics,
             inner: moka::future::Cache::builder()
                 .max_capacity(max)
                 .time_to_live(ttl)
@@ -284,7 +288,8 @@ where
     if let Some(n) = negative
         && let Some(e) = n.inner.get(&key).await
     {
-        crate::metrics::global().negative_cache_hit();
+        n.metrics
+            .cache_request(CacheKind::Negative, CacheResult::Hit);
         return Err(FetchError::Idp(e));
     }
     let result = fetch.await;
@@ -302,13 +307,14 @@ impl TokenService {
         idp: Arc<IdpClient>,
         verifier: Arc<OidcVerifier>,
         clock: Arc<dyn Clock>,
+        metrics: Metrics,
     ) -> Self {
         let max = config.cache.max_entries;
         TokenService {
-            user_cache: TokenCache::new(max, clock.clone()),
+            user_cache: TokenCache::new(max, clock.clone(), metrics.clone()),
             // One entry per target and scope set: small.
-            service_cache: TokenCache::new(1024, clock.clone()),
-            negative: NegativeCache::new(config.cache.negative_ttl, max),
+            service_cache: TokenCache::new(1024, clock.clone(), metrics.clone()),
+            negative: NegativeCache::new(config.cache.negative_ttl, max, metrics),
             forced_refresh: ForcedRefreshLimiter::new(
                 FORCED_REFRESH_INTERVAL,
                 FORCED_REFRESH_MAX_KEYS,

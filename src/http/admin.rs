@@ -20,6 +20,7 @@ use super::body::read_body;
 use crate::digest::sha256;
 use crate::error::ApiError;
 use crate::inbound::{BearerHeader, parse_bearer};
+use crate::metrics::{AuthKind, Snapshot};
 use crate::tester::{Tester, TesterError};
 
 const PAGE: &str = include_str!("../tester/page.html");
@@ -27,31 +28,15 @@ const SCRIPT: &str = include_str!("../tester/app.js");
 /// Only our own script; no inline code, no framing, nothing sent elsewhere.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-/// `GET /metrics`.
+/// `GET /metrics`: the OpenMetrics text of this broker's registry.
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    let ready = u64::from(state.idp.is_discovered() && state.verifier.jwks().is_loaded());
-    let text = crate::metrics::global().render(&[
-        (
-            "token_broker_cache_entries",
-            "Entries in the token caches (approximate).",
-            "cache=\"user\"",
-            state.service.user_cache().entry_count(),
-        ),
-        (
-            "token_broker_ready",
-            "1 when the IdP discovery document and JWKS are loaded.",
-            "",
-            ready,
-        ),
-        (
-            "token_broker_targets",
-            "Configured targets.",
-            "",
-            state.config.targets.len() as u64,
-        ),
-    ]);
+    let text = state.metrics.encode(Snapshot {
+        user_cache_entries: state.service.user_cache().entry_count(),
+        ready: state.idp.is_discovered() && state.verifier.jwks().is_loaded(),
+        targets: state.config.targets.len(),
+    });
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .content_type(crate::metrics::CONTENT_TYPE)
         .body(text)
 }
 
@@ -85,7 +70,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let presented = match parse_bearer(req.headers().get("authorization").map(|v| v.as_bytes())) {
         BearerHeader::Token(t) => t,
         BearerHeader::Absent | BearerHeader::NotBearer => {
-            crate::metrics::global().auth_failure("admin_token", "missing");
+            state.metrics.auth_failure(AuthKind::AdminToken, "missing");
             return Err(ApiError::unauthenticated(
                 "send the admin credential as Authorization: Bearer <admin.token>",
                 None,
@@ -97,7 +82,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     if bool::from(a.ct_eq(&b)) {
         Ok(())
     } else {
-        crate::metrics::global().auth_failure("admin_token", "unknown");
+        state.metrics.auth_failure(AuthKind::AdminToken, "unknown");
         Err(ApiError::unauthenticated(
             "the admin credential is not valid",
             Some("invalid_token"),
@@ -203,7 +188,7 @@ pub async fn exchange(
     };
     match t.run(&body.target, token.expose_secret()).await {
         Ok(report) => {
-            crate::metrics::global().tester_run(report.outcome);
+            state.metrics.tester_run(report.outcome);
             tracing::info!(
                 target = %report.target,
                 outcome = report.outcome,

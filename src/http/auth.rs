@@ -17,6 +17,7 @@ use crate::error::ApiError;
 use crate::inbound::AuthError;
 pub use crate::inbound::Authenticated;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError};
+use crate::metrics::AuthKind;
 
 /// Authenticates `req` from its headers alone: the caller credential and the user-token
 /// header. `subject_fp` receives the user token's fingerprint for the audit line. Runs before
@@ -66,7 +67,7 @@ async fn run(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"
         )));
     }
-    let metrics = crate::metrics::global();
+    let metrics = &state.metrics;
     let result = state
         .auth
         .authenticate(
@@ -88,13 +89,13 @@ async fn run(
             token_error,
         } => {
             match token_error {
-                Some(_) => metrics.auth_failure("caller", "invalid"),
-                None => metrics.auth_failure("none", "missing"),
+                Some(_) => metrics.auth_failure(AuthKind::Caller, "invalid"),
+                None => metrics.auth_failure(AuthKind::None, "missing"),
             }
             ApiError::unauthenticated(description, token_error)
         }
         AuthError::Forbidden(m) => {
-            metrics.auth_failure("caller", "forbidden");
+            metrics.auth_failure(AuthKind::Caller, "forbidden");
             ApiError::new(StatusCode::FORBIDDEN, "access_denied", m)
         }
         AuthError::UserToken {
@@ -102,11 +103,11 @@ async fn run(
             caller_is_user,
         } => {
             tracing::info!(reason = error.kind(), "user token rejected");
-            metrics.auth_failure("user_token", error.kind());
+            metrics.auth_failure(AuthKind::UserToken, error.kind());
             oidc_error_answer(&error, caller_is_user)
         }
         AuthError::NotAUserToken(r) => {
-            metrics.auth_failure("user_token", r.kind());
+            metrics.auth_failure(AuthKind::UserToken, r.kind());
             ApiError::invalid_request(r.to_string()).with_hint(r.hint())
         }
     })

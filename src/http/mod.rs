@@ -8,6 +8,7 @@ pub mod form;
 pub mod health;
 pub mod jwks;
 pub mod proxy;
+pub mod record;
 pub mod token;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::error::ApiError;
 use crate::idp::IdpClient;
 use crate::inbound::Authenticator;
 use crate::inbound::oidc::OidcVerifier;
+use crate::metrics::Metrics;
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -35,6 +37,8 @@ pub struct AppState {
     pub verifier: Arc<OidcVerifier>,
     pub idp: Arc<IdpClient>,
     pub clock: Arc<dyn Clock>,
+    /// This broker's metrics (the edge records requests, caches, fallbacks, refusals).
+    pub metrics: Metrics,
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     pub draining: std::sync::atomic::AtomicBool,
 }

@@ -28,6 +28,7 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::auth::{Authenticated, authenticate};
+use super::record;
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
 use crate::audit;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
@@ -342,7 +343,7 @@ async fn handle(
         ));
     }
     let Authenticated { principal, user } = authenticate(req, state, &mut rec.subject_fp).await?;
-    rec.principal(&principal, user.as_ref());
+    record::principal(rec, &principal, user.as_ref());
 
     let (target_name, rest) = split_path(req.uri().path()).ok_or_else(not_found)?;
     rec.target = target_name.chars().take(64).collect();
@@ -379,7 +380,7 @@ async fn handle(
     let issue = |r| obtain(&state.service, r, streaming.then_some(min_life));
     let client_id = &state.config.keycloak.client_id;
     let result = issue(token_req).await;
-    rec.note(&result);
+    record::issued(rec, &state.metrics, true, &result);
     let mut issued: Issued = result.map_err(|e| from_broker(&e, client_id))?;
 
     let user_ref = rules::user_entity_ref(&principal, user.as_ref());
@@ -435,7 +436,7 @@ async fn handle(
                         "upstream answered 401: dropped the refused token, obtaining it again"
                     );
                     let result = issue(token_req).await;
-                    rec.note(&result);
+                    record::issued(rec, &state.metrics, true, &result);
                     issued = result.map_err(|e| from_broker(&e, client_id))?;
                     continue;
                 }

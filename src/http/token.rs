@@ -17,6 +17,7 @@ use super::AppState;
 use super::auth::{Authenticated, authenticate, with_form_token};
 use super::body::read_body;
 use super::form::{self, FormError};
+use super::record;
 use crate::audit;
 use crate::broker::{Issued, TokenRequest};
 use crate::config::TokenType;
@@ -71,7 +72,7 @@ async fn handle(
     // The credentials in the headers first: without one, or with a wrong one, the answer does
     // not wait for the body (docs/security.md, "Slow bodies").
     let from_headers = authenticate(req, state, &mut rec.subject_fp).await?;
-    rec.principal(&from_headers.principal, from_headers.user.as_ref());
+    record::principal(rec, &from_headers.principal, from_headers.user.as_ref());
     let ct = req
         .headers()
         .get("content-type")
@@ -139,8 +140,13 @@ async fn handle(
             user_token: user.as_ref(),
         })
         .await;
-    rec.principal(&principal, user.as_ref());
-    rec.issued(state.config.targets.contains_key(target), &result);
+    record::principal(rec, &principal, user.as_ref());
+    record::issued(
+        rec,
+        &state.metrics,
+        state.config.targets.contains_key(target),
+        &result,
+    );
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),
         Err(e) => Err(from_broker(&e, &state.config.keycloak.client_id)),

@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::metrics::{IdpRequest, Metrics};
+use crate::metrics::{IdpRequest, IdpResult, Metrics};
 
 /// How a client is built. The rules every outbound client shares (no redirects, the user
 /// agent) are not options.
@@ -316,18 +316,18 @@ impl Outbound {
 /// The fixed `result` label of one call. Token-endpoint calls tell the answer's class apart
 /// (`ok`, `rejected`, `server_error`) and the failure's (`timeout`, `network`, `protocol` for
 /// an oversized answer); documents (discovery, JWKS) are `ok` for a 2xx and `error` otherwise.
-fn result_label(m: IdpRequest, r: &Result<Answer, OutboundError>) -> &'static str {
+fn result_label(m: IdpRequest, r: &Result<Answer, OutboundError>) -> IdpResult {
     let document = matches!(m, IdpRequest::Jwks | IdpRequest::Discovery);
     match r {
-        Ok(a) if document && (200..300).contains(&a.status) => "ok",
-        Ok(_) | Err(_) if document => "error",
-        Ok(a) if a.status == 200 => "ok",
-        Ok(a) if a.status >= 500 => "server_error",
-        Ok(_) => "rejected",
-        Err(OutboundError::Transport(TransportKind::Timeout)) => "timeout",
-        Err(OutboundError::Transport(_)) => "network",
-        Err(OutboundError::TooLarge { .. }) => "protocol",
-        Err(OutboundError::Busy) => "busy",
+        Ok(a) if document && (200..300).contains(&a.status) => IdpResult::Ok,
+        Ok(_) | Err(_) if document => IdpResult::Error,
+        Ok(a) if a.status == 200 => IdpResult::Ok,
+        Ok(a) if a.status >= 500 => IdpResult::ServerError,
+        Ok(_) => IdpResult::Rejected,
+        Err(OutboundError::Transport(TransportKind::Timeout)) => IdpResult::Timeout,
+        Err(OutboundError::Transport(_)) => IdpResult::Network,
+        Err(OutboundError::TooLarge { .. }) => IdpResult::Protocol,
+        Err(OutboundError::Busy) => IdpResult::Busy,
     }
 }
 
@@ -412,29 +412,29 @@ mod tests {
                 body: Vec::new(),
             })
         };
-        assert_eq!(result_label(IdpRequest::Jwks, &ok(200)), "ok");
-        assert_eq!(result_label(IdpRequest::Jwks, &ok(404)), "error");
+        assert_eq!(result_label(IdpRequest::Jwks, &ok(200)), IdpResult::Ok);
+        assert_eq!(result_label(IdpRequest::Jwks, &ok(404)), IdpResult::Error);
         assert_eq!(
             result_label(
                 IdpRequest::Discovery,
                 &Err(OutboundError::Transport(TransportKind::Timeout))
             ),
-            "error"
+            IdpResult::Error
         );
         assert_eq!(
             result_label(IdpRequest::TokenExchange, &ok(503)),
-            "server_error"
+            IdpResult::ServerError
         );
         assert_eq!(
             result_label(IdpRequest::ClientCredentials, &ok(401)),
-            "rejected"
+            IdpResult::Rejected
         );
         assert_eq!(
             result_label(
                 IdpRequest::OtherGrant,
                 &Err(OutboundError::Transport(TransportKind::Timeout))
             ),
-            "timeout"
+            IdpResult::Timeout
         );
         assert_eq!(
             result_label(
@@ -444,7 +444,7 @@ mod tests {
                     limit: 1
                 })
             ),
-            "protocol"
+            IdpResult::Protocol
         );
     }
 

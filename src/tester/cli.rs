@@ -40,7 +40,7 @@ pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) 
         }
     };
     let kc = &cfg.keycloak;
-    let outbound = match Outbound::new(OutboundConfig::from(kc), crate::metrics::global().clone()) {
+    let outbound = match Outbound::new(OutboundConfig::from(kc), crate::metrics::Metrics::new()) {
         Ok(h) => Arc::new(h),
         Err(e) => {
             eprintln!("token-broker exchange: {e}");

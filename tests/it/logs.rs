@@ -317,7 +317,13 @@ logging: {{format: json, level: info}}
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("token_broker_tester_runs_total"));
+    // The series start at zero: a run must have been counted.
+    let runs: u64 = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("token_broker_tester_runs_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(runs > 0, "no tester run counted:\n{metrics}");
 
     // Graceful shutdown on SIGTERM (its log lines are scanned too).
     let term = Command::new("kill")

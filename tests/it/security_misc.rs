@@ -511,3 +511,42 @@ async fn no_answer_5xx_and_unsupported_grant_type_still_fall_back() {
     assert_eq!(answer["error"], "temporarily_unavailable");
     env.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// (e) proxied calls count in the request, cache and fallback metrics like token requests
+
+#[actix_web::test]
+async fn proxied_calls_count_in_the_request_cache_and_fallback_metrics() {
+    let up = refusing_upstream().await;
+    let env = env_with_upstream(&up).await;
+    let alice = env.login("alice").await;
+    let series = |outcome: &str| {
+        format!("token_broker_token_requests_total{{target=\"kagenti\",outcome=\"{outcome}\"}}")
+    };
+    // alice: her exchange, then (the upstream refuses it) one forced re-exchange.
+    assert_eq!(env.proxied("kagenti", Some(&alice)).await, 401);
+    // bob, with token exchange off at the IdP: kagenti falls back to the service account.
+    env.idp.set_token_exchange_enabled(false);
+    let bob = env.login("bob").await;
+    assert_eq!(env.proxied("kagenti", Some(&bob)).await, 401);
+    let text = env.metrics().await;
+    assert_eq!(metric(&text, &series("issued_user")), 2, "{text}");
+    assert!(metric(&text, &series("issued_service")) >= 1, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "token_broker_cache_requests_total{cache=\"user\",result=\"miss\"}"
+        ),
+        2,
+        "{text}"
+    );
+    assert!(
+        metric(
+            &text,
+            "token_broker_fallbacks_total{reason=\"exchange_unsupported\"}"
+        ) >= 1,
+        "{text}"
+    );
+    env.stop().await;
+    up.handle.stop(true).await;
+}

@@ -1,0 +1,126 @@
+//! What the edge records about a request that reached the token service: the audit record's
+//! fields and the request, cache and fallback metrics, both derived here from what the lower
+//! layers return ([`Issued`]: identity, cache status, fallback reason; [`BrokerError`]: the
+//! refusal and Keycloak's status and error), for `/v1/token` and `/v1/proxy` alike.
+
+use crate::audit::Record;
+use crate::broker::{BrokerError, CacheStatus, FallbackReason, Identity, Issued};
+use crate::idp::IdpError;
+use crate::inbound::Principal;
+use crate::inbound::oidc::VerifiedUserToken;
+use crate::metrics::{self, CacheKind, CacheResult, Metrics, TokenOutcome};
+
+/// The fixed outcome of the token service (metrics label and audit field).
+pub fn outcome(result: &Result<Issued, BrokerError>) -> TokenOutcome {
+    match result {
+        Ok(i) => match i.identity {
+            Identity::User => TokenOutcome::IssuedUser,
+            Identity::Service => TokenOutcome::IssuedService,
+        },
+        Err(BrokerError::UnknownTarget(_)) => TokenOutcome::UnknownTarget,
+        Err(BrokerError::Policy(_)) => TokenOutcome::PolicyDenied,
+        Err(BrokerError::UserTokenRequired { .. }) => TokenOutcome::UserTokenRequired,
+        Err(BrokerError::ExchangeFailed { .. }) => TokenOutcome::IdpUnavailable,
+        Err(BrokerError::ExchangeRejected(_)) => TokenOutcome::KeycloakRejected,
+        Err(BrokerError::ServiceAccountFailed { .. }) => TokenOutcome::ServiceAccountFailed,
+        Err(BrokerError::InvalidIdpAnswer(_)) => TokenOutcome::InvalidIdpAnswer,
+    }
+}
+
+/// Records who is calling: as soon as the credentials are verified, so a request refused
+/// later (bad form, body deadline, path) still names its caller.
+pub fn principal(rec: &mut Record, principal: &Principal, user: Option<&VerifiedUserToken>) {
+    rec.caller = principal.name.clone();
+    rec.caller_kind = principal.kind.as_str();
+    rec.actor = principal.actor.clone().unwrap_or_default();
+    rec.user = if principal.backstage_user.is_some() {
+        principal.name.clone()
+    } else {
+        user.map(|u| u.sub.clone()).unwrap_or_default()
+    };
+}
+
+/// Records the token service's answer in the audit record and counts it: one request per
+/// answer (label `target`: the name when it is configured, else `_unknown`), and for a
+/// served token its cache result and fallback reason.
+pub fn issued(
+    rec: &mut Record,
+    m: &Metrics,
+    target_known: bool,
+    result: &Result<Issued, BrokerError>,
+) {
+    let o = outcome(result);
+    note(rec, o, result);
+    m.token_request(
+        if target_known {
+            rec.target.as_str()
+        } else {
+            "_unknown"
+        },
+        o,
+    );
+    if let Ok(i) = result {
+        m.cache_request(
+            match i.identity {
+                Identity::User => CacheKind::User,
+                Identity::Service => CacheKind::Service,
+            },
+            match i.cache {
+                CacheStatus::Hit => CacheResult::Hit,
+                CacheStatus::Miss => CacheResult::Miss,
+                CacheStatus::Coalesced => CacheResult::Coalesced,
+            },
+        );
+        if let Some(f) = i.fallback {
+            m.fallback(match f {
+                FallbackReason::NoUserToken => metrics::FallbackReason::NoUserToken,
+                FallbackReason::IdpUnavailable => metrics::FallbackReason::IdpUnavailable,
+                FallbackReason::ExchangeUnsupported => metrics::FallbackReason::ExchangeUnsupported,
+            });
+        }
+    }
+}
+
+fn note(rec: &mut Record, o: TokenOutcome, result: &Result<Issued, BrokerError>) {
+    rec.outcome = o.as_str();
+    match result {
+        Ok(i) => {
+            rec.identity = i.identity.as_str();
+            rec.cache = i.cache.as_str();
+            rec.fallback = i.fallback.map(|f| f.as_str()).unwrap_or("");
+            rec.issued_fp = i.token.fingerprint.clone();
+        }
+        Err(e) => {
+            let idp = match e {
+                BrokerError::ExchangeFailed { source, .. }
+                | BrokerError::ServiceAccountFailed { source, .. }
+                | BrokerError::ExchangeRejected(source) => Some(source),
+                _ => None,
+            };
+            match idp {
+                Some(IdpError::Rejected { status, error, .. }) => {
+                    rec.idp_status = *status;
+                    rec.idp_error = error.chars().take(64).collect();
+                }
+                Some(other) => {
+                    rec.idp_status = other.idp_status();
+                    rec.idp_error = other.kind().to_owned();
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_labels_match_the_documented_values() {
+        let e = BrokerError::UnknownTarget("x".into());
+        assert_eq!(outcome(&Err(e)).as_str(), "unknown_target");
+        let e = BrokerError::InvalidIdpAnswer("x".into());
+        assert_eq!(outcome(&Err(e)).as_str(), "invalid_idp_answer");
+    }
+}
