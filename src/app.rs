@@ -182,8 +182,13 @@ pub async fn start_with_clock(
         None => None,
     };
     let service = Arc::new(
-        TokenService::new(config.clone(), idp.clone(), verifier.clone(), clock.clone())
-            .with_assertion_signer(assertion.clone()),
+        TokenService::new(
+            config.clone(),
+            idp.clone(),
+            verifier.realm().clone(),
+            clock.clone(),
+        )
+        .with_assertion_signer(assertion.clone()),
     );
     {
         // Entries exchanged for subject tokens whose key left the JWKS can never be served

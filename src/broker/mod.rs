@@ -26,6 +26,7 @@
 
 pub mod assertion;
 pub mod cache;
+pub mod entity;
 pub mod policy;
 pub mod principal;
 
@@ -34,18 +35,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
-use serde::Deserialize;
 
 use crate::clock::Clock;
 use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
 use crate::digest::{KeyBuilder, KeyDigest, fingerprint};
-use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::exchange::ExchangeRequest;
+use crate::idp::realm_token::RealmTokenVerifier;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
-use crate::inbound::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
 pub use cache::{CacheStatus, TokenCache};
 pub use policy::PolicyError;
-use principal::Principal;
+use principal::{Principal, VerifiedUserToken};
 
 /// Whose identity a served token carries (the `X-Token-Broker-Identity` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,21 +209,6 @@ enum FetchError {
     Invalid(String),
 }
 
-#[derive(Deserialize)]
-struct IssuedClaims {
-    exp: u64,
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    aud: Option<serde_json::Value>,
-    #[serde(default)]
-    preferred_username: Option<String>,
-    #[serde(default)]
-    client_id: Option<serde_json::Value>,
-    #[serde(default, rename = "clientId")]
-    client_id_legacy: Option<serde_json::Value>,
-}
-
 /// Whose token an answer must be, checked before it is served or cached.
 #[derive(Clone, Copy)]
 enum Expected<'a> {
@@ -242,7 +226,7 @@ enum Expected<'a> {
 pub struct TokenService {
     config: Arc<Config>,
     idp: Arc<IdpClient>,
-    verifier: Arc<OidcVerifier>,
+    verifier: Arc<RealmTokenVerifier>,
     user_cache: TokenCache,
     service_cache: TokenCache,
     clock: Arc<dyn Clock>,
@@ -300,7 +284,7 @@ impl TokenService {
     pub fn new(
         config: Arc<Config>,
         idp: Arc<IdpClient>,
-        verifier: Arc<OidcVerifier>,
+        verifier: Arc<RealmTokenVerifier>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let max = config.cache.max_entries;
@@ -615,7 +599,7 @@ impl TokenService {
         mapping: &crate::config::UserMapping,
     ) -> Result<Issued, BrokerError> {
         use secrecy::ExposeSecret;
-        let subject = crate::inbound::expand_template(&mapping.subject, &principal.name);
+        let subject = entity::expand_template(&mapping.subject, &principal.name);
         let domain = match mapping.kind {
             UserMappingKind::JwtAuthorizationGrant => "jwt-authorization-grant",
             UserMappingKind::Impersonation => "impersonation",
@@ -710,73 +694,36 @@ impl TokenService {
         cap_at: Option<u64>,
         subject_kid: Option<&str>,
     ) -> Result<Arc<IssuedToken>, String> {
-        if answer.access_token.is_empty() {
-            return Err("the answer has an empty access_token".into());
-        }
-        let issued_type = match requested {
-            Some(t) => {
-                // issued_token_type is REQUIRED in an exchange answer (RFC 8693 §2.2.1).
-                if answer.issued_token_type.as_deref() != Some(t.urn()) {
-                    return Err("issued_token_type differs from the requested type".into());
-                }
-                t
-            }
-            None => TokenType::AccessToken,
-        };
-        let type_ok = match issued_type {
-            TokenType::AccessToken => answer.token_type.eq_ignore_ascii_case("bearer"),
-            // Keycloak returns an ID token with token_type N_A (keycloak-token-exchange.md §3.6).
-            TokenType::IdToken => {
-                answer.token_type == "N_A" || answer.token_type.eq_ignore_ascii_case("bearer")
-            }
-        };
-        if !type_ok {
-            return Err("token_type is not Bearer".into());
-        }
-        let (payload, _kid) = self
-            .verifier
-            .verify_any::<serde_json::Value>(&answer.access_token)
-            .await
-            .map_err(|e: OidcError| format!("the issued token did not verify: {e}"))?;
-        let match_value = payload
-            .get(self.config.user_token.match_claim.as_str())
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        let claims = serde_json::from_value::<IssuedClaims>(payload)
-            .map_err(|_| "the issued token's claims are malformed".to_owned())?;
-        if issued_type == TokenType::AccessToken && !aud_contains(claims.aud.as_ref(), audience) {
-            return Err(format!(
-                "the issued token's aud does not contain '{audience}'"
-            ));
-        }
+        let answer = crate::idp::answer::check(
+            &self.verifier,
+            answer,
+            audience,
+            requested,
+            &self.config.user_token.match_claim,
+        )
+        .await?;
         match expected {
             Expected::Service => {}
             Expected::Sub(subject) => {
-                if claims.sub.as_deref() != Some(subject) {
+                if answer.sub.as_deref() != Some(subject) {
                     return Err(
                         "the issued token's sub differs from the subject token's sub".into(),
                     );
                 }
             }
             Expected::Person(entity_ref) => {
-                if claims.sub.as_deref().is_none_or(str::is_empty) {
+                if answer.sub.as_deref().is_none_or(str::is_empty) {
                     return Err("the issued token has no sub".into());
                 }
-                if is_service_account(
-                    claims
-                        .client_id
-                        .as_ref()
-                        .or(claims.client_id_legacy.as_ref()),
-                    claims.preferred_username.as_deref(),
-                ) {
+                if answer.service_account {
                     return Err(
                         "the user mapping returned a service-account token, not the user's".into(),
                     );
                 }
-                if !crate::inbound::is_same_person(
+                if !entity::is_same_person(
                     &self.config.user_token,
                     entity_ref,
-                    match_value.as_deref(),
+                    answer.match_value.as_deref(),
                 ) {
                     return Err(format!(
                         "the user mapping returned a token of another user than '{entity_ref}' (claim '{}' differs)",
@@ -786,7 +733,7 @@ impl TokenService {
             }
         }
         let now = self.clock.now_unix();
-        let mut expires_at = claims.exp;
+        let mut expires_at = answer.exp;
         if let Some(ei) = answer.expires_in {
             expires_at = expires_at.min(now.saturating_add(ei));
         }
@@ -800,12 +747,8 @@ impl TokenService {
             fingerprint: fingerprint(&answer.access_token),
             subject_kid: subject_kid.map(str::to_owned),
             access_token: SecretString::from(answer.access_token),
-            token_type: if issued_type == TokenType::AccessToken {
-                "Bearer".to_owned()
-            } else {
-                answer.token_type
-            },
-            issued_token_type: issued_type,
+            token_type: answer.token_type,
+            issued_token_type: answer.issued_token_type,
             scope: answer.scope,
             expires_at,
             cache_until: cap.saturating_sub(margin),

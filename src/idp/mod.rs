@@ -9,11 +9,13 @@
 //! Endpoints come only from the issuer's discovery document (OpenID Connect Discovery 1.0 §4),
 //! whose `issuer` must equal the configured issuer exactly (checked by `openidconnect`).
 
+pub mod answer;
 pub mod claims;
 pub mod client_credentials;
 pub mod exchange;
 pub mod hints;
 pub mod jwks;
+pub mod realm_token;
 pub mod user_mapping;
 
 use std::sync::{Arc, RwLock};
