@@ -23,28 +23,45 @@
 //! [`FORCED_REFRESH_INTERVAL`]: a target that refuses everything costs one extra exchange per
 //! user and interval, not one per call, and a user's refused token never costs the shared
 //! service-account token.
+//!
+//! This module holds the service and its request flow (the exchange, the service-account
+//! token, the checks of whose token an answer is, the token's cache lifetime); the parts live
+//! apart: [`policy`] (who may ask for what), [`fallback`] (which failures the fallback covers
+//! and what follows), `user_mapping` (Backstage users without a Keycloak token), `keys` (every
+//! cache key), [`cache`] (the token caches), `negative` (remembered failures), `refresh` (the
+//! forced-refresh limit), [`entity`] (entity refs and the same-person rule), [`principal`] (the
+//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer).
 
 pub mod assertion;
 pub mod cache;
 pub mod entity;
+pub mod fallback;
+mod keys;
+mod negative;
 pub mod policy;
 pub mod principal;
+mod refresh;
+mod user_mapping;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
-use crate::digest::{KeyBuilder, KeyDigest, fingerprint};
+use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::digest::{KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::realm_token::RealmTokenVerifier;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
 pub use cache::{CacheStatus, TokenCache};
+use fallback::FailedPath;
+pub use fallback::FallbackReason;
+use negative::{NegativeCache, with_negative};
 pub use policy::PolicyError;
 use principal::{Principal, VerifiedUserToken};
+pub use refresh::FORCED_REFRESH_INTERVAL;
+use refresh::{FORCED_REFRESH_MAX_KEYS, ForcedRefreshLimiter};
 
 /// Whose identity a served token carries (the `X-Token-Broker-Identity` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,24 +104,6 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
-/// Why a fallback token was served instead of an exchanged one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    NoUserToken,
-    IdpUnavailable,
-    ExchangeUnsupported,
-}
-
-impl FallbackReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::NoUserToken => "no_user_token",
-            FallbackReason::IdpUnavailable => "idp_unavailable",
-            FallbackReason::ExchangeUnsupported => "exchange_unsupported",
-        }
-    }
-}
-
 /// The answer to one token request.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -121,50 +120,6 @@ pub struct Issued {
 struct EntryRef {
     service: bool,
     key: KeyDigest,
-}
-
-/// The shortest time between two forced refreshes of one cache entry after a target refused
-/// its token (an upstream 401 in proxy mode). Within it, a refused token is not exchanged
-/// again: the refusal goes to the caller, and the entry lives on until its own deadline.
-pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Entries the forced-refresh limiter remembers at most. When it is full of entries refreshed
-/// within the interval, further forced refreshes are refused (fail closed: the tokens still
-/// expire on their own), so the limiter's memory is bounded whatever callers send.
-const FORCED_REFRESH_MAX_KEYS: usize = 10_000;
-
-/// When each cache entry was last dropped because its token was refused.
-struct ForcedRefreshLimiter {
-    last: Mutex<HashMap<KeyDigest, Instant>>,
-    interval: Duration,
-    max_keys: usize,
-}
-
-impl ForcedRefreshLimiter {
-    fn new(interval: Duration, max_keys: usize) -> Self {
-        ForcedRefreshLimiter {
-            last: Mutex::new(HashMap::new()),
-            interval,
-            max_keys,
-        }
-    }
-
-    /// May `key` be refreshed now? Records the refresh when it may.
-    fn allow(&self, key: &KeyDigest, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = |t: &Instant| now.saturating_duration_since(*t) < self.interval;
-        if last.get(key).is_some_and(recent) {
-            return false;
-        }
-        if last.len() >= self.max_keys && !last.contains_key(key) {
-            last.retain(|_, t| recent(t));
-            if last.len() >= self.max_keys {
-                return false;
-            }
-        }
-        last.insert(*key, now);
-        true
-    }
 }
 
 /// One token request, already authenticated.
@@ -235,49 +190,6 @@ pub struct TokenService {
     negative: Option<NegativeCache>,
     /// Rate limit on dropping an entry because a target refused its token.
     forced_refresh: ForcedRefreshLimiter,
-}
-
-/// Failed IdP calls remembered for a short time, keyed like the user cache: by a digest of
-/// the subject credential and the request inputs. A repeat of the same request with the same
-/// credential gets the same error without a call to Keycloak; a new login is a new token and
-/// so a new key, never blocked by an old failure. Local refusals (`Busy`) are not remembered.
-struct NegativeCache {
-    inner: moka::future::Cache<crate::digest::KeyDigest, IdpError>,
-}
-
-impl NegativeCache {
-    fn new(ttl: std::time::Duration, max: u64) -> Option<Self> {
-        (!ttl.is_zero()).then(|| NegativeCache {
-            inner: moka::future::Cache::builder()
-                .max_capacity(max)
-                .time_to_live(ttl)
-                .build(),
-        })
-    }
-}
-
-/// A failure remembered by [`NegativeCache`], or `fetch`'s result (remembering its failure).
-async fn with_negative<Fut>(
-    negative: Option<&NegativeCache>,
-    key: crate::digest::KeyDigest,
-    fetch: Fut,
-) -> Result<Arc<IssuedToken>, FetchError>
-where
-    Fut: std::future::Future<Output = Result<Arc<IssuedToken>, FetchError>>,
-{
-    if let Some(n) = negative
-        && let Some(e) = n.inner.get(&key).await
-    {
-        crate::metrics::global().negative_cache_hit();
-        return Err(FetchError::Idp(e));
-    }
-    let result = fetch.await;
-    if let (Some(n), Err(FetchError::Idp(e))) = (negative, &result)
-        && !matches!(e, IdpError::Busy)
-    {
-        n.inner.insert(key, e.clone()).await;
-    }
-    result
 }
 
 impl TokenService {
@@ -397,24 +309,18 @@ impl TokenService {
             .await
         {
             Ok(issued) => Ok(issued),
-            Err(FetchOutcome::Idp(e)) => match (policy::fallback_reason(&e), target.fallback) {
-                (None, _) => Err(BrokerError::ExchangeRejected(e)),
-                (Some(r), FallbackPolicy::ServiceAccount) => {
-                    tracing::warn!(
-                        target = req.target,
-                        reason = r.as_str(),
-                        error = %e,
-                        subject = %user.fingerprint,
-                        "token exchange failed: serving the service-account token"
-                    );
-                    self.service_token(req.target, target, &scopes, None, Some(r))
-                        .await
-                }
-                (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                    target: req.target.to_owned(),
-                    source: e,
-                }),
-            },
+            Err(FetchOutcome::Idp(e)) => {
+                self.after_idp_failure(
+                    req.target,
+                    target,
+                    &scopes,
+                    e,
+                    FailedPath::Exchange {
+                        subject: &user.fingerprint,
+                    },
+                )
+                .await
+            }
             Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
         }
     }
@@ -495,7 +401,7 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
-        let key = exchange_key(target_name, target, scopes, token_type, user);
+        let key = keys::exchange_key(target_name, target, scopes, token_type, user);
         let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
@@ -550,7 +456,7 @@ impl TokenService {
         if let Some(name) = principal {
             tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
         }
-        let key = service_key(target_name, target, scopes);
+        let key = keys::service_key(target_name, target, scopes);
         let fetch = async {
             let answer = self
                 .idp
@@ -581,103 +487,6 @@ impl TokenService {
                     target: target_name.to_owned(),
                     source: i.clone(),
                 }),
-                FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
-            },
-        }
-    }
-
-    /// A Backstage user without a Keycloak token, through the target's `userMapping`.
-    #[allow(clippy::too_many_arguments)]
-    async fn mapped_user(
-        &self,
-        target_name: &str,
-        target: &TargetConfig,
-        scopes: &[String],
-        token_type: TokenType,
-        principal: &Principal,
-        bs: &principal::BackstageUser,
-        mapping: &crate::config::UserMapping,
-    ) -> Result<Issued, BrokerError> {
-        use secrecy::ExposeSecret;
-        let subject = entity::expand_template(&mapping.subject, &principal.name);
-        let domain = match mapping.kind {
-            UserMappingKind::JwtAuthorizationGrant => "jwt-authorization-grant",
-            UserMappingKind::Impersonation => "impersonation",
-        };
-        // Keyed by the user credential the principal carries (plugin tokens are minted per
-        // request), capped at its expiry.
-        let key = KeyBuilder::new(domain)
-            .field(bs.credential.expose_secret().as_bytes())
-            .field(subject.as_bytes())
-            .field(target_name.as_bytes())
-            .field(target.audience.as_bytes())
-            .field(scopes.join(" ").as_bytes())
-            .field(token_type.urn().as_bytes())
-            .finish();
-        let signer = self.assertion.clone();
-        let fetch = with_negative(self.negative.as_ref(), key, async {
-            let answer = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => {
-                    let signer = signer.ok_or_else(|| {
-                        FetchError::Invalid("no assertion signer is configured".into())
-                    })?;
-                    let now = self.clock.now_unix();
-                    let (jwt, _) = signer
-                        .sign(&subject, self.idp.issuer(), now)
-                        .map_err(|e| FetchError::Invalid(e.to_string()))?;
-                    self.idp.jwt_bearer(&jwt, scopes).await
-                }
-                UserMappingKind::Impersonation => {
-                    self.idp
-                        .impersonate(&subject, &target.audience, scopes, token_type)
-                        .await
-                }
-            }
-            .map_err(FetchError::Idp)?;
-            let requested = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => None,
-                UserMappingKind::Impersonation => Some(token_type),
-            };
-            self.check_answer(
-                answer,
-                &target.audience,
-                requested,
-                Expected::Person(&principal.name),
-                Some(bs.expires_at),
-                None,
-            )
-            .await
-            .map_err(FetchError::Invalid)
-        });
-        match self.user_cache.get_or_fetch(key, fetch).await {
-            Ok((token, cache)) => Ok(Issued {
-                token,
-                identity: Identity::User,
-                cache,
-                fallback: None,
-                entry: EntryRef {
-                    service: false,
-                    key,
-                },
-            }),
-            Err(e) => match &*e {
-                FetchError::Idp(i) => match (policy::fallback_reason(i), target.fallback) {
-                    (Some(r), FallbackPolicy::ServiceAccount) => {
-                        tracing::warn!(
-                            target = target_name,
-                            reason = r.as_str(),
-                            error = %i,
-                            "user mapping failed: serving the service-account token"
-                        );
-                        self.service_token(target_name, target, scopes, None, Some(r))
-                            .await
-                    }
-                    (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                        target: target_name.to_owned(),
-                        source: i.clone(),
-                    }),
-                    (None, _) => Err(BrokerError::ExchangeRejected(i.clone())),
-                },
                 FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
             },
         }
@@ -756,66 +565,7 @@ impl TokenService {
     }
 }
 
-/// The user-cache key of an exchange: the one place that decides what makes two exchange
-/// requests the same (see docs/architecture.md "Cache").
-fn exchange_key(
-    target_name: &str,
-    target: &TargetConfig,
-    scopes: &[String],
-    token_type: TokenType,
-    user: &VerifiedUserToken,
-) -> crate::digest::KeyDigest {
-    // The subject token's SHA-256 stands for the token (collision resistance): hashing the
-    // 1-2 KB token once per request instead of once per use.
-    KeyBuilder::new("exchange")
-        .field(&user.digest)
-        .field(target_name.as_bytes())
-        .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
-        .field(token_type.urn().as_bytes())
-        .finish()
-}
-
-/// The service-cache key of a target's client-credentials token.
-fn service_key(
-    target_name: &str,
-    target: &TargetConfig,
-    scopes: &[String],
-) -> crate::digest::KeyDigest {
-    KeyBuilder::new("service")
-        .field(target_name.as_bytes())
-        .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
-        .finish()
-}
-
 enum FetchOutcome {
     Idp(IdpError),
     Invalid(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forced_refresh_is_limited_per_key_and_bounded() {
-        let l = ForcedRefreshLimiter::new(Duration::from_secs(5), 2);
-        let t0 = Instant::now();
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        assert!(l.allow(&a, t0));
-        assert!(
-            !l.allow(&a, t0 + Duration::from_secs(4)),
-            "within the interval"
-        );
-        assert!(l.allow(&b, t0), "another key is independent");
-        // Full of recent keys: a new key is refused (fail closed), an old one never grows it.
-        assert!(!l.allow(&c, t0 + Duration::from_secs(1)));
-        assert!(
-            l.allow(&a, t0 + Duration::from_secs(5)),
-            "after the interval"
-        );
-        // Once the recent ones are stale, room is made.
-        assert!(l.allow(&c, t0 + Duration::from_secs(11)));
-    }
 }
