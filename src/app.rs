@@ -210,7 +210,7 @@ pub async fn start_with_clock(
         TokenService::new(
             config.clone(),
             idp.clone(),
-            verifier.clone(),
+            verifier.realm().clone(),
             clock.clone(),
             metrics.clone(),
         )

@@ -1,6 +1,6 @@
 //! Fuzz target: JWT header and claims parsing on both inbound paths — the Backstage compact-JWS
 //! parser and jose claim rules (`inbound::backstage::jose`), the JWKS parser, and
-//! jsonwebtoken's header decoding and verification as `inbound::oidc` uses it (algorithm from
+//! jsonwebtoken's header decoding and verification as `idp::realm_token` uses it (algorithm from
 //! the key, zero leeway). Nothing may panic, and no input may verify (it is not signed by the
 //! fixed key below unless the fuzzer forges an ES256 signature).
 #![no_main]

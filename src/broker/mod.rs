@@ -23,30 +23,46 @@
 //! [`FORCED_REFRESH_INTERVAL`]: a target that refuses everything costs one extra exchange per
 //! user and interval, not one per call, and a user's refused token never costs the shared
 //! service-account token.
+//!
+//! This module holds the service and its request flow (the exchange, the service-account
+//! token, the checks of whose token an answer is, the token's cache lifetime); the parts live
+//! apart: [`policy`] (who may ask for what), [`fallback`] (which failures the fallback covers
+//! and what follows), `user_mapping` (Backstage users without a Keycloak token), `keys` (every
+//! cache key), [`cache`] (the token caches), `negative` (remembered failures), `refresh` (the
+//! forced-refresh limit), [`entity`] (entity refs and the same-person rule), [`principal`] (the
+//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer).
 
 pub mod assertion;
 pub mod cache;
+pub mod entity;
+pub mod fallback;
+mod keys;
+mod negative;
 pub mod policy;
 pub mod principal;
+mod refresh;
+mod user_mapping;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use secrecy::SecretString;
-use serde::Deserialize;
 
 use crate::clock::Clock;
-use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType, UserMappingKind};
-use crate::digest::{KeyBuilder, KeyDigest, fingerprint};
-use crate::idp::claims::{aud_contains, is_service_account};
+use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::digest::{KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
+use crate::idp::realm_token::RealmTokenVerifier;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
-use crate::inbound::oidc::{OidcError, OidcVerifier, VerifiedUserToken};
-use crate::metrics::{CacheKind, CacheResult, Metrics};
+use crate::metrics::Metrics;
 pub use cache::{CacheStatus, TokenCache};
+use fallback::FailedPath;
+pub use fallback::FallbackReason;
+use negative::{NegativeCache, with_negative};
 pub use policy::PolicyError;
-use principal::Principal;
+use principal::{Principal, VerifiedUserToken};
+pub use refresh::FORCED_REFRESH_INTERVAL;
+use refresh::{FORCED_REFRESH_MAX_KEYS, ForcedRefreshLimiter};
 
 /// Whose identity a served token carries (the `X-Token-Broker-Identity` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,24 +105,6 @@ impl std::fmt::Debug for IssuedToken {
     }
 }
 
-/// Why a fallback token was served instead of an exchanged one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FallbackReason {
-    NoUserToken,
-    IdpUnavailable,
-    ExchangeUnsupported,
-}
-
-impl FallbackReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FallbackReason::NoUserToken => "no_user_token",
-            FallbackReason::IdpUnavailable => "idp_unavailable",
-            FallbackReason::ExchangeUnsupported => "exchange_unsupported",
-        }
-    }
-}
-
 /// The answer to one token request.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -123,50 +121,6 @@ pub struct Issued {
 struct EntryRef {
     service: bool,
     key: KeyDigest,
-}
-
-/// The shortest time between two forced refreshes of one cache entry after a target refused
-/// its token (an upstream 401 in proxy mode). Within it, a refused token is not exchanged
-/// again: the refusal goes to the caller, and the entry lives on until its own deadline.
-pub const FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Entries the forced-refresh limiter remembers at most. When it is full of entries refreshed
-/// within the interval, further forced refreshes are refused (fail closed: the tokens still
-/// expire on their own), so the limiter's memory is bounded whatever callers send.
-const FORCED_REFRESH_MAX_KEYS: usize = 10_000;
-
-/// When each cache entry was last dropped because its token was refused.
-struct ForcedRefreshLimiter {
-    last: Mutex<HashMap<KeyDigest, Instant>>,
-    interval: Duration,
-    max_keys: usize,
-}
-
-impl ForcedRefreshLimiter {
-    fn new(interval: Duration, max_keys: usize) -> Self {
-        ForcedRefreshLimiter {
-            last: Mutex::new(HashMap::new()),
-            interval,
-            max_keys,
-        }
-    }
-
-    /// May `key` be refreshed now? Records the refresh when it may.
-    fn allow(&self, key: &KeyDigest, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let recent = |t: &Instant| now.saturating_duration_since(*t) < self.interval;
-        if last.get(key).is_some_and(recent) {
-            return false;
-        }
-        if last.len() >= self.max_keys && !last.contains_key(key) {
-            last.retain(|_, t| recent(t));
-            if last.len() >= self.max_keys {
-                return false;
-            }
-        }
-        last.insert(*key, now);
-        true
-    }
 }
 
 /// One token request, already authenticated.
@@ -211,21 +165,6 @@ enum FetchError {
     Invalid(String),
 }
 
-#[derive(Deserialize)]
-struct IssuedClaims {
-    exp: u64,
-    #[serde(default)]
-    sub: Option<String>,
-    #[serde(default)]
-    aud: Option<serde_json::Value>,
-    #[serde(default)]
-    preferred_username: Option<String>,
-    #[serde(default)]
-    client_id: Option<serde_json::Value>,
-    #[serde(default, rename = "clientId")]
-    client_id_legacy: Option<serde_json::Value>,
-}
-
 /// Whose token an answer must be, checked before it is served or cached.
 #[derive(Clone, Copy)]
 enum Expected<'a> {
@@ -243,7 +182,7 @@ enum Expected<'a> {
 pub struct TokenService {
     config: Arc<Config>,
     idp: Arc<IdpClient>,
-    verifier: Arc<OidcVerifier>,
+    verifier: Arc<RealmTokenVerifier>,
     user_cache: TokenCache,
     service_cache: TokenCache,
     clock: Arc<dyn Clock>,
@@ -254,58 +193,11 @@ pub struct TokenService {
     forced_refresh: ForcedRefreshLimiter,
 }
 
-/// Failed IdP calls remembered for a short time, keyed like the user cache: by a digest of
-/// the subject credential and the request inputs. A repeat of the same request with the same
-/// credential gets the same error without a call to Keycloak; a new login is a new token and
-/// so a new key, never blocked by an old failure. Local refusals (`Busy`) are not remembered.
-struct NegativeCache {
-    inner: moka::future::Cache<crate::digest::KeyDigest, IdpError>,
-    /// Counts the hits (`cache="negative"`): a hit is an error, not an [`Issued`].
-    metrics: Metrics,
-}
-
-impl NegativeCache {
-    fn new(ttl: std::time::Duration, max: u64, metrics: Metrics) -> Option<Self> {
-        (!ttl.is_zero()).then(|| NegativeCache {
-            metrics,
-            inner: moka::future::Cache::builder()
-                .max_capacity(max)
-                .time_to_live(ttl)
-                .build(),
-        })
-    }
-}
-
-/// A failure remembered by [`NegativeCache`], or `fetch`'s result (remembering its failure).
-async fn with_negative<Fut>(
-    negative: Option<&NegativeCache>,
-    key: crate::digest::KeyDigest,
-    fetch: Fut,
-) -> Result<Arc<IssuedToken>, FetchError>
-where
-    Fut: std::future::Future<Output = Result<Arc<IssuedToken>, FetchError>>,
-{
-    if let Some(n) = negative
-        && let Some(e) = n.inner.get(&key).await
-    {
-        n.metrics
-            .cache_request(CacheKind::Negative, CacheResult::Hit);
-        return Err(FetchError::Idp(e));
-    }
-    let result = fetch.await;
-    if let (Some(n), Err(FetchError::Idp(e))) = (negative, &result)
-        && !matches!(e, IdpError::Busy)
-    {
-        n.inner.insert(key, e.clone()).await;
-    }
-    result
-}
-
 impl TokenService {
     pub fn new(
         config: Arc<Config>,
         idp: Arc<IdpClient>,
-        verifier: Arc<OidcVerifier>,
+        verifier: Arc<RealmTokenVerifier>,
         clock: Arc<dyn Clock>,
         metrics: Metrics,
     ) -> Self {
@@ -419,24 +311,18 @@ impl TokenService {
             .await
         {
             Ok(issued) => Ok(issued),
-            Err(FetchOutcome::Idp(e)) => match (policy::fallback_reason(&e), target.fallback) {
-                (None, _) => Err(BrokerError::ExchangeRejected(e)),
-                (Some(r), FallbackPolicy::ServiceAccount) => {
-                    tracing::warn!(
-                        target = req.target,
-                        reason = r.as_str(),
-                        error = %e,
-                        subject = %user.fingerprint,
-                        "token exchange failed: serving the service-account token"
-                    );
-                    self.service_token(req.target, target, &scopes, None, Some(r))
-                        .await
-                }
-                (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                    target: req.target.to_owned(),
-                    source: e,
-                }),
-            },
+            Err(FetchOutcome::Idp(e)) => {
+                self.after_idp_failure(
+                    req.target,
+                    target,
+                    &scopes,
+                    e,
+                    FailedPath::Exchange {
+                        subject: &user.fingerprint,
+                    },
+                )
+                .await
+            }
             Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
         }
     }
@@ -517,7 +403,7 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
-        let key = exchange_key(target_name, target, scopes, token_type, user);
+        let key = keys::exchange_key(target_name, target, scopes, token_type, user);
         let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
@@ -572,7 +458,7 @@ impl TokenService {
         if let Some(name) = principal {
             tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
         }
-        let key = service_key(target_name, target, scopes);
+        let key = keys::service_key(target_name, target, scopes);
         let fetch = async {
             let answer = self
                 .idp
@@ -608,103 +494,6 @@ impl TokenService {
         }
     }
 
-    /// A Backstage user without a Keycloak token, through the target's `userMapping`.
-    #[allow(clippy::too_many_arguments)]
-    async fn mapped_user(
-        &self,
-        target_name: &str,
-        target: &TargetConfig,
-        scopes: &[String],
-        token_type: TokenType,
-        principal: &Principal,
-        bs: &principal::BackstageUser,
-        mapping: &crate::config::UserMapping,
-    ) -> Result<Issued, BrokerError> {
-        use secrecy::ExposeSecret;
-        let subject = crate::inbound::expand_template(&mapping.subject, &principal.name);
-        let domain = match mapping.kind {
-            UserMappingKind::JwtAuthorizationGrant => "jwt-authorization-grant",
-            UserMappingKind::Impersonation => "impersonation",
-        };
-        // Keyed by the user credential the principal carries (plugin tokens are minted per
-        // request), capped at its expiry.
-        let key = KeyBuilder::new(domain)
-            .field(bs.credential.expose_secret().as_bytes())
-            .field(subject.as_bytes())
-            .field(target_name.as_bytes())
-            .field(target.audience.as_bytes())
-            .field(scopes.join(" ").as_bytes())
-            .field(token_type.urn().as_bytes())
-            .finish();
-        let signer = self.assertion.clone();
-        let fetch = with_negative(self.negative.as_ref(), key, async {
-            let answer = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => {
-                    let signer = signer.ok_or_else(|| {
-                        FetchError::Invalid("no assertion signer is configured".into())
-                    })?;
-                    let now = self.clock.now_unix();
-                    let (jwt, _) = signer
-                        .sign(&subject, self.idp.issuer(), now)
-                        .map_err(|e| FetchError::Invalid(e.to_string()))?;
-                    self.idp.jwt_bearer(&jwt, scopes).await
-                }
-                UserMappingKind::Impersonation => {
-                    self.idp
-                        .impersonate(&subject, &target.audience, scopes, token_type)
-                        .await
-                }
-            }
-            .map_err(FetchError::Idp)?;
-            let requested = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => None,
-                UserMappingKind::Impersonation => Some(token_type),
-            };
-            self.check_answer(
-                answer,
-                &target.audience,
-                requested,
-                Expected::Person(&principal.name),
-                Some(bs.expires_at),
-                None,
-            )
-            .await
-            .map_err(FetchError::Invalid)
-        });
-        match self.user_cache.get_or_fetch(key, fetch).await {
-            Ok((token, cache)) => Ok(Issued {
-                token,
-                identity: Identity::User,
-                cache,
-                fallback: None,
-                entry: EntryRef {
-                    service: false,
-                    key,
-                },
-            }),
-            Err(e) => match &*e {
-                FetchError::Idp(i) => match (policy::fallback_reason(i), target.fallback) {
-                    (Some(r), FallbackPolicy::ServiceAccount) => {
-                        tracing::warn!(
-                            target = target_name,
-                            reason = r.as_str(),
-                            error = %i,
-                            "user mapping failed: serving the service-account token"
-                        );
-                        self.service_token(target_name, target, scopes, None, Some(r))
-                            .await
-                    }
-                    (Some(_), FallbackPolicy::Deny) => Err(BrokerError::ExchangeFailed {
-                        target: target_name.to_owned(),
-                        source: i.clone(),
-                    }),
-                    (None, _) => Err(BrokerError::ExchangeRejected(i.clone())),
-                },
-                FetchError::Invalid(m) => Err(BrokerError::InvalidIdpAnswer(m.clone())),
-            },
-        }
-    }
-
     /// Checks Keycloak's answer before anything is served or cached (RFC 8693 §2.2.1): a
     /// mismatch is an error, never a silently served token.
     async fn check_answer(
@@ -716,73 +505,36 @@ impl TokenService {
         cap_at: Option<u64>,
         subject_kid: Option<&str>,
     ) -> Result<Arc<IssuedToken>, String> {
-        if answer.access_token.is_empty() {
-            return Err("the answer has an empty access_token".into());
-        }
-        let issued_type = match requested {
-            Some(t) => {
-                // issued_token_type is REQUIRED in an exchange answer (RFC 8693 §2.2.1).
-                if answer.issued_token_type.as_deref() != Some(t.urn()) {
-                    return Err("issued_token_type differs from the requested type".into());
-                }
-                t
-            }
-            None => TokenType::AccessToken,
-        };
-        let type_ok = match issued_type {
-            TokenType::AccessToken => answer.token_type.eq_ignore_ascii_case("bearer"),
-            // Keycloak returns an ID token with token_type N_A (keycloak-token-exchange.md §3.6).
-            TokenType::IdToken => {
-                answer.token_type == "N_A" || answer.token_type.eq_ignore_ascii_case("bearer")
-            }
-        };
-        if !type_ok {
-            return Err("token_type is not Bearer".into());
-        }
-        let (payload, _kid) = self
-            .verifier
-            .verify_any::<serde_json::Value>(&answer.access_token)
-            .await
-            .map_err(|e: OidcError| format!("the issued token did not verify: {e}"))?;
-        let match_value = payload
-            .get(self.config.user_token.match_claim.as_str())
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
-        let claims = serde_json::from_value::<IssuedClaims>(payload)
-            .map_err(|_| "the issued token's claims are malformed".to_owned())?;
-        if issued_type == TokenType::AccessToken && !aud_contains(claims.aud.as_ref(), audience) {
-            return Err(format!(
-                "the issued token's aud does not contain '{audience}'"
-            ));
-        }
+        let answer = crate::idp::answer::check(
+            &self.verifier,
+            answer,
+            audience,
+            requested,
+            &self.config.user_token.match_claim,
+        )
+        .await?;
         match expected {
             Expected::Service => {}
             Expected::Sub(subject) => {
-                if claims.sub.as_deref() != Some(subject) {
+                if answer.sub.as_deref() != Some(subject) {
                     return Err(
                         "the issued token's sub differs from the subject token's sub".into(),
                     );
                 }
             }
             Expected::Person(entity_ref) => {
-                if claims.sub.as_deref().is_none_or(str::is_empty) {
+                if answer.sub.as_deref().is_none_or(str::is_empty) {
                     return Err("the issued token has no sub".into());
                 }
-                if is_service_account(
-                    claims
-                        .client_id
-                        .as_ref()
-                        .or(claims.client_id_legacy.as_ref()),
-                    claims.preferred_username.as_deref(),
-                ) {
+                if answer.service_account {
                     return Err(
                         "the user mapping returned a service-account token, not the user's".into(),
                     );
                 }
-                if !crate::inbound::is_same_person(
+                if !entity::is_same_person(
                     &self.config.user_token,
                     entity_ref,
-                    match_value.as_deref(),
+                    answer.match_value.as_deref(),
                 ) {
                     return Err(format!(
                         "the user mapping returned a token of another user than '{entity_ref}' (claim '{}' differs)",
@@ -792,7 +544,7 @@ impl TokenService {
             }
         }
         let now = self.clock.now_unix();
-        let mut expires_at = claims.exp;
+        let mut expires_at = answer.exp;
         if let Some(ei) = answer.expires_in {
             expires_at = expires_at.min(now.saturating_add(ei));
         }
@@ -806,12 +558,8 @@ impl TokenService {
             fingerprint: fingerprint(&answer.access_token),
             subject_kid: subject_kid.map(str::to_owned),
             access_token: SecretString::from(answer.access_token),
-            token_type: if issued_type == TokenType::AccessToken {
-                "Bearer".to_owned()
-            } else {
-                answer.token_type
-            },
-            issued_token_type: issued_type,
+            token_type: answer.token_type,
+            issued_token_type: answer.issued_token_type,
             scope: answer.scope,
             expires_at,
             cache_until: cap.saturating_sub(margin),
@@ -819,66 +567,7 @@ impl TokenService {
     }
 }
 
-/// The user-cache key of an exchange: the one place that decides what makes two exchange
-/// requests the same (see docs/architecture.md "Cache").
-fn exchange_key(
-    target_name: &str,
-    target: &TargetConfig,
-    scopes: &[String],
-    token_type: TokenType,
-    user: &VerifiedUserToken,
-) -> crate::digest::KeyDigest {
-    // The subject token's SHA-256 stands for the token (collision resistance): hashing the
-    // 1-2 KB token once per request instead of once per use.
-    KeyBuilder::new("exchange")
-        .field(&user.digest)
-        .field(target_name.as_bytes())
-        .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
-        .field(token_type.urn().as_bytes())
-        .finish()
-}
-
-/// The service-cache key of a target's client-credentials token.
-fn service_key(
-    target_name: &str,
-    target: &TargetConfig,
-    scopes: &[String],
-) -> crate::digest::KeyDigest {
-    KeyBuilder::new("service")
-        .field(target_name.as_bytes())
-        .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
-        .finish()
-}
-
 enum FetchOutcome {
     Idp(IdpError),
     Invalid(String),
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn forced_refresh_is_limited_per_key_and_bounded() {
-        let l = ForcedRefreshLimiter::new(Duration::from_secs(5), 2);
-        let t0 = Instant::now();
-        let (a, b, c) = ([1u8; 32], [2u8; 32], [3u8; 32]);
-        assert!(l.allow(&a, t0));
-        assert!(
-            !l.allow(&a, t0 + Duration::from_secs(4)),
-            "within the interval"
-        );
-        assert!(l.allow(&b, t0), "another key is independent");
-        // Full of recent keys: a new key is refused (fail closed), an old one never grows it.
-        assert!(!l.allow(&c, t0 + Duration::from_secs(1)));
-        assert!(
-            l.allow(&a, t0 + Duration::from_secs(5)),
-            "after the interval"
-        );
-        // Once the recent ones are stale, room is made.
-        assert!(l.allow(&c, t0 + Duration::from_secs(11)));
-    }
 }

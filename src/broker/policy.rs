@@ -10,13 +10,9 @@
 //! - Scopes: the caller's `scope` (RFC 6749 §3.3) may only name scopes the target lists in
 //!   `scopes` or `allowedScopes`; without one, the target's `scopes` are requested.
 //! - `requested_token_type`: only the target's configured type may be requested.
-//! - The fallback decision ([`fallback_reason`]): which IdP failures a `service_account`
-//!   fallback may cover — the one place that decides it, for exchanges and user mappings.
 
-use super::FallbackReason;
 use super::principal::Principal;
 use crate::config::{TargetConfig, TokenType};
-use crate::idp::IdpError;
 
 /// The broker's plugin id in Backstage terms (dev-contract.md).
 pub const PLUGIN_ID: &str = "token-broker";
@@ -157,22 +153,6 @@ pub fn resolve_token_type(
     }
 }
 
-/// May the target's `service_account` fallback cover this failed exchange or user mapping,
-/// and under which reason? Only when Keycloak gave no answer about the request: it could not
-/// be reached, timed out, answered 5xx, or (`unsupported_grant_type`, RFC 6749 §5.2) has the
-/// grant turned off. Every other answer — an OAuth refusal, an HTML 403/404 from something
-/// in front of Keycloak, a malformed 200 — is about this request and is shown to the caller
-/// as Keycloak's refusal, never hidden behind the service account.
-pub fn fallback_reason(e: &IdpError) -> Option<FallbackReason> {
-    if e.is_unavailable() {
-        Some(FallbackReason::IdpUnavailable)
-    } else if matches!(e, IdpError::Rejected { error, .. } if error == "unsupported_grant_type") {
-        Some(FallbackReason::ExchangeUnsupported)
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,43 +257,6 @@ mod tests {
         assert_eq!(resolve_scopes("k", &t, None).unwrap(), ["a", "b"]);
         assert_eq!(resolve_scopes("k", &t, Some("c a c")).unwrap(), ["a", "c"]);
         assert!(resolve_scopes("k", &t, Some("admin")).is_err());
-    }
-
-    #[test]
-    fn fallback_only_for_no_answer_5xx_and_unsupported_grant() {
-        let rejected = |status, error: &str| IdpError::Rejected {
-            status: Some(status),
-            error: error.into(),
-            description: None,
-        };
-        let protocol = |status| IdpError::Protocol {
-            status: Some(status),
-            detail: String::new(),
-        };
-        let transport = IdpError::Transport {
-            kind: crate::outbound::TransportKind::Connect,
-        };
-        for e in [transport, IdpError::Busy, rejected(503, "x"), protocol(502)] {
-            assert_eq!(
-                fallback_reason(&e),
-                Some(FallbackReason::IdpUnavailable),
-                "{e}"
-            );
-        }
-        assert_eq!(
-            fallback_reason(&rejected(400, "unsupported_grant_type")),
-            Some(FallbackReason::ExchangeUnsupported)
-        );
-        for e in [
-            rejected(400, "invalid_request"),
-            rejected(403, "access_denied"),
-            rejected(401, "unauthorized_client"),
-            protocol(403),
-            protocol(404),
-            protocol(200),
-        ] {
-            assert_eq!(fallback_reason(&e), None, "{e}");
-        }
     }
 
     #[test]

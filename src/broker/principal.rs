@@ -1,6 +1,9 @@
-//! Whom the broker acts for: the authenticated caller of one request as the broker's policy
-//! needs it. Defined here, at the lowest layer that needs it; `inbound` builds it from the
-//! request's credentials (and re-exports it).
+//! Whom the broker acts for: the authenticated caller of one request and the user's verified
+//! Keycloak token, as the broker's policy and exchange need them. Defined here, at the lowest
+//! layer that needs them; `inbound` builds them from the request's credentials (and re-exports
+//! them).
+
+use secrecy::SecretString;
 
 use crate::config::AccessRestriction;
 
@@ -56,5 +59,40 @@ impl PrincipalKind {
             PrincipalKind::Service => "service",
             PrincipalKind::User => "user",
         }
+    }
+}
+
+/// A Keycloak access token that passed local verification: the request's token plus the
+/// facts read from it.
+#[derive(Clone)]
+pub struct VerifiedUserToken {
+    pub raw: SecretString,
+    pub sub: String,
+    pub exp: u64,
+    pub preferred_username: Option<String>,
+    pub azp: Option<String>,
+    /// The value of the configured `userToken.matchClaim` (a string claim), for the Backstage
+    /// identity match; `None` when the token lacks it or it is not a string.
+    pub match_value: Option<String>,
+    /// Keycloak marks service-account (client-credentials) tokens with a `client_id` claim
+    /// (`clientId` in older versions) and `preferred_username` `service-account-<client>`.
+    pub service_account: bool,
+    /// The broker's own client id is in `aud` (RFC 7519 §4.1.3: string or array).
+    pub broker_in_aud: bool,
+    pub kid: String,
+    /// Short SHA-256 prefix of the raw token, for logs.
+    pub fingerprint: String,
+    /// SHA-256 of the raw token: the verified-credential cache key and the token's field in
+    /// the exchange-cache key (computed once per request).
+    pub digest: crate::digest::KeyDigest,
+}
+
+impl std::fmt::Debug for VerifiedUserToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerifiedUserToken")
+            .field("sub", &self.sub)
+            .field("exp", &self.exp)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
     }
 }

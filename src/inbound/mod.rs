@@ -18,10 +18,9 @@ pub mod backstage;
 pub mod oidc;
 
 mod authenticate;
-pub use authenticate::{
-    AuthError, Authenticated, Authenticator, Refusal, expand_template, is_same_person,
-    match_value_for,
-};
+pub use authenticate::{AuthError, Authenticated, Authenticator, Refusal};
+
+pub use crate::broker::entity::{expand_template, is_same_person, match_value_for};
 
 pub use crate::broker::principal::{BackstageUser, Principal, PrincipalKind};
 

@@ -1,11 +1,11 @@
 //! Local verification of the user's Keycloak access token before it is ever sent to Keycloak.
 //!
-//! Checks, in order: size, JWS shape, a `kid` present and known to the realm's JWKS, the
-//! header `alg` equal to the key's algorithm (taken from the key, RFC 8725 §3.1), the signature,
-//! `iss` equal to the configured issuer, `exp` in the future and `nbf` not in the future (zero
-//! leeway, like Keycloak's own check), `sub` present, and the Keycloak `typ` claim `Bearer` (an
-//! ID or refresh token is not an access token: Keycloak would answer `Invalid token`,
-//! keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches Keycloak.
+//! The realm's checks of any of its tokens (size, JWS shape, known `kid`, `alg` from the key,
+//! signature, `iss`, `exp`/`nbf` with zero leeway) are [`crate::idp::realm_token`]'s; this module
+//! adds what an access token of a user needs: `sub` present and the Keycloak `typ` claim
+//! `Bearer` (an ID or refresh token is not an access token: Keycloak would answer `Invalid
+//! token`, docs/reference/keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches
+//! Keycloak.
 //!
 //! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
 //! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`). The cache
@@ -17,55 +17,21 @@
 //! current access token of this realm", which the exchange tester also asks of tokens the
 //! acceptance rules would refuse.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::{Validation, decode, decode_header};
 use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
 use crate::idp::claims::{aud_contains, is_service_account};
-use crate::idp::jwks::{JwksCache, JwksError};
+use crate::idp::jwks::JwksCache;
+use crate::idp::realm_token::RealmTokenVerifier;
 
-/// Largest subject token accepted (Backstage refuses user tokens over 32768 characters too).
-pub const MAX_TOKEN_LEN: usize = 32 * 1024;
-
-/// A Keycloak access token that passed local verification: the request's token plus the
-/// facts read from it.
-#[derive(Clone)]
-pub struct VerifiedUserToken {
-    pub raw: SecretString,
-    pub sub: String,
-    pub exp: u64,
-    pub preferred_username: Option<String>,
-    pub azp: Option<String>,
-    /// The value of the configured `userToken.matchClaim` (a string claim), for the Backstage
-    /// identity match; `None` when the token lacks it or it is not a string.
-    pub match_value: Option<String>,
-    /// Keycloak marks service-account (client-credentials) tokens with a `client_id` claim
-    /// (`clientId` in older versions) and `preferred_username` `service-account-<client>`.
-    pub service_account: bool,
-    /// The broker's own client id is in `aud` (RFC 7519 §4.1.3: string or array).
-    pub broker_in_aud: bool,
-    pub kid: String,
-    /// Short SHA-256 prefix of the raw token, for logs.
-    pub fingerprint: String,
-    /// SHA-256 of the raw token: the verified-credential cache key and the token's field in
-    /// the exchange-cache key (computed once per request).
-    pub digest: crate::digest::KeyDigest,
-}
-
-impl std::fmt::Debug for VerifiedUserToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifiedUserToken")
-            .field("sub", &self.sub)
-            .field("exp", &self.exp)
-            .field("fingerprint", &self.fingerprint)
-            .finish_non_exhaustive()
-    }
-}
+pub use crate::broker::principal::VerifiedUserToken;
+/// Largest subject token accepted.
+pub use crate::idp::realm_token::MAX_TOKEN_LEN;
+/// Why a user token was refused: the realm's reasons, plus `NotAccessToken` and a missing `sub`.
+pub use crate::idp::realm_token::RealmTokenError as OidcError;
 
 /// What the verified-credential cache keeps per token (issue 9 §5): the claims later requests
 /// read, the expiry and the verifying `kid` — not the token (the request brings it again) and
@@ -123,56 +89,6 @@ pub struct UserClaimRules {
     pub match_claim: String,
 }
 
-/// Why a user token was refused. The messages are safe to show a caller: they never contain
-/// token material.
-#[derive(Debug, thiserror::Error)]
-pub enum OidcError {
-    #[error("the token is larger than {MAX_TOKEN_LEN} bytes")]
-    TooLarge,
-    #[error("the token is not a signed JWT")]
-    Malformed,
-    #[error("the token header has no kid")]
-    MissingKid,
-    #[error("the token was not signed by a key of the configured issuer")]
-    UnknownKey,
-    #[error("the token's alg does not match the signing key's algorithm")]
-    AlgorithmMismatch,
-    #[error("the token signature is invalid")]
-    BadSignature,
-    #[error("the token has expired")]
-    Expired,
-    #[error("the token is not valid yet")]
-    NotYetValid,
-    #[error("the token was issued by another issuer")]
-    WrongIssuer,
-    #[error("the token is not an access token (typ is not Bearer)")]
-    NotAccessToken,
-    #[error("the token lacks the required claim `{0}`")]
-    MissingClaim(&'static str),
-    #[error("the issuer's key set is unavailable: {0}")]
-    KeysUnavailable(#[from] JwksError),
-}
-
-impl OidcError {
-    /// A fixed label for metrics and logs.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            OidcError::TooLarge => "too_large",
-            OidcError::Malformed => "malformed",
-            OidcError::MissingKid => "missing_kid",
-            OidcError::UnknownKey => "unknown_key",
-            OidcError::AlgorithmMismatch => "alg_mismatch",
-            OidcError::BadSignature => "bad_signature",
-            OidcError::Expired => "expired",
-            OidcError::NotYetValid => "not_yet_valid",
-            OidcError::WrongIssuer => "wrong_issuer",
-            OidcError::NotAccessToken => "not_access_token",
-            OidcError::MissingClaim(_) => "missing_claim",
-            OidcError::KeysUnavailable(_) => "keys_unavailable",
-        }
-    }
-}
-
 /// The claims read from a user token, straight into the types checked; everything else in
 /// the payload is skipped by serde, except the `matchClaim`, read separately.
 #[derive(Deserialize)]
@@ -192,8 +108,7 @@ struct Claims {
 
 /// Verifies Keycloak access tokens of one realm.
 pub struct OidcVerifier {
-    issuer: String,
-    jwks: Arc<JwksCache>,
+    realm: Arc<RealmTokenVerifier>,
     clock: Arc<dyn Clock>,
     verified: VerifiedCache,
     rules: UserClaimRules,
@@ -242,8 +157,7 @@ impl OidcVerifier {
                 .build(),
         };
         OidcVerifier {
-            issuer,
-            jwks,
+            realm: Arc::new(RealmTokenVerifier::new(issuer, jwks, clock.clone())),
             clock,
             verified,
             rules: UserClaimRules::default(),
@@ -263,7 +177,12 @@ impl OidcVerifier {
     }
 
     pub fn jwks(&self) -> &Arc<JwksCache> {
-        &self.jwks
+        self.realm.jwks()
+    }
+
+    /// The realm-token verifier underneath (also checks the tokens Keycloak issues).
+    pub fn realm(&self) -> &Arc<RealmTokenVerifier> {
+        &self.realm
     }
 
     pub async fn verify(&self, token: &str) -> Result<VerifiedUserToken, OidcError> {
@@ -272,7 +191,7 @@ impl OidcVerifier {
         }
         let digest = crate::digest::sha256(token.as_bytes());
         if let Some(v) = self.verified.inner.get(&digest) {
-            if v.exp > self.clock.now_unix() && self.jwks.has_kid(&v.kid) {
+            if v.exp > self.clock.now_unix() && self.realm.jwks().has_kid(&v.kid) {
                 return Ok(v.with_token(token, digest));
             }
             self.verified.inner.invalidate(&digest);
@@ -284,7 +203,7 @@ impl OidcVerifier {
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<UserClaims, OidcError> {
-        let (payload, kid) = self.verify_any::<serde_json::Value>(token).await?;
+        let (payload, kid) = self.realm.verify::<serde_json::Value>(token).await?;
         // The match claim is read from the payload before it is narrowed to `Claims`.
         let match_value = payload
             .get(self.rules.match_claim.as_str())
@@ -317,60 +236,6 @@ impl OidcVerifier {
             service_account,
             broker_in_aud,
         })
-    }
-
-    /// Verifies signature, issuer and time claims of any JWT from this realm (also used on the
-    /// tokens Keycloak issues to the broker). Returns the claims and the `kid`.
-    pub async fn verify_any<T: serde::de::DeserializeOwned>(
-        &self,
-        token: &str,
-    ) -> Result<(T, String), OidcError> {
-        if token.len() > MAX_TOKEN_LEN {
-            return Err(OidcError::TooLarge);
-        }
-        // decode_header refuses `alg: none` and unknown algorithms: those are malformed here.
-        let header = decode_header(token).map_err(|_| OidcError::Malformed)?;
-        let kid = header.kid.ok_or(OidcError::MissingKid)?;
-        let key = self.jwks.key(&kid).await?.ok_or(OidcError::UnknownKey)?;
-        if header.alg != key.alg {
-            return Err(OidcError::AlgorithmMismatch);
-        }
-        let mut v = Validation::new(key.alg);
-        v.leeway = 0;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        v.validate_aud = false;
-        v.set_issuer(&[self.issuer.as_str()]);
-        v.required_spec_claims = HashSet::from(["exp".to_owned(), "iss".to_owned()]);
-        let data = decode::<serde_json::Value>(token, &key.key, &v).map_err(map_jwt_error)?;
-        // jsonwebtoken accepts exp == now; RFC 7519 §4.1.4 says "on or after" exp is invalid.
-        let now = self.clock.now_unix();
-        match data.claims.get("exp").and_then(|e| e.as_u64()) {
-            Some(exp) if exp > now => {}
-            Some(_) => return Err(OidcError::Expired),
-            None => return Err(OidcError::MissingClaim("exp")),
-        }
-        if let Some(nbf) = data.claims.get("nbf") {
-            match nbf.as_u64() {
-                Some(n) if n <= now => {}
-                _ => return Err(OidcError::NotYetValid),
-            }
-        }
-        let claims = serde_json::from_value::<T>(data.claims).map_err(|_| OidcError::Malformed)?;
-        Ok((claims, kid))
-    }
-}
-
-fn map_jwt_error(e: jsonwebtoken::errors::Error) -> OidcError {
-    match e.kind() {
-        ErrorKind::InvalidSignature => OidcError::BadSignature,
-        ErrorKind::ExpiredSignature => OidcError::Expired,
-        ErrorKind::ImmatureSignature => OidcError::NotYetValid,
-        ErrorKind::InvalidIssuer => OidcError::WrongIssuer,
-        ErrorKind::InvalidAlgorithm => OidcError::AlgorithmMismatch,
-        ErrorKind::MissingRequiredClaim(c) if c == "iss" => OidcError::WrongIssuer,
-        ErrorKind::MissingRequiredClaim(c) if c == "exp" => OidcError::MissingClaim("exp"),
-        _ => OidcError::Malformed,
     }
 }
 

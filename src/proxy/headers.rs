@@ -7,10 +7,14 @@
 //! and IIS/Symfony/Zend route on `X-Original-URL`/`X-Rewrite-URL`. A caller able to set any of
 //! them could speak for the broker. [`never_forwarded`] names the headers that stay out even
 //! when an operator's pattern covers them (credentials, hop-by-hop fields, identity, client-IP,
-//! URL- and method-override headers); configuration refuses to list them by name.
+//! URL- and method-override headers); configuration refuses to list them by name. That list
+//! lives in [`crate::protocol::headers`], below both this module and the configuration.
 //!
 //! Responses: the upstream's headers minus hop-by-hop fields, framing and the broker's own
 //! `X-Token-Broker-*` (a deny-list: the caller trusts the upstream's answer anyway).
+
+use crate::protocol::headers::HOP_BY_HOP;
+pub use crate::protocol::headers::never_forwarded;
 
 /// Request headers every proxy target receives from the caller (lower-case). Content
 /// negotiation and description (RFC 9110 §12.5, §8.3–8.5), conditional requests and ranges
@@ -49,86 +53,6 @@ pub const DEFAULT_FORWARDED: &[&str] = &[
     "x-request-id",
     "x-correlation-id",
 ];
-
-/// RFC 9110 §7.6.1 hop-by-hop fields (plus `Proxy-Connection`, still sent by some clients, and
-/// `Proxy-Authorization`/`Proxy-Authenticate`, RFC 9110 §11.7, meant for this hop).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Headers never forwarded, by exact name: credentials (only the broker supplies them),
-/// framing the proxy sets itself, and headers upstreams read as the user's identity, the
-/// client's address, or the URL or method to serve instead of the request line's.
-const NEVER_EXACT: &[&str] = &[
-    "authorization",
-    "cookie",
-    "host",
-    "content-length",
-    "expect",
-    "forwarded",
-    // Identity set by authenticating proxies (Apache, Kubernetes, Grafana, cloud LBs).
-    "remote-user",
-    "x-user",
-    "x-user-id",
-    "x-email",
-    "x-id-token",
-    "x-access-token",
-    // Client address.
-    "x-real-ip",
-    "true-client-ip",
-    "x-client-ip",
-    "client-ip",
-    "x-cluster-client-ip",
-    "cf-connecting-ip",
-    "fastly-client-ip",
-    "x-originating-ip",
-    "x-original-forwarded-for",
-    "x-host",
-    // URL and method overrides (IIS URL Rewrite, Symfony, Zend; method tunnelling).
-    "x-original-url",
-    "x-rewrite-url",
-    "x-original-uri",
-    "x-original-method",
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// Headers never forwarded, by prefix.
-const NEVER_PREFIX: &[&str] = &[
-    // RFC 7239's predecessors: the caller's claims about the path are not ours to vouch for.
-    "x-forwarded",
-    // The broker's own answers and the downstream credential families (SonataFlow's
-    // `X-Authorization-{Provider}`).
-    "x-token-broker-",
-    "x-authorization-",
-    // oauth2-proxy (`X-Auth-Request-User`, `-Email`, `-Groups`, `-Access-Token`) and similar.
-    "x-auth-",
-    // Kubernetes authenticating proxy and Apache (`X-Remote-User`, `-Group`, `-Extra-*`).
-    "x-remote-",
-    "x-webauth-",
-    "x-ms-client-principal",
-    "x-goog-authenticated-user-",
-    "x-amzn-oidc-",
-    // Envoy trusts `x-envoy-internal`, `x-envoy-original-path`, ….
-    "x-envoy-",
-];
-
-/// Whether `name` (lower-case) is never forwarded upstream, whatever the configuration says.
-pub fn never_forwarded(name: &str) -> bool {
-    HOP_BY_HOP.contains(&name)
-        || NEVER_EXACT.contains(&name)
-        || NEVER_PREFIX.iter().any(|p| name.starts_with(p))
-        || name == crate::proxy::BACKSTAGE_USER_HEADER
-}
 
 /// The field names listed in `Connection` headers (RFC 9110 §7.6.1: also hop-by-hop).
 pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {

@@ -16,7 +16,7 @@ use crate::inbound::Principal;
 use crate::inbound::oidc::VerifiedUserToken;
 
 /// The header carrying the principal's user entity ref to the target (audit on the target side).
-pub const BACKSTAGE_USER_HEADER: &str = "x-backstage-user";
+pub use crate::protocol::headers::BACKSTAGE_USER_HEADER;
 
 /// Why a request path cannot be forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -315,7 +315,7 @@ fn target_upstream(obj: &Obj<'_>, issues: &mut Issues) -> Option<Option<Upstream
 
 /// `forwardHeaders`: header names (or `prefix*` patterns) forwarded in addition to the
 /// built-in allow-list. Names the proxy never forwards (credentials, hop-by-hop, identity,
-/// client-IP and URL-override headers, see `proxy::headers`) are refused here; at run time they
+/// client-IP and URL-override headers, see `protocol::headers`) are refused here; at run time they
 /// are stripped even when a pattern covers them.
 fn forward_headers(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<String>> {
     let list = field.opt_str_list(
@@ -326,7 +326,7 @@ fn forward_headers(field: &Field<'_>, issues: &mut Issues) -> Option<Vec<String>
                     "each entry must be an HTTP header name (RFC 9110 §5.1), or a non-empty prefix followed by *",
                 )
             } else if !h.ends_with('*')
-                && crate::proxy::headers::never_forwarded(&h.to_ascii_lowercase())
+                && crate::protocol::headers::never_forwarded(&h.to_ascii_lowercase())
             {
                 Some(
                     "is a header the proxy never forwards (credentials, hop-by-hop, identity, client-IP or URL-override headers)",

@@ -2,7 +2,10 @@
 //!
 //! Only constants live here (no behaviour), so every layer may use them: the HTTP edge checks
 //! the `grant_type` a caller sends, the IdP client puts them in its forms, and the metrics name
-//! a token-endpoint call by its grant.
+//! a token-endpoint call by its grant. [`headers`] names the HTTP headers with a fixed meaning
+//! for the proxy.
+
+pub mod headers;
 
 /// RFC 8693 §2.1: the token-exchange grant.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
