@@ -1,4 +1,4 @@
-//! The benchmark driver behind `scripts/bench` (issue 6 §9; dev-contract.md "Commands").
+//! The benchmark driver behind `scripts/bench` (issue 6 §9; docs/dev-contract.md#commands).
 //!
 //! One run, on loopback, in this order:
 //! 1. starts the dev IdP (in process), the **peers** (a bare actix-web handler answering a fixed
@@ -288,7 +288,7 @@ async fn run(a: Args) {
         .await
         .unwrap();
 
-    // The plugin key: Backstage plugin tokens are ES256 (backstage-tokens.md §2.1).
+    // The plugin key: Backstage plugin tokens are ES256 (docs/reference/backstage-tokens.md §2.1).
     let rng = SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
     let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();

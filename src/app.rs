@@ -2,7 +2,8 @@
 //! document and keys, and runs the public and admin listeners.
 //!
 //! Shared state is built once, outside the per-worker `HttpServer` factory, so all workers
-//! share one cache and one in-flight table (rust-practices.md §8 item 6).
+//! share one cache and one in-flight table (actix runs the `HttpServer::new` closure once per
+//! worker, so shared state is built outside it).
 
 use crate::metrics::Metrics;
 use std::net::SocketAddr;

@@ -1,4 +1,4 @@
-//! `token-broker dev`: the development set-up of dev-contract.md in one process, on loopback
+//! `token-broker dev`: the development set-up of docs/dev-contract.md in one process, on loopback
 //! only — the dev IdP at `127.0.0.1:7080/realms/dev`, the dev echo upstream at
 //! `127.0.0.1:7090` (both targets' `upstream`) and the broker at `127.0.0.1:7070` (admin
 //! `127.0.0.1:7071`) configured by the embedded `config/dev.yaml`.
@@ -6,7 +6,8 @@
 //! Everything it prints says it is for development only: the IdP's users, passwords and
 //! client secret are public values.
 //!
-//! The dev IdP trusts the broker's own RFC 7523 assertions (keycloak-token-exchange.md §6, the
+//! The dev IdP trusts the broker's own RFC 7523 assertions
+//! (docs/reference/keycloak-token-exchange.md §6, the
 //! Keycloak set-up of docs/backstage-integration.md done for you): the broker's `assertion.issuer`
 //! with the broker's `/.well-known/jwks.json` is an identity provider allowed for the broker's
 //! client, and `alice`/`bob` are linked to it as their `userMapping.subject` (e.g.
@@ -24,7 +25,7 @@ use crate::devupstream::{self, DEV_UPSTREAM_ADDR};
 /// `config/dev.yaml`, embedded so `token-broker dev` works from any directory.
 pub const DEV_CONFIG_YAML: &str = include_str!("../config/dev.yaml");
 
-/// The dev IdP's address (dev-contract.md).
+/// The dev IdP's address (docs/dev-contract.md).
 pub const DEV_IDP_ADDR: &str = "127.0.0.1:7080";
 
 /// Alias of the identity provider standing for the broker's assertion issuer at the dev IdP.
@@ -97,7 +98,7 @@ pub fn trust_broker_assertions(idp: &DevIdpHandle, trust: &AssertionTrust) {
 
 pub struct DevOptions {
     pub config: Option<PathBuf>,
-    /// `--backstage URL`: trust the Backstage backend at URL (dev-contract.md).
+    /// `--backstage URL`: trust the Backstage backend at URL (docs/dev-contract.md).
     pub backstage: Option<String>,
 }
 
@@ -136,7 +137,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     let mut cfg = dev_config(opts.config.as_deref()).map_err(DevError::Config)?;
     if let Some(url) = &opts.backstage {
         // Plugins at URL/api/{pluginId}, the auth backend at URL/api/auth (HostDiscovery's
-        // default layout, backstage-tokens.md §2.2).
+        // default layout, docs/reference/backstage-tokens.md §2.2).
         let parsed = url::Url::parse(url.trim_end_matches('/'))
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https"))

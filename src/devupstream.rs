@@ -1,4 +1,4 @@
-//! The dev echo upstream of dev-contract.md (DEVELOPMENT ONLY): the `upstream` of both dev
+//! The dev echo upstream of docs/dev-contract.md (DEVELOPMENT ONLY): the `upstream` of both dev
 //! targets, so a newcomer can see exactly what a target receives through `/v1/proxy`.
 //!
 //! - any path, any method: JSON `{"method","path","query","headers"}` of the request it got
@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 
-/// The dev echo upstream's address (dev-contract.md).
+/// The dev echo upstream's address (docs/dev-contract.md).
 pub const DEV_UPSTREAM_ADDR: &str = "127.0.0.1:7090";
 
 /// A running echo upstream.

@@ -1,5 +1,6 @@
 //! The broker's RFC 7523 assertion signer for `userMapping: jwt_authorization_grant`
-//! (keycloak-token-exchange.md §6): ES256 (RFC 7518 §3.4) with a key from `assertion.keyFile`
+//! (docs/reference/keycloak-token-exchange.md §6): ES256 (RFC 7518 §3.4) with a key from
+//! `assertion.keyFile`
 //! (PKCS#8 PEM, P-256) or generated at start (development), a unique `jti` per assertion,
 //! `aud` = the realm issuer, `sub` from the target's template, `exp` at most 5 min ahead
 //! (Keycloak's default maximum). The public key is served at `/.well-known/jwks.json`.

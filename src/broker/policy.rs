@@ -3,7 +3,8 @@
 //! - `allowedCallers`: glob patterns (`*` matches any run of characters) over the principal's
 //!   name (or, for a user via a plugin, the acting `plugin:<id>`); absent = any authenticated
 //!   caller.
-//! - Backstage `accessRestrictions` (backstage-tokens.md §3.4): a restricted caller must have an
+//! - Backstage `accessRestrictions` (docs/reference/backstage-tokens.md §3.4): a restricted caller
+//! must have an
 //!   entry for the broker's plugin id, else 403 with Backstage's own wording. Within that
 //!   entry, `permission` names restrict targets (`token-broker.target.<name>`), and
 //!   `permissionAttribute.action` restricts actions (a token request is a `read`).
@@ -14,7 +15,7 @@
 use super::principal::Principal;
 use crate::config::{TargetConfig, TokenType};
 
-/// The broker's plugin id in Backstage terms (dev-contract.md).
+/// The broker's plugin id in Backstage terms (docs/dev-contract.md).
 pub const PLUGIN_ID: &str = "token-broker";
 
 /// The permission name that lets a restricted caller obtain tokens for `target`.

@@ -23,7 +23,8 @@ pub struct Principal {
     pub backstage_user: Option<BackstageUser>,
 }
 
-/// The Backstage user credential behind a user principal (backstage-tokens.md §3.1, §3.3).
+/// The Backstage user credential behind a user principal (docs/reference/backstage-tokens.md §3.1,
+/// §3.3).
 #[derive(Debug, Clone)]
 pub struct BackstageUser {
     /// `exp` of the user (or `obo`) token: nothing derived from it outlives it.

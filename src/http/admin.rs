@@ -1,4 +1,4 @@
-//! The admin listener's operator endpoints (dev-contract.md "Admin listener"):
+//! The admin listener's operator endpoints (docs/dev-contract.md#admin-listener):
 //! `GET /metrics` (Prometheus text), `GET /tester` (the exchange tester page, static HTML+JS
 //! embedded in the binary), and the admin API behind `Authorization: Bearer <admin.token>`
 //! (RFC 6750 §2.1): `GET /admin/info` and `POST /admin/exchange`.

@@ -1,4 +1,4 @@
-//! Liveness and readiness on the admin listener (dev-contract.md "Admin listener").
+//! Liveness and readiness on the admin listener (docs/dev-contract.md#admin-listener).
 
 use actix_web::{HttpResponse, web};
 use serde_json::json;

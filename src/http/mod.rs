@@ -98,7 +98,8 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
     )
     // Any method; the handler reads the raw path itself (docs/proxy.md).
     .route("/v1/proxy/{tail:.*}", web::route().to(proxy::proxy))
-    // The older-caller probe (backstage-tokens.md §8) and the assertion key set (RFC 7517).
+    // The older-caller probe (docs/reference/backstage-tokens.md §8) and the assertion key set (RFC
+    // 7517).
     .route(
         "/.backstage/auth/v1/jwks.json",
         web::get().to(jwks::empty_plugin_jwks),

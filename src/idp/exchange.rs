@@ -1,6 +1,7 @@
 //! RFC 8693 token exchange at Keycloak (standard token exchange V2, Keycloak 26.2+).
 //!
-//! The request carries exactly the fields Keycloak's V2 documents (keycloak-token-exchange.md
+//! The request carries exactly the fields Keycloak's V2 documents
+//! (docs/reference/keycloak-token-exchange.md
 //! §3.2): `grant_type`, `subject_token`, `subject_token_type` (always the access-token URN: V2
 //! accepts nothing else), `requested_token_type`, one `audience`, and `scope` only when scopes
 //! are requested. V1-only fields (`requested_subject`, `requested_issuer`, `subject_issuer`)

@@ -6,7 +6,7 @@
 //! encryption key) are skipped, and so is any key jsonwebtoken cannot use: one odd key never
 //! makes the whole set unusable. Keycloak serves `/certs` with `Cache-Control: no-cache`, so
 //! HTTP caching is not relied on; the set is held here and refetched when a `kid` is unknown,
-//! at most once per `min_refresh_interval` (keycloak-token-exchange.md §1).
+//! at most once per `min_refresh_interval` (docs/reference/keycloak-token-exchange.md §1).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};

@@ -1,5 +1,6 @@
 //! One principal per request: reads the caller credential (`Authorization: Bearer`, extracted
-//! like Backstage's `httpAuth`, backstage-tokens.md §6) and the user's Keycloak token, verifies
+//! like Backstage's `httpAuth`, docs/reference/backstage-tokens.md §6) and the user's Keycloak
+//! token, verifies
 //! both, and decides who is calling.
 //!
 //! - A Bearer credential is a Backstage credential (plugin, user, external access) verified by

@@ -22,7 +22,8 @@ pub struct Check {
     pub fix: String,
 }
 
-/// Where in Keycloak's V2 pipeline an answer stopped (keycloak-token-exchange.md §2, §3.3,
+/// Where in Keycloak's V2 pipeline an answer stopped (docs/reference/keycloak-token-exchange.md §2,
+/// §3.3,
 /// §3.4, in check order); `SUCCESS` = it went through, 0 = not recognised.
 pub(super) fn stage(status: u16, error: &str, description: &str) -> u8 {
     match (error, description) {

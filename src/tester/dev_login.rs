@@ -52,7 +52,7 @@ pub fn offered(config: &Config) -> Vec<Value> {
 }
 
 /// Logs a dev user in at the dev IdP with the password grant (DEVELOPMENT ONLY; the dev
-/// users' passwords are their names, dev-contract.md).
+/// users' passwords are their names, docs/dev-contract.md).
 pub async fn login(config: &Config, idp: &IdpClient, id: &str) -> Result<SecretString, String> {
     if !available(config) {
         return Err(

@@ -1,5 +1,6 @@
 //! Backstage callers over real HTTP: tokens minted in Rust exactly in Backstage's shapes
-//! (backstage-tokens.md §1, §3: ES256, header and payload key order as issued) and a small
+//! (docs/reference/backstage-tokens.md §1, §3: ES256, header and payload key order as issued) and a
+//! small
 //! test server on 127.0.0.1:0 playing the Backstage backend's JWKS endpoints
 //! (`/api/{plugin}/.backstage/auth/v1/jwks.json`, `/api/auth/.well-known/jwks.json`).
 
@@ -374,7 +375,8 @@ async fn every_refusal_case_is_refused_with_backstages_status() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// userMapping: the broker's RFC 7523 assertion (keycloak-token-exchange.md §6) and legacy V1
+// userMapping: the broker's RFC 7523 assertion (docs/reference/keycloak-token-exchange.md §6) and
+// legacy V1
 // naked impersonation (§5), against the dev IdP's emulation of both.
 
 const ASSERTION_ISSUER: &str = "http://token-broker.test";

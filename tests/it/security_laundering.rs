@@ -339,7 +339,7 @@ async fn a_user_token_alone_is_opt_in_and_subject_to_allowed_callers() {
 
 // ---------------------------------------------------------------------------------------------
 // Backstage callers: a small stand-in for the Backstage auth backend's JWKS, and user tokens in
-// Backstage's shape (backstage-tokens.md §3.1).
+// Backstage's shape (docs/reference/backstage-tokens.md §3.1).
 
 struct FakeBackstage {
     url: String,

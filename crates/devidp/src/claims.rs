@@ -1,4 +1,5 @@
-//! Token payloads as Keycloak 26.x shapes them (keycloak-token-exchange.md §4): access tokens,
+//! Token payloads as Keycloak 26.x shapes them (docs/reference/keycloak-token-exchange.md §4):
+//! access tokens,
 //! ID tokens and refresh tokens for users and service accounts, and the `aud` encoding rule
 //! (string if one value, array if several, absent if none).
 

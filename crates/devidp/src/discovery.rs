@@ -1,6 +1,6 @@
 //! The realm's metadata endpoints: OIDC discovery, the JWKS ("certs"), the issuer as Keycloak
 //! computes it from the request, and the 404 answers for unknown realms and paths
-//! (keycloak-token-exchange.md §1).
+//! (docs/reference/keycloak-token-exchange.md §1).
 
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};

@@ -1,4 +1,5 @@
-//! The identity providers' key sets for the JWT authorization grant (keycloak-token-exchange.md
+//! The identity providers' key sets for the JWT authorization grant
+//! (docs/reference/keycloak-token-exchange.md
 //! §6): fetched over HTTP from each provider's JWKS URL and cached per URL. A cached set is
 //! refetched only when it lacks the assertion's `kid`, at most once per
 //! [`JWKS_REFETCH_COOLDOWN`]; a failed refetch keeps the stale set (the unknown `kid` then fails

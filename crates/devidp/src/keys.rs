@@ -1,7 +1,8 @@
 //! The realm keys of the dev IdP: RSA-2048 generation with aws-lc-rs, compact JWS signing with
 //! RS256, verification of the IdP's own tokens, and the JWKS document served at `/certs`.
 //!
-//! Like Keycloak's default realm (keycloak-token-exchange.md §1) there are two keys: an RS256
+//! Like Keycloak's default realm (docs/reference/keycloak-token-exchange.md §1) there are two keys:
+//! an RS256
 //! `use:"sig"` key and an `RSA-OAEP` `use:"enc"` key. The enc key is only published (nothing is
 //! ever encrypted), so that clients learn to select keys by `kid` and `use`. `x5c`/`x5t` are
 //! omitted (Keycloak publishes a self-signed certificate; building one needs an X.509 encoder we
@@ -69,7 +70,7 @@ impl std::fmt::Debug for RealmKeys {
 }
 
 /// Why a compact JWS was not accepted; callers map every variant to Keycloak's single
-/// `Invalid token` (keycloak-token-exchange.md §3.4 step 2).
+/// `Invalid token` (docs/reference/keycloak-token-exchange.md §3.4 step 2).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("malformed token")]
@@ -115,7 +116,7 @@ impl RealmKeys {
     }
 
     /// Signs `claims` as a compact JWS with header `{"alg":"RS256","typ":"JWT","kid"}`
-    /// (keycloak-token-exchange.md §4).
+    /// (docs/reference/keycloak-token-exchange.md §4).
     pub fn sign(&self, claims: &Value) -> String {
         let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.sig.kid });
         let signing_input = format!(

@@ -2,7 +2,8 @@
 //! Keycloak look-alike: one realm with discovery, JWKS, and a token endpoint implementing the
 //! password, client_credentials, standard token exchange V2, JWT authorization grant (RFC 7523)
 //! and legacy V1 naked impersonation grants with Keycloak's wire behaviour
-//! (keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is emulated).
+//! (docs/reference/keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is
+//! emulated).
 //!
 //! The crate root owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
 //! state and the actix-web server. It is for development and tests only — `token-broker dev`
@@ -147,18 +148,20 @@ impl DevIdpHandle {
             .count()
     }
 
-    /// Switches the token-exchange feature (keycloak-token-exchange.md §1, §2 step 3).
+    /// Switches the token-exchange feature (docs/reference/keycloak-token-exchange.md §1, §2 step
+    /// 3).
     pub fn set_token_exchange_enabled(&self, on: bool) {
         self.shared.state().token_exchange_enabled = on;
     }
 
-    /// Switches the preview feature `jwt-authorization-grant` (keycloak-token-exchange.md §6).
+    /// Switches the preview feature `jwt-authorization-grant`
+    /// (docs/reference/keycloak-token-exchange.md §6).
     pub fn set_jwt_authorization_grant_enabled(&self, on: bool) {
         self.shared.state().jwt_authorization_grant_enabled = on;
     }
 
     /// Switches legacy token exchange V1 (`token-exchange` + `admin-fine-grained-authz:v1`,
-    /// keycloak-token-exchange.md §5). Off by default.
+    /// docs/reference/keycloak-token-exchange.md §5). Off by default.
     pub fn set_token_exchange_v1_enabled(&self, on: bool) {
         self.shared.state().token_exchange_v1_enabled = on;
     }

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-/// Keycloak's realm default access token lifespan (keycloak-token-exchange.md §3.6: "realm
+/// Keycloak's realm default access token lifespan (docs/reference/keycloak-token-exchange.md §3.6:
+/// "realm
 /// default 300 s").
 pub const DEFAULT_ACCESS_TOKEN_LIFESPAN: Duration = Duration::from_secs(300);
 
@@ -33,9 +34,10 @@ pub struct DevIdpConfig {
     pub access_token_lifespan: Duration,
     /// `false` emulates a Keycloak with every token-exchange feature off: the grant answers
     /// 400 `unsupported_grant_type` and the URN is absent from `grant_types_supported`
-    /// (keycloak-token-exchange.md §1, §2 step 3).
+    /// (docs/reference/keycloak-token-exchange.md §1, §2 step 3).
     pub token_exchange_enabled: bool,
-    /// Preview feature `jwt-authorization-grant` (keycloak-token-exchange.md §6): `false`
+    /// Preview feature `jwt-authorization-grant` (docs/reference/keycloak-token-exchange.md §6):
+    /// `false`
     /// answers the jwt-bearer grant with 400 `unsupported_grant_type` and leaves it out of
     /// `grant_types_supported` (§1). On in `contract()`.
     pub jwt_authorization_grant_enabled: bool,
@@ -52,7 +54,8 @@ pub struct DevIdpConfig {
     pub identity_providers: Vec<DevIdentityProvider>,
 }
 
-/// A realm identity provider as the JWT authorization grant uses it (keycloak-token-exchange.md
+/// A realm identity provider as the JWT authorization grant uses it
+/// (docs/reference/keycloak-token-exchange.md
 /// §6): the "JWT Authorization Grant" (or OIDC) provider type with an issuer and a JWKS URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DevIdentityProvider {
@@ -79,7 +82,7 @@ impl DevIdentityProvider {
 }
 
 /// A federated identity link: the user is known as `user_id` at the identity provider `alias`
-/// (Keycloak's `FederatedIdentityModel`; keycloak-token-exchange.md §6).
+/// (Keycloak's `FederatedIdentityModel`; docs/reference/keycloak-token-exchange.md §6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FederatedIdentity {
     pub alias: String,
@@ -115,7 +118,8 @@ impl std::fmt::Debug for DevUser {
 impl DevUser {
     /// An enabled user with a deterministic id (derived from the username, so ids are stable
     /// across restarts of `token-broker dev`), email `username@example.com`, first name = the
-    /// capitalised username and last name `Example` (as in keycloak-token-exchange.md §4).
+    /// capitalised username and last name `Example` (as in
+    /// docs/reference/keycloak-token-exchange.md §4).
     pub fn new(username: &str, password: &str) -> Self {
         Self {
             username: username.to_owned(),
@@ -162,7 +166,8 @@ pub struct DevClient {
     pub direct_access_grants: bool,
     /// "Service accounts roles" (client_credentials grant).
     pub service_accounts_enabled: bool,
-    /// Client attribute `standard.token.exchange.enabled` (keycloak-token-exchange.md §3.1).
+    /// Client attribute `standard.token.exchange.enabled`
+    /// (docs/reference/keycloak-token-exchange.md §3.1).
     pub standard_token_exchange_enabled: bool,
     /// Client ids put in `aud` of tokens issued TO this client: a default client scope with an
     /// Audience mapper per entry.
@@ -172,7 +177,7 @@ pub struct DevClient {
     /// Client attribute `access.token.lifespan`; `None` = realm default.
     pub access_token_lifespan: Option<Duration>,
     /// Client attribute `oauth2.jwt.authorization.grant.enabled`: the "JWT Authorization Grant"
-    /// capability (keycloak-token-exchange.md §6).
+    /// capability (docs/reference/keycloak-token-exchange.md §6).
     pub jwt_authorization_grant_enabled: bool,
     /// Client attribute `oauth2.jwt.authorization.grant.idp`: aliases of the identity providers
     /// whose assertions this client may redeem (§6).
@@ -228,7 +233,8 @@ impl DevClient {
         self.secret.is_none()
     }
 
-    /// Username of the client's service-account user (keycloak-token-exchange.md §4).
+    /// Username of the client's service-account user (docs/reference/keycloak-token-exchange.md
+    /// §4).
     pub fn service_account_username(&self) -> String {
         format!("service-account-{}", self.client_id)
     }
@@ -240,7 +246,7 @@ impl DevClient {
 }
 
 impl DevIdpConfig {
-    /// The fixed development contract (dev-contract.md): realm `dev`, users alice/bob, the
+    /// The fixed development contract (docs/dev-contract.md): realm `dev`, users alice/bob, the
     /// public `dev-frontend`, the broker's confidential `token-broker` and the two targets.
     pub fn contract() -> Self {
         let mut frontend = DevClient::public("dev-frontend");

@@ -1,6 +1,6 @@
 //! End-to-end tests of the dev IdP over real HTTP (reqwest against a server on 127.0.0.1:0),
 //! one assertion of status + `error` + `error_description` per emulated error row of
-//! keycloak-token-exchange.md §2, §3.8 and §8.
+//! docs/reference/keycloak-token-exchange.md §2, §3.8 and §8.
 
 use std::time::{Duration, Instant};
 
@@ -1066,7 +1066,7 @@ fn contract_values() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// JWT authorization grant (keycloak-token-exchange.md §6)
+// JWT authorization grant (docs/reference/keycloak-token-exchange.md §6)
 
 const ASSERTION_ISS: &str = "http://backstage-broker.test";
 const ALIAS: &str = "backstage";
@@ -1502,7 +1502,7 @@ async fn jwt_authorization_grant_errors() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Legacy token exchange V1, naked impersonation (keycloak-token-exchange.md §5)
+// Legacy token exchange V1, naked impersonation (docs/reference/keycloak-token-exchange.md §5)
 
 async fn impersonate_as(
     idp: &DevIdpHandle,

@@ -1,4 +1,5 @@
-//! Plugin id → base URL, mirroring Backstage's `HostDiscovery` (backstage-tokens.md §2.2):
+//! Plugin id → base URL, mirroring Backstage's `HostDiscovery` (docs/reference/backstage-tokens.md
+//! §2.2):
 //! the first `discovery.endpoints` entry listing the plugin (or `*`) gives the internal
 //! target with `{{pluginId}}` substituted; otherwise `{backend.baseUrl}/api/{pluginId}`.
 //! Without either, no Backstage is trusted. JWKS URLs come only from here (§9 item 8).

@@ -1,5 +1,6 @@
 //! Compact JWS parsing and the claim rules of jose 5.10.0 as Backstage applies them
-//! (backstage-tokens.md §4): zero clock tolerance, `exp > now`, `nbf <= now`, `iat` a number
+//! (docs/reference/backstage-tokens.md §4): zero clock tolerance, `exp > now`, `nbf <= now`, `iat`
+//! a number
 //! if present, required claims present, `aud` string-in-set or array-intersects-set, `alg: none`
 //! never accepted, and the algorithm must fit the key (RFC 8725 §3.1).
 

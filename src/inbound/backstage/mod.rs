@@ -1,5 +1,6 @@
 //! Verification of every Backstage caller credential, with Backstage's own dispatch order and
-//! outcomes (`DefaultAuthService.authenticate`, backstage-tokens.md §5, checklist §9):
+//! outcomes (`DefaultAuthService.authenticate`, docs/reference/backstage-tokens.md §5, checklist
+//! §9):
 //! 1. `typ: vnd.backstage.plugin` → plugin token (§3.3): `sub` must match `^[a-z0-9_-]+$`
 //!    (and, stricter than Backstage, be at most 64 characters and match
 //!    `backstage.trustedPlugins` when set; both checked before any fetch), keys from

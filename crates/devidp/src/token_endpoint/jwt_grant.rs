@@ -1,4 +1,5 @@
-//! The JWT authorization grant (RFC 7521/7523 `jwt-bearer`) as keycloak-token-exchange.md §6
+//! The JWT authorization grant (RFC 7521/7523 `jwt-bearer`) as
+//! docs/reference/keycloak-token-exchange.md §6
 //! describes Keycloak's preview feature `jwt-authorization-grant`: a confidential client with
 //! the "JWT Authorization Grant" capability redeems an assertion signed by a trusted identity
 //! provider (issuer + JWKS URL, on the client's allowed-IdP list) for an access token of the

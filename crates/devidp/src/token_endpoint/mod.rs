@@ -1,5 +1,5 @@
 //! The token endpoint (`POST /realms/{realm}/protocol/openid-connect/token`): Keycloak's common
-//! pipeline (keycloak-token-exchange.md §2: SSL, grant type, client authentication,
+//! pipeline (docs/reference/keycloak-token-exchange.md §2: SSL, grant type, client authentication,
 //! duplicated parameters) and the dispatch to one module per grant — `password.rs`,
 //! `client_credentials.rs` (§8), `standard_exchange.rs` (token exchange V2, §3.3–§3.6),
 //! `v1_exchange.rs` (legacy V1 naked impersonation, §5: what V2 declines while V1 is on) and

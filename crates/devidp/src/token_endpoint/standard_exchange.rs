@@ -1,4 +1,5 @@
-//! Standard token exchange V2 (RFC 8693; keycloak-token-exchange.md §3.3–§3.6): the reasons
+//! Standard token exchange V2 (RFC 8693; docs/reference/keycloak-token-exchange.md §3.3–§3.6): the
+//! reasons
 //! V2's `supports()` declines a request (§3.3; the endpoint then hands it to V1 when V1 is on,
 //! `v1_exchange.rs`), and the exchange itself — subject token validation, requested token type,
 //! audiences, scopes and the minted answer, with the statuses and texts of §3.8 verbatim — plus

@@ -1,4 +1,5 @@
-//! Legacy token exchange V1 (keycloak-token-exchange.md §5), reached only while the realm's V1
+//! Legacy token exchange V1 (docs/reference/keycloak-token-exchange.md §5), reached only while the
+//! realm's V1
 //! switch is on and standard V2 declined the request (§3.3: V1's `supports()` accepts whatever
 //! V2 declines). The dev IdP emulates V1's **naked impersonation**: `requested_subject`
 //! without `subject_token`, by a confidential client holding the Users → "impersonate"

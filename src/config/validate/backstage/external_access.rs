@@ -118,7 +118,8 @@ pub(crate) fn jwks_handler(field: &Field<'_>, issues: &mut Issues) -> Option<Ext
             "issuer",
             "audience",
             "subjectPrefix",
-            // Parsed by Backstage but unused: only the entry-level key counts (backstage-tokens.md §3.4).
+            // Parsed by Backstage but unused: only the entry-level key counts
+            // (docs/reference/backstage-tokens.md §3.4).
             "accessRestrictions",
         ],
         issues,
@@ -174,7 +175,8 @@ fn legacy_secret(field: &Field<'_>, issues: &mut Issues) -> Option<SecretString>
 }
 
 /// `backend.auth.keys`: `[{secret}]`, each a `legacy` handler with subject
-/// `external:backstage-plugin`, appended after `externalAccess` (backstage-tokens.md §3.4).
+/// `external:backstage-plugin`, appended after `externalAccess` (docs/reference/backstage-tokens.md
+/// §3.4).
 pub(crate) fn auth_keys(
     field: &Field<'_>,
     issues: &mut Issues,
