@@ -17,6 +17,12 @@
 //!
 //! Not part of the normal build (an example): `cargo build --release --example bench_peers`.
 
+// A measuring tool, not product code: it indexes its own samples and reads the wall clock.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;

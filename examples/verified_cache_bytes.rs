@@ -10,6 +10,12 @@
 //! Run: `cargo run --example verified_cache_bytes [N]` (default N = 20000; Linux only, it
 //! reads `/proc/self/statm`). docs/benchmarks.md records the results.
 
+// A measuring tool, not product code: it indexes its own samples and reads the wall clock.
+#![allow(
+    clippy::indexing_slicing,
+    clippy::disallowed_methods,
+    clippy::disallowed_types
+)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;

@@ -44,11 +44,11 @@ pub fn fingerprint(secret: &str) -> String {
 
 /// [`fingerprint`] from an already computed SHA-256 (the token is hashed once per request).
 pub fn fingerprint_of(digest: &KeyDigest) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    use std::fmt::Write as _;
     let mut s = String::with_capacity(12);
     for b in digest.iter().take(6) {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 0xf)]));
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
     }
     s
 }

@@ -32,7 +32,7 @@ pub enum AssertionError {
 pub struct AssertionSigner {
     issuer: String,
     lifetime_secs: u64,
-    keys: std::sync::RwLock<std::sync::Arc<SignerKeys>>,
+    keys: parking_lot::RwLock<std::sync::Arc<SignerKeys>>,
 }
 
 struct SignerKey {
@@ -80,7 +80,7 @@ impl AssertionSigner {
         Ok(AssertionSigner {
             issuer: config.issuer.clone(),
             lifetime_secs: config.lifetime.as_secs().max(1),
-            keys: std::sync::RwLock::new(std::sync::Arc::new(SignerKeys {
+            keys: parking_lot::RwLock::new(std::sync::Arc::new(SignerKeys {
                 current,
                 previous: None,
             })),
@@ -88,7 +88,7 @@ impl AssertionSigner {
     }
 
     fn keys(&self) -> std::sync::Arc<SignerKeys> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keys.read().clone()
     }
 
     /// Re-reads `assertion.keyFile` (SIGHUP). With a new key, signs with it from now on and
@@ -103,7 +103,7 @@ impl AssertionSigner {
         if new.kid == old.current.kid {
             return Ok(false);
         }
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = std::sync::Arc::new(SignerKeys {
+        *self.keys.write() = std::sync::Arc::new(SignerKeys {
             previous: Some(old.current.public_jwk()),
             current: new,
         });

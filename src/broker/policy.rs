@@ -3,9 +3,8 @@
 //! - `allowedCallers`: glob patterns (`*` matches any run of characters) over the principal's
 //!   name (or, for a user via a plugin, the acting `plugin:<id>`); absent = any authenticated
 //!   caller.
-//! - Backstage `accessRestrictions` (docs/reference/backstage-tokens.md §3.4): a restricted caller
-//! must have an
-//!   entry for the broker's plugin id, else 403 with Backstage's own wording. Within that
+//! - Backstage `accessRestrictions` (docs/reference/backstage-tokens.md §3.4): a restricted
+//!   caller must have an entry for the broker's plugin id, else 403 with Backstage's own wording. Within that
 //!   entry, `permission` names restrict targets (`token-broker.target.<name>`), and
 //!   `permissionAttribute.action` restricts actions (a token request is a `read`).
 //! - Scopes: the caller's `scope` (RFC 6749 §3.3) may only name scopes the target lists in

@@ -2,8 +2,8 @@
 //! refused its token (an upstream 401 in proxy mode), so a target that refuses everything costs
 //! one extra exchange per entry and interval, not one per call.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::digest::KeyDigest;
@@ -36,7 +36,7 @@ impl ForcedRefreshLimiter {
 
     /// May `key` be refreshed now? Records the refresh when it may.
     pub(super) fn allow(&self, key: &KeyDigest, now: Instant) -> bool {
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last.lock();
         let recent = |t: &Instant| now.saturating_duration_since(*t) < self.interval;
         if last.get(key).is_some_and(recent) {
             return false;

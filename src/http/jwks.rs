@@ -1,8 +1,8 @@
 //! Key-set endpoints of the public listener:
 //! - `GET /.backstage/auth/v1/jwks.json` and `GET /api/{pluginId}/.backstage/auth/v1/jwks.json`
 //!   → 200 `{"keys":[]}`: the broker issues no plugin tokens, but older Backstage callers probe
-//!   the target's key set before they send plugin tokens (docs/reference/backstage-tokens.md §8, §9
-//! item 10);
+//!   the target's key set before they send plugin tokens
+//!   (docs/reference/backstage-tokens.md §8, §9 item 10);
 //! - `GET /.well-known/jwks.json` → the public key of the broker's RFC 7523 assertion signer
 //!   (RFC 7517), for Keycloak's identity provider (docs/reference/keycloak-token-exchange.md §6).
 

@@ -29,10 +29,7 @@ pub struct Endpoints {
 
 impl IdpClient {
     pub fn is_discovered(&self) -> bool {
-        self.endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        self.endpoints.read().is_some()
     }
 
     /// Loads the discovery document now, then the JWKS it names.
@@ -57,7 +54,7 @@ impl IdpClient {
         let jwks = meta.jwks_uri().url().clone();
         let ep = Arc::new(Endpoints { token, jwks });
         self.jwks.set_url(ep.jwks.clone());
-        *self.endpoints.write().unwrap_or_else(|e| e.into_inner()) = Some(ep.clone());
+        *self.endpoints.write() = Some(ep.clone());
         if let Err(e) = self.jwks.refresh().await {
             tracing::warn!(error = %e, "JWKS could not be loaded after discovery");
         }
@@ -110,21 +107,11 @@ impl IdpClient {
     /// The discovered endpoints; if discovery has not succeeded yet, retries it (at most every
     /// two seconds, one attempt at a time) so the broker recovers by itself.
     pub async fn endpoints(&self) -> Result<Arc<Endpoints>, IdpError> {
-        if let Some(ep) = self
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(ep) = self.endpoints.read().clone() {
             return Ok(ep);
         }
         let mut last = self.discovery.lock().await;
-        if let Some(ep) = self
-            .endpoints
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
+        if let Some(ep) = self.endpoints.read().clone() {
             return Ok(ep);
         }
         if let Some(t) = *last
@@ -143,8 +130,8 @@ mod tests {
     use crate::config::ClientAuthMethod;
     use crate::idp::jwks::JwksCache;
     use crate::outbound::Outbound;
+    use parking_lot::RwLock;
     use secrecy::SecretString;
-    use std::sync::RwLock;
 
     /// Discovery reads the document once and the key set once: the metadata is modelled by
     /// `openidconnect` from the document the outbound layer fetched, not by the library's own

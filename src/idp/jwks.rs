@@ -9,7 +9,9 @@
 //! at most once per `min_refresh_interval` (docs/reference/keycloak-token-exchange.md §1).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
@@ -72,7 +74,7 @@ impl JwksCache {
 
     /// Registers the listener for removed keys (one; a later call replaces it).
     pub fn on_keys_removed(&self, listener: RemovedKeysListener) {
-        *self.on_removed.write().unwrap_or_else(|e| e.into_inner()) = Some(listener);
+        *self.on_removed.write() = Some(listener);
     }
 
     /// Whether a `kid` is in the current set (no fetch).
@@ -82,7 +84,7 @@ impl JwksCache {
 
     /// Sets the JWKS URL (from the issuer's discovery document: never from a token).
     pub fn set_url(&self, url: url::Url) {
-        *self.url.write().unwrap_or_else(|e| e.into_inner()) = Some(url);
+        *self.url.write() = Some(url);
     }
 
     pub fn is_loaded(&self) -> bool {
@@ -90,7 +92,7 @@ impl JwksCache {
     }
 
     fn snapshot(&self) -> Arc<KeySet> {
-        self.keys.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.keys.read().clone()
     }
 
     /// The key with this `kid`; an unknown `kid` causes at most one rate-limited refetch.
@@ -131,7 +133,6 @@ impl JwksCache {
         let url = self
             .url
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .clone()
             .ok_or_else(|| JwksError::Fetch("no JWKS URL known yet".into()))?;
         let answer = self
@@ -147,10 +148,7 @@ impl JwksCache {
         }
         let set = parse_jwks(&answer.body)?;
         tracing::debug!(keys = set.by_kid.len(), "JWKS loaded");
-        let old = std::mem::replace(
-            &mut *self.keys.write().unwrap_or_else(|e| e.into_inner()),
-            Arc::new(set),
-        );
+        let old = std::mem::replace(&mut *self.keys.write(), Arc::new(set));
         let now = self.snapshot();
         let removed: Vec<String> = old
             .by_kid
@@ -163,11 +161,7 @@ impl JwksCache {
                 removed = removed.len(),
                 "signing keys left the issuer's JWKS"
             );
-            let listener = self
-                .on_removed
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let listener = self.on_removed.read().clone();
             if let Some(l) = listener {
                 l(&removed);
             }
@@ -179,7 +173,7 @@ impl JwksCache {
     #[cfg(test)]
     pub fn install(&self, body: &[u8]) -> Result<(), JwksError> {
         let set = parse_jwks(body)?;
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(set);
+        *self.keys.write() = Arc::new(set);
         Ok(())
     }
 }

@@ -25,7 +25,9 @@ pub mod realm_token;
 pub mod token_endpoint;
 pub mod user_mapping;
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Instant;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -77,18 +79,12 @@ impl IdpClient {
 
     /// The current client secret.
     pub(crate) fn client_secret(&self) -> SecretString {
-        self.client_secret
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.client_secret.read().clone()
     }
 
     /// Replaces the client secret (rotation without restart); returns whether it changed.
     pub fn set_client_secret(&self, secret: &SecretString) -> bool {
-        let mut cur = self
-            .client_secret
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut cur = self.client_secret.write();
         if cur.expose_secret() == secret.expose_secret() {
             return false;
         }

@@ -1,7 +1,6 @@
 //! The two grants that map a Backstage user to a Keycloak user without a Keycloak token:
-//! - RFC 7523 JWT authorization grant (docs/reference/keycloak-token-exchange.md §6): `grant_type`
-//! jwt-bearer,
-//!   `assertion`, optional `scope`, with the broker's client authentication;
+//! - RFC 7523 JWT authorization grant (docs/reference/keycloak-token-exchange.md §6):
+//!   `grant_type` jwt-bearer, `assertion`, optional `scope`, with the broker's client authentication;
 //! - legacy token exchange V1 naked impersonation (§5): `requested_subject`, one `audience`,
 //!   `requested_token_type` set explicitly (V1 defaults to a refresh token), no subject token.
 

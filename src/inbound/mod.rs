@@ -3,7 +3,7 @@
 //! A request carries at most two credentials:
 //! - the *caller credential* in `Authorization: Bearer` (RFC 6750 §2.1), matched the way
 //!   Backstage extracts it: `^Bearer[ ]+(\S+)$`, case-insensitive scheme
-//! (docs/reference/backstage-tokens.md §6);
+//!   (docs/reference/backstage-tokens.md §6);
 //! - the *user token*: the user's Keycloak access token in the configured header (default
 //!   `X-Forwarded-Access-Token`) or in the RFC 8693 `subject_token` form field.
 //!

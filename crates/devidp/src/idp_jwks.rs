@@ -5,8 +5,8 @@
 //! [`JWKS_REFETCH_COOLDOWN`]; a failed refetch keeps the stale set (the unknown `kid` then fails
 //! verification).
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -44,7 +44,7 @@ impl IdpJwks {
     /// A poisoned lock only means another thread panicked mid-update; the cache is still
     /// usable.
     fn sets(&self) -> MutexGuard<'_, HashMap<String, CachedJwks>> {
-        self.sets.lock().unwrap_or_else(|e| e.into_inner())
+        self.sets.lock()
     }
 
     /// Drops the cached set of `url` (its provider was replaced).

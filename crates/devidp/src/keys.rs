@@ -8,7 +8,9 @@
 //! omitted (Keycloak publishes a self-signed certificate; building one needs an X.509 encoder we
 //! do not have).
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::Instant;
 
 use aws_lc_rs::rand::SystemRandom;
@@ -196,15 +198,12 @@ impl KeyRing {
     }
 
     fn get(&self) -> Arc<RealmKeys> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.read().clone()
     }
 
     /// Replaces the keys.
     pub fn rotate(&self, keys: RealmKeys) {
-        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(keys);
+        *self.current.write() = Arc::new(keys);
     }
 
     /// `kid` of the current signing key.

@@ -2,7 +2,9 @@
 //! default lifespan, keys, the mutable [`RealmState`]), the token endpoint's request record and
 //! the identity providers' key sets. Plain data and locks; no actix types, no HTTP.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::idp_jwks::IdpJwks;
@@ -50,10 +52,10 @@ impl Shared {
     /// Locks the realm state. A poisoned lock only means another thread panicked mid-update;
     /// the data is still the best we have for a dev IdP.
     pub fn state(&self) -> MutexGuard<'_, RealmState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 
     pub fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {
-        self.requests.lock().unwrap_or_else(|e| e.into_inner())
+        self.requests.lock()
     }
 }

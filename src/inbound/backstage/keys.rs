@@ -24,7 +24,9 @@
 //! - the forced-reload budget belongs to all sets together, so a new set brings no new budget.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::Jwk;
@@ -237,8 +239,8 @@ struct Shared {
 }
 
 impl Shared {
-    fn budget(&self) -> std::sync::MutexGuard<'_, Budget> {
-        self.budget.lock().unwrap_or_else(|e| e.into_inner())
+    fn budget(&self) -> parking_lot::MutexGuard<'_, Budget> {
+        self.budget.lock()
     }
 
     /// Takes a token for a fetch of a never-loaded URL; logs the first refusal of an episode.
@@ -290,8 +292,8 @@ pub struct RemoteKeySet {
 }
 
 impl RemoteKeySet {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn state(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
     }
 
     /// GETs the set; 404 is [`KeySetError::NotSupported`] (Backstage's plugin support probe).

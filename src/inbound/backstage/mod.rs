@@ -122,7 +122,7 @@ pub struct BackstageVerifier {
     /// `backstage.trustedPlugins`.
     trusted_plugins: Option<Vec<String>>,
     /// `externalAccess` (+ legacy keys), replaceable at run time ([`Self::reload_external`]).
-    entries: std::sync::RwLock<Arc<Vec<Entry>>>,
+    entries: parking_lot::RwLock<Arc<Vec<Entry>>>,
     key_sets: KeySets,
     clock: Arc<dyn Clock>,
 }
@@ -138,7 +138,7 @@ impl BackstageVerifier {
             plugin_id: config.plugin_id.clone(),
             discovery: Discovery::new(config),
             trusted_plugins: config.trusted_plugins.clone(),
-            entries: std::sync::RwLock::new(Arc::new(build_entries(external))),
+            entries: parking_lot::RwLock::new(Arc::new(build_entries(external))),
             key_sets: KeySets::new(outbound),
             clock,
         }
@@ -150,15 +150,12 @@ impl BackstageVerifier {
     pub fn reload_external(&self, external: &[ExternalAccessEntry]) -> usize {
         let entries = build_entries(external);
         let n = entries.len();
-        *self.entries.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(entries);
+        *self.entries.write() = Arc::new(entries);
         n
     }
 
     fn entries(&self) -> Arc<Vec<Entry>> {
-        self.entries
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.entries.read().clone()
     }
 }
 

@@ -211,11 +211,15 @@ fn apply_fault(issuer: &Issuer<'_>, body: &mut Map<String, Value>, fault: Exchan
         .unwrap_or(Value::Null);
     match fault {
         ExchangeFault::WrongAudience => {
-            claims["aud"] = json!("someone-else");
+            if let Some(c) = claims.as_object_mut() {
+                c.insert("aud".into(), json!("someone-else"));
+            }
             body.insert("access_token".into(), json!(issuer.idp.keys.sign(&claims)));
         }
         ExchangeFault::WrongSubject => {
-            claims["sub"] = json!("00000000-0000-0000-0000-000000000000");
+            if let Some(c) = claims.as_object_mut() {
+                c.insert("sub".into(), json!("00000000-0000-0000-0000-000000000000"));
+            }
             body.insert("access_token".into(), json!(issuer.idp.keys.sign(&claims)));
         }
         ExchangeFault::WrongIssuedTokenType => {
