@@ -13,7 +13,9 @@
 //!   waiting requests would only pile up;
 //! - retries after a failed connection, with capped, fully jittered exponential backoff, only
 //!   for calls that ask for them and only when the connection failed (the request was never
-//!   delivered, so a retry cannot run a grant twice); timeouts and answers are final;
+//!   delivered, so a retry cannot run a grant twice), and likewise after a `408 Request
+//!   Timeout` (the server did not receive the whole request, RFC 9110 §15.5.9); timeouts and
+//!   other answers are final;
 //! - the response size cap: at most [`Request::limit`] bytes of any answer are read;
 //! - timeouts recognised by error kind (`reqwest::Error::is_timeout`), never by message text;
 //! - per-call metrics (`token_broker_idp_request_duration_seconds`,
@@ -274,6 +276,17 @@ impl Outbound {
                 return Err(OutboundError::Transport(TransportKind::Other));
             };
             match this.send().await {
+                // 408: the server closed the connection before it had the whole request
+                // (RFC 9110 §15.5.9), so nothing was processed and the request may be repeated
+                // on a new connection, like a failed connect. Seen from actix-based servers
+                // whose head timeout ran out while this side was starved of CPU.
+                Ok(r) if r.status().as_u16() == 408 && attempt < retries => {
+                    drop(r);
+                    let wait = backoff_delay(attempt, jitter_seed());
+                    attempt += 1;
+                    tracing::debug!(attempt, "outbound request answered 408; retrying");
+                    tokio::time::sleep(wait).await;
+                }
                 Ok(r) => break r,
                 Err(e) => {
                     let kind = TransportKind::of(&e);
@@ -446,6 +459,48 @@ mod tests {
             ),
             IdpResult::Protocol
         );
+    }
+
+    /// A 408 (the server gave up before it had the request) is retried like a failed connect;
+    /// without retries it is the answer.
+    #[actix_web::test]
+    async fn a_408_is_retried_on_a_new_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for answer in [
+                &b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+                    [..],
+                &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\n{}"[..],
+                &b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+                    [..],
+            ] {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(answer).await;
+            }
+        });
+        let url = url::Url::parse(&format!("http://{addr}/")).unwrap();
+        let out = |retries| {
+            Outbound::new(
+                OutboundConfig {
+                    connect_timeout: Duration::from_secs(1),
+                    timeout: Duration::from_secs(2),
+                    max_concurrent_requests: 1,
+                    retries,
+                },
+                Metrics::default(),
+            )
+            .unwrap()
+        };
+        let mut req = Request::get_json(url.clone(), 1024);
+        req.retry_connect = true;
+        assert_eq!(out(2).send(req).await.unwrap().status, 200);
+        let mut req = Request::get_json(url, 1024);
+        req.retry_connect = true;
+        assert_eq!(out(0).send(req).await.unwrap().status, 408);
     }
 
     /// A body that stops arriving past the deadline is a timeout by kind, not by text.
