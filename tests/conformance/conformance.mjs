@@ -563,6 +563,29 @@ const SCENARIOS = [
     run: async (c) => c.jwtGrant(c.assertion(), { scope: 'openid' }),
   },
   {
+    id: 'jwt_grant_multiple_audiences',
+    title: 'assertion aud = [the realm issuer, another URL]',
+    run: async (c) => c.jwtGrant(c.assertion({ aud: [c.issuer(), 'http://127.0.0.1:7999/realms/dev'] })),
+  },
+  {
+    id: 'jwt_grant_no_exp',
+    title: 'assertion without exp',
+    run: async (c) => c.jwtGrant(c.assertion({ exp: undefined })),
+  },
+  {
+    id: 'jwt_grant_issued_in_future',
+    title: 'assertion with iat 1 min ahead (nbf now)',
+    run: async (c) => c.jwtGrant(c.assertion({ iat: now() + 60 })),
+  },
+  {
+    id: 'jwt_grant_unsigned',
+    title: 'assertion with alg none',
+    run: async (c) => {
+      const parts = c.assertion().split('.');
+      return c.jwtGrant(`${b64u(JSON.stringify({ alg: 'none', typ: 'JWT' }))}.${parts[1]}.`);
+    },
+  },
+  {
     id: 'jwt_grant_replayed',
     title: 'the same assertion twice (jti is single-use)',
     run: async (c) => {

@@ -474,7 +474,7 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
-    assert_eq!(body["error_description"], "Assertion has already been used");
+    assert_eq!(body["error_description"], "Token reuse detected");
 
     // The same credential again is a cache hit; a new one gets a fresh assertion (new jti).
     // (The replay above is the second recorded jwt-bearer request.)
@@ -500,7 +500,7 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(body["error"], "invalid_grant");
     assert_eq!(
         body["error_description"],
-        "No user is linked to the assertion subject at the identity provider"
+        "User not found"
     );
     // A disabled Keycloak user likewise.
     env.idp.set_user_enabled("bob", false);
