@@ -202,7 +202,7 @@ async fn plugin_and_user_tokens_are_verified_like_backstage() {
     assert_eq!((s, id.as_str()), (200, "service"), "{body}");
     let c = claims(body["access_token"].as_str().unwrap());
     assert_eq!(c["preferred_username"], "service-account-token-broker");
-    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow", "account"]));
     // ... and a 401 on a strict target that does not (`sonataflow`: servicePrincipals defaults
     // to its fallback, deny).
     let (s, id, _) = call(&env, &catalog, "sonataflow").await;
@@ -445,7 +445,7 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(c["sub"], alice_id.as_str());
     assert_eq!(c["preferred_username"], "alice");
     assert_eq!(c["azp"], "token-broker");
-    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow", "account"]));
     assert!(c.get("sid").is_none(), "transient session (§6)");
     assert_eq!(env.idp.count_grant(JWT_BEARER), 1);
 
