@@ -29,7 +29,8 @@ pub const DEFAULT_SCOPES: [&str; 2] = ["profile", "email"];
 /// audience (their claims are not emulated, `docs/dev-idp.md`). `offline_access`, the fifth
 /// built-in optional scope, needs offline sessions and is not emulated (refused as
 /// `invalid_scope`).
-pub const BUILTIN_OPTIONAL_SCOPES: [&str; 4] = ["address", "phone", "microprofile-jwt", "organization"];
+pub const BUILTIN_OPTIONAL_SCOPES: [&str; 4] =
+    ["address", "phone", "microprofile-jwt", "organization"];
 
 /// The audience and client roles every realm user and service account gets from the realm's
 /// default roles (`default-roles-<realm>` composes `account`'s `manage-account`, its composite

@@ -34,7 +34,10 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--listen" => {
                 let v = it.next().ok_or("--listen needs an address")?;
-                listen = Some(v.parse().map_err(|_| format!("bad --listen address '{v}'"))?);
+                listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("bad --listen address '{v}'"))?,
+                );
             }
             "--v1" => v1 = true,
             "--access-token-lifespan" => {

@@ -203,7 +203,9 @@ pub(super) fn jwt_bearer_grant(
         .jwt_authorization_grant_idps
         .contains(&provider.alias)
     {
-        return Err(grant_error("Identity Provider is not allowed for the client"));
+        return Err(grant_error(
+            "Identity Provider is not allowed for the client",
+        ));
     }
     // Signature with the IdP's keys (fetched before the grant ran). Keys that could not be
     // fetched leave nothing to verify with: Keycloak then answers `Invalid signature` too.

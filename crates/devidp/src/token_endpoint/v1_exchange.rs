@@ -16,7 +16,8 @@ use super::common::{Form, Issuer, OAuthError, audiences, scope_string, token_res
 use crate::claims::{TokenKind, TokenSpec, now_secs};
 use crate::protocol::{ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML2_TOKEN_TYPE};
 use crate::realm::{
-    BUILTIN_OPTIONAL_SCOPES, DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession,
+    BUILTIN_OPTIONAL_SCOPES, DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject,
+    UserSession,
 };
 
 /// §5: every permission failure, and an unknown or disabled requested user (anti-fishing).
