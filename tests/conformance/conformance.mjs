@@ -9,6 +9,9 @@
 //   Keycloak main  http://127.0.0.1:7180/realms/dev   (scripts/keycloak start)
 //   Keycloak v1    http://127.0.0.1:7280/realms/dev   (the V1 instance, for impersonation)
 //   dev IdP        http://127.0.0.1:7080/realms/dev   (token-broker dev)
+//   dev IdP v1     http://127.0.0.1:7380/realms/dev   (token-broker-devidp --v1: the V1 scenarios)
+//   dev IdP short  http://127.0.0.1:7381/realms/dev   (token-broker-devidp --access-token-lifespan 1:
+//                  the expired subject token)
 //   broker JWKS    http://127.0.0.1:7070/.well-known/jwks.json, publishing the public half of
 //                  --assertion-key (the identity provider of the JWT authorization grant)
 //
@@ -42,9 +45,10 @@ const KEYCLOAK_ADMIN = ['admin', 'admin'];
 
 const SERVERS = {
   keycloak: { name: 'keycloak', base: 'http://127.0.0.1:7180', realm: 'dev', v1Base: 'http://127.0.0.1:7280', admin: true },
-  // The dev IdP of `token-broker dev` has V1 off and no switch from outside: the V1 scenarios
-  // go to the same realm (and get V2's answers).
-  'dev-idp': { name: 'dev-idp', base: 'http://127.0.0.1:7080', realm: 'dev', v1Base: 'http://127.0.0.1:7080', admin: false },
+  // The dev IdP of `token-broker dev` has V1 off (as Keycloak main): like Keycloak, the V1
+  // scenarios go to a second server, `token-broker-devidp --v1`; a third one, whose tokens live
+  // 1 s, stands in for Keycloak's temporary short-lived client.
+  'dev-idp': { name: 'dev-idp', base: 'http://127.0.0.1:7080', realm: 'dev', v1Base: 'http://127.0.0.1:7380', shortLivedBase: 'http://127.0.0.1:7381', admin: false },
   // The realm built by following docs/keycloak-setup.md (tests/conformance/setup-steps.sh).
   'keycloak-steps': { name: 'keycloak-steps', base: 'http://127.0.0.1:7180', realm: 'steps', v1Base: 'http://127.0.0.1:7280', admin: true },
 };
@@ -293,9 +297,15 @@ const SCENARIOS = [
   {
     id: 'v2_subject_expired',
     title: 'expired subject token',
-    run: async (c) => {
+    run: async (c, _o, opts) => {
       if (!c.server.admin) {
-        throw new SetupGap('no way to mint an expired user token at the dev IdP of token-broker dev (300 s lifespan, no short-lived client, no admin API)');
+        // The dev IdP whose tokens live 1 s: log in, let the token expire, exchange it there.
+        const s = context({ ...c.server, base: c.server.shortLivedBase }, opts);
+        const token = await s.userToken();
+        const exp = decodeJwt(token).exp;
+        while (now() <= exp) await sleep(250);
+        await sleep(1100);
+        return s.exchange(token, { audience: 'kagenti-api' });
       }
       // A temporary public client whose tokens live 1 s (the realm keeps no trace of it).
       const rep = {
@@ -551,6 +561,29 @@ const SCENARIOS = [
     id: 'jwt_grant_scope_openid',
     title: 'assertion redeemed with scope=openid',
     run: async (c) => c.jwtGrant(c.assertion(), { scope: 'openid' }),
+  },
+  {
+    id: 'jwt_grant_multiple_audiences',
+    title: 'assertion aud = [the realm issuer, another URL]',
+    run: async (c) => c.jwtGrant(c.assertion({ aud: [c.issuer(), 'http://127.0.0.1:7999/realms/dev'] })),
+  },
+  {
+    id: 'jwt_grant_no_exp',
+    title: 'assertion without exp',
+    run: async (c) => c.jwtGrant(c.assertion({ exp: undefined })),
+  },
+  {
+    id: 'jwt_grant_issued_in_future',
+    title: 'assertion with iat 1 min ahead (nbf now)',
+    run: async (c) => c.jwtGrant(c.assertion({ iat: now() + 60 })),
+  },
+  {
+    id: 'jwt_grant_unsigned',
+    title: 'assertion with alg none',
+    run: async (c) => {
+      const parts = c.assertion().split('.');
+      return c.jwtGrant(`${b64u(JSON.stringify({ alg: 'none', typ: 'JWT' }))}.${parts[1]}.`);
+    },
   },
   {
     id: 'jwt_grant_replayed',

@@ -203,7 +203,10 @@ async fn plugin_and_user_tokens_are_verified_like_backstage() {
     assert_eq!((s, id.as_str()), (200, "service"), "{body}");
     let c = claims(body["access_token"].as_str().unwrap());
     assert_eq!(c["preferred_username"], "service-account-token-broker");
-    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(
+        c["aud"],
+        serde_json::json!(["kagenti-api", "sonataflow", "account"])
+    );
     // ... and a 401 on a strict target that does not (`sonataflow`: servicePrincipals defaults
     // to its fallback, deny).
     let (s, id, _) = call(&env, &catalog, "sonataflow").await;
@@ -447,7 +450,10 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(c["sub"], alice_id.as_str());
     assert_eq!(c["preferred_username"], "alice");
     assert_eq!(c["azp"], "token-broker");
-    assert_eq!(c["aud"], serde_json::json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(
+        c["aud"],
+        serde_json::json!(["kagenti-api", "sonataflow", "account"])
+    );
     assert!(c.get("sid").is_none(), "transient session (§6)");
     assert_eq!(env.idp.count_grant(JWT_BEARER), 1);
 
@@ -476,7 +482,7 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "invalid_grant");
-    assert_eq!(body["error_description"], "Assertion has already been used");
+    assert_eq!(body["error_description"], "Token reuse detected");
 
     // The same credential again is a cache hit; a new one gets a fresh assertion (new jti).
     // (The replay above is the second recorded jwt-bearer request.)
@@ -500,15 +506,12 @@ async fn jwt_authorization_grant_maps_backstage_users_to_linked_keycloak_users()
     assert_eq!(s, 400, "{body}");
     assert_eq!(id, "");
     assert_eq!(body["error"], "invalid_grant");
-    assert_eq!(
-        body["error_description"],
-        "No user is linked to the assertion subject at the identity provider"
-    );
+    assert_eq!(body["error_description"], "User not found");
     // A disabled Keycloak user likewise.
     env.idp.set_user_enabled("bob", false);
     let (s, _, body) = call(&env, &obo_for(&k, "user:default/bob"), "kagenti-jwt").await;
     assert_eq!(s, 400, "{body}");
-    assert_eq!(body["error_description"], "User is disabled");
+    assert_eq!(body["error_description"], "User is not enabled");
     assert_eq!(env.client_credentials(), 0, "no service token was fetched");
     bs.server.stop(true).await;
     env.stop().await;
@@ -537,7 +540,7 @@ async fn impersonation_user_mapping_follows_the_v1_switch() {
     let c = claims(body["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], env.idp.user_id("alice").unwrap().as_str());
     assert_eq!(c["azp"], "token-broker");
-    assert_eq!(c["aud"], "kagenti-api");
+    assert_eq!(c["aud"], serde_json::json!(["account", "kagenti-api"]));
     let sent = env
         .idp
         .requests()

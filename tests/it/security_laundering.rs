@@ -133,7 +133,7 @@ async fn a_service_account_token_is_not_accepted_as_a_users_token() {
         (c["azp"].as_str(), c["client_id"].as_str()),
         (Some("robot"), Some("robot"))
     );
-    assert_eq!(c["aud"], "token-broker");
+    assert_eq!(c["aud"], serde_json::json!(["token-broker", "account"]));
     let exchanges = env.exchanges();
     let (s, _, _, body) = parts(env.exchange(Some(&robot), "sonataflow").await).await;
     assert_refused(s, &body, &["service-account"]);

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
-use crate::realm::{SESSION_IDLE_SECS, Subject};
+use crate::realm::{DEFAULT_ACCOUNT_ROLES, DEFAULT_ROLES_CLIENT, SESSION_IDLE_SECS, Subject};
 
 /// Unix seconds now. The dev IdP mints real tokens, so it reads the wall clock (relying
 /// parties such as jsonwebtoken check `exp` against it too). The dev IdP's one clock read.
@@ -123,6 +123,14 @@ pub fn build(spec: &TokenSpec<'_>, kind: TokenKind) -> Value {
                 format!("default-roles-{}", spec.realm)
             ] }),
         );
+        // The default roles' `account` roles, listed while `account` is an audience (an
+        // exchange's `audience` filter drops both: Keycloak then sends `{}`).
+        let resource_access = if spec.aud.iter().any(|a| a == DEFAULT_ROLES_CLIENT) {
+            json!({ DEFAULT_ROLES_CLIENT: { "roles": DEFAULT_ACCOUNT_ROLES } })
+        } else {
+            json!({})
+        };
+        c.insert("resource_access".into(), resource_access);
         c.insert("scope".into(), json!(spec.scope));
     }
     if spec.service_account_session

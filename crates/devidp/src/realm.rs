@@ -25,6 +25,24 @@ pub const SESSION_IDLE_SECS: u64 = 1800;
 /// appear in `scope`).
 pub const DEFAULT_SCOPES: [&str; 2] = ["profile", "email"];
 
+/// Client scopes a fresh Keycloak realm gives every client as *optional* scopes and that the
+/// dev IdP accepts in `scope` for every client: they join the `scope` claim and add no
+/// audience (their claims are not emulated, `docs/dev-idp.md`). `offline_access`, the fifth
+/// built-in optional scope, needs offline sessions and is not emulated (refused as
+/// `invalid_scope`).
+pub const BUILTIN_OPTIONAL_SCOPES: [&str; 4] =
+    ["address", "phone", "microprofile-jwt", "organization"];
+
+/// The audience and client roles every realm user and service account gets from the realm's
+/// default roles (`default-roles-<realm>` composes `account`'s `manage-account`, its composite
+/// `manage-account-links`, and `view-profile`): Keycloak's audience-resolve mapper puts
+/// `account` in `aud` of every token whose subject has them, and `resource_access` lists them.
+pub const DEFAULT_ROLES_CLIENT: &str = "account";
+
+/// The `account` client roles of the realm's default roles, as `resource_access.account.roles`.
+pub const DEFAULT_ACCOUNT_ROLES: [&str; 3] =
+    ["manage-account", "manage-account-links", "view-profile"];
+
 /// Configuration of an embedded dev IdP realm.
 #[derive(Clone, Debug)]
 pub struct DevIdpConfig {
@@ -263,9 +281,11 @@ impl DevIdpConfig {
         // §5: ready for V1 impersonation, which stays off until the realm switch is on.
         broker.v1_impersonation_allowed = true;
 
-        let mut kagenti = DevClient::confidential("kagenti-api", &random_secret());
+        // Fixed, public dev secrets (the same as config/keycloak/dev-realm.json), so tests and
+        // scripts/conformance can use the targets as clients without the capabilities.
+        let mut kagenti = DevClient::confidential("kagenti-api", "kagenti-api-dev-secret");
         kagenti.v1_token_exchange_clients = vec!["token-broker".to_owned()];
-        let mut sonataflow = DevClient::confidential("sonataflow", &random_secret());
+        let mut sonataflow = DevClient::confidential("sonataflow", "sonataflow-dev-secret");
         sonataflow.v1_token_exchange_clients = vec!["token-broker".to_owned()];
 
         Self {
@@ -430,9 +450,4 @@ fn capitalise(s: &str) -> String {
         Some(first) => first.to_uppercase().chain(chars).collect(),
         None => String::new(),
     }
-}
-
-/// A random client secret for clients whose secret nobody needs to know in development.
-fn random_secret() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
 }

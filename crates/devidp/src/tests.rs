@@ -219,7 +219,12 @@ async fn password_then_exchange_to_kagenti() {
     assert_eq!(h["kid"], idp.shared.keys.sig_kid());
     let sc = payload(subject);
     assert_eq!(sc["iss"], idp.issuer());
-    assert_eq!(sc["aud"], "token-broker");
+    // Keycloak 26.7.3: the default roles add `account` (and its roles in `resource_access`).
+    assert_eq!(sc["aud"], json!(["token-broker", "account"]));
+    assert_eq!(
+        sc["resource_access"],
+        json!({"account": {"roles": ["manage-account", "manage-account-links", "view-profile"]}})
+    );
     assert_eq!(sc["azp"], "dev-frontend");
     assert_eq!(sc["typ"], "Bearer");
     assert_eq!(sc["sub"], idp.user_id("alice").unwrap());
@@ -248,9 +253,10 @@ async fn password_then_exchange_to_kagenti() {
     // Without `audience`: every audience of the requester's mappers, as an array.
     let (status, body) = exchange(&idp, subject, &[]).await;
     assert_eq!(status, 200, "{body}");
+    // Keycloak 26.7.3 keeps the default roles' `account` when several audiences are asked.
     assert_eq!(
         payload(body["access_token"].as_str().unwrap())["aud"],
-        json!(["kagenti-api", "sonataflow"])
+        json!(["kagenti-api", "sonataflow", "account"])
     );
 
     // HTTP Basic with RFC 6749 §2.3.1 form-encoding (nothing to escape here, but decoded).
@@ -315,7 +321,10 @@ async fn exchange_variants_scope_lifespan_id_token() {
     assert_eq!(body["expires_in"], 60);
     assert_eq!(body["scope"], "profile email extra-api");
     let c = payload(body["access_token"].as_str().unwrap());
-    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow", "extra-api"]));
+    assert_eq!(
+        c["aud"],
+        json!(["kagenti-api", "sonataflow", "extra-api", "account"])
+    );
     assert_eq!(c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(), 60);
 
     // Filtered by audience: the scope without the requested audience is dropped.
@@ -340,9 +349,10 @@ async fn exchange_variants_scope_lifespan_id_token() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    // Keycloak 26.7.3 keeps the default roles' `account` when several audiences are asked.
     assert_eq!(
         payload(body["access_token"].as_str().unwrap())["aud"],
-        json!(["kagenti-api", "sonataflow"])
+        json!(["kagenti-api", "sonataflow", "account"])
     );
 
     // requested_token_type=id_token: the ID token in access_token, token_type N_A.
@@ -415,11 +425,12 @@ async fn client_authentication_errors() {
         "invalid_client",
         "Invalid client or Invalid client credentials",
     );
+    // No client id at all: Keycloak 26.7.3 answers like an unknown client.
     assert_error(
         &post(&idp, &[("grant_type", "client_credentials")]).await,
-        400,
+        401,
         "invalid_client",
-        "Missing client_id parameter",
+        "Invalid client or Invalid client credentials",
     );
 
     let mut disabled = DevClient::confidential("disabled-client", "s");
@@ -698,10 +709,8 @@ async fn standard_exchange_processing_errors() {
     idp.add_client(plain);
     let body = password_token_at(&idp.token_endpoint(), "plain-frontend", "bob", "bob").await;
     let plain_token = body["access_token"].as_str().unwrap();
-    assert!(
-        payload(plain_token).get("aud").is_none(),
-        "no aud when no mapper"
-    );
+    // No Audience mapper: only the default roles' `account`.
+    assert_eq!(payload(plain_token)["aud"], "account");
     assert_error(
         &exchange(&idp, plain_token, &[]).await,
         403,
@@ -846,7 +855,7 @@ async fn password_and_client_credentials_grants() {
             ],
         )
         .await,
-        401,
+        400,
         "invalid_grant",
         "Invalid user credentials",
     );
@@ -861,7 +870,7 @@ async fn password_and_client_credentials_grants() {
             ],
         )
         .await,
-        401,
+        400,
         "invalid_grant",
         "Invalid user credentials",
     );
@@ -915,7 +924,7 @@ async fn password_and_client_credentials_grants() {
     assert!(body.get("refresh_token").is_none());
     assert!(body.get("session_state").is_none());
     let c = payload(body["access_token"].as_str().unwrap());
-    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow", "account"]));
     assert_eq!(c["azp"], "token-broker");
     assert_eq!(c["client_id"], "token-broker");
     assert_eq!(c["preferred_username"], "service-account-token-broker");
@@ -1019,7 +1028,8 @@ async fn https_required_from_a_public_address() {
         .set_form(form)
         .to_request();
     let resp = call_service(&app, req).await;
-    assert_eq!(resp.status().as_u16(), 400, "private address: no SSL error");
+    // Past the SSL check, the form has no client: 401 (not 403 HTTPS required).
+    assert_eq!(resp.status().as_u16(), 401, "private address: no SSL error");
 }
 
 #[actix_web::test]
@@ -1249,11 +1259,11 @@ async fn jwt_authorization_grant_issues_a_transient_user_token() {
     assert_eq!(c["sub"], alice_id.as_str());
     assert_eq!(c["preferred_username"], "alice");
     assert_eq!(c["azp"], "token-broker");
-    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow"]));
+    assert_eq!(c["aud"], json!(["kagenti-api", "sonataflow", "account"]));
     assert_eq!(c["typ"], "Bearer");
     assert_eq!(c["iss"], idp.issuer().as_str());
     assert!(c.get("sid").is_none(), "transient session: no sid (§6)");
-    assert!(c["jti"].as_str().unwrap().starts_with("trrtjg:"), "{c}");
+    assert!(c["jti"].as_str().unwrap().starts_with("trrtag:"), "{c}");
     // The realm key signed it: it verifies as a subject token for V2 exchange.
     assert_eq!(
         exchange(&idp, at, &[("audience", "kagenti-api")]).await.0,
@@ -1265,13 +1275,27 @@ async fn jwt_authorization_grant_issues_a_transient_user_token() {
         &jwt_grant(&idp, &assertion).await,
         400,
         "invalid_grant",
-        "Assertion has already been used",
+        "Token reuse detected",
     );
 
-    // `aud` = the token endpoint URL is accepted too, and so is an array.
+    // `aud` = the token endpoint URL is accepted too, also as a one-element array.
     let mut c = assertion_claims(&idp, "user:default/alice");
-    c["aud"] = json!(["someone", idp.token_endpoint()]);
+    c["aud"] = json!([idp.token_endpoint()]);
     assert_eq!(jwt_grant(&idp, &key.sign(&c)).await.0, 200);
+
+    // Keycloak 26.7.3: the 5-minute maximum bounds the age (`iat`), not `exp` ahead; `openid`
+    // brings an ID token.
+    let mut c = assertion_claims(&idp, "user:default/alice");
+    c["exp"] = json!(now() + 600);
+    let (status, body) = jwt_grant_as(
+        &idp,
+        ("token-broker", Some(BROKER_SECRET)),
+        Some(&key.sign(&c)),
+        &[("scope", "openid")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(payload(body["id_token"].as_str().unwrap())["typ"], "ID");
 
     // RS256 by an RSA key of the same JWKS (selected by kid).
     let rs = rsa.sign(&assertion_claims(&idp, "user:default/alice"));
@@ -1288,7 +1312,8 @@ async fn jwt_authorization_grant_issues_a_transient_user_token() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["scope"], "openid profile email");
-    assert!(body.get("id_token").is_none() && body.get("refresh_token").is_none());
+    // Keycloak 26.7.3: an ID token for `openid`, still no refresh token.
+    assert!(body.get("id_token").is_some() && body.get("refresh_token").is_none());
     assert_eq!(jwks.hits.load(std::sync::atomic::Ordering::SeqCst), 1);
 
     jwks.server.stop(true).await;
@@ -1310,8 +1335,8 @@ async fn jwt_authorization_grant_errors() {
     assert_error(
         &jwt_grant_as(&idp, ("token-broker", Some(BROKER_SECRET)), None, &[]).await,
         400,
-        "invalid_request",
-        "Missing parameter: assertion",
+        "invalid_grant",
+        "Missing parameter:assertion",
     );
     // Client authentication runs first (§2 step 5).
     let good = sign(&|_| {});
@@ -1322,7 +1347,7 @@ async fn jwt_authorization_grant_errors() {
         "Invalid client or Invalid client credentials",
     );
     // A public client, and a confidential client without the capability.
-    let (s, e, d) = grant_err("Public client not allowed to use the JWT Authorization Grant");
+    let (s, e, d) = grant_err("Public client not allowed to use authorization grant");
     assert_error(
         &jwt_grant_as(&idp, ("dev-frontend", None), Some(&good), &[]).await,
         s,
@@ -1330,7 +1355,7 @@ async fn jwt_authorization_grant_errors() {
         &d,
     );
     idp.add_client(DevClient::confidential("plain", "plain-secret"));
-    let (s, e, d) = grant_err("JWT Authorization Grant is not enabled for the client");
+    let (s, e, d) = grant_err("JWT Authorization Grant is not supported for the requested client");
     assert_error(
         &jwt_grant_as(&idp, ("plain", Some("plain-secret")), Some(&good), &[]).await,
         s,
@@ -1339,88 +1364,114 @@ async fn jwt_authorization_grant_errors() {
     );
 
     let mut cases: Vec<(&str, String, String)> = Vec::new();
-    cases.push(("garbage", "not-a-jwt".into(), "Invalid assertion".into()));
+    cases.push((
+        "garbage",
+        "not-a-jwt".into(),
+        "The provided assertion is not a valid JWT".into(),
+    ));
     let unsigned = format!(
         "{}.{}.",
         URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#),
         URL_SAFE_NO_PAD.encode(assertion_claims(&idp, "user:default/alice").to_string())
     );
-    cases.push(("alg none", unsigned, "Assertion must be signed".into()));
+    cases.push(("alg none", unsigned, "Invalid signature algorithm".into()));
     cases.push((
         "no iss",
         sign(&|c| {
             c.as_object_mut().unwrap().remove("iss");
         }),
-        "Assertion has no 'iss' claim".into(),
+        "Missing claim: iss".into(),
     ));
     cases.push((
         "no sub",
         sign(&|c| {
             c.as_object_mut().unwrap().remove("sub");
         }),
-        "Assertion has no 'sub' claim".into(),
+        "Missing claim: sub".into(),
     ));
     cases.push((
         "unknown issuer",
         sign(&|c| c["iss"] = json!("http://elsewhere")),
-        "No identity provider found for the assertion issuer".into(),
+        "No Identity Provider for provided issuer".into(),
     ));
     let other = EsKey::new("es-1");
     cases.push((
         "foreign key, same kid",
         other.sign(&assertion_claims(&idp, "user:default/alice")),
-        "Invalid assertion signature".into(),
+        "Invalid signature".into(),
     ));
     cases.push((
         "unknown kid",
         EsKey::new("es-unknown").sign(&assertion_claims(&idp, "user:default/alice")),
-        "Invalid assertion signature".into(),
+        "Invalid signature".into(),
     ));
     cases.push((
         "no exp",
         sign(&|c| {
             c.as_object_mut().unwrap().remove("exp");
         }),
-        "Assertion has no 'exp' claim".into(),
+        "Token exp claim is required".into(),
     ));
     cases.push((
         "expired",
         sign(&|c| c["exp"] = json!(now - 1)),
-        "Assertion has expired".into(),
+        "Token is not active".into(),
     ));
     cases.push((
-        "exp too far ahead",
-        sign(&|c| c["exp"] = json!(now + 400)),
-        "Assertion expiration is more than 300 s in the future".into(),
+        "no iat, exp too far ahead",
+        sign(&|c| {
+            c.as_object_mut().unwrap().remove("iat");
+            c["exp"] = json!(now + 400);
+        }),
+        "Token expiration is too far in the future and iat claim not present in token".into(),
+    ));
+    cases.push((
+        "issued too long ago",
+        sign(&|c| {
+            c["iat"] = json!(now - 360);
+            c["nbf"] = json!(now - 360);
+            c["exp"] = json!(now + 60);
+        }),
+        "Token was issued too far in the past to be used now".into(),
+    ));
+    cases.push((
+        "issued in the future",
+        sign(&|c| c["iat"] = json!(now + 60)),
+        "Token was issued in the future".into(),
+    ));
+    cases.push((
+        "two audiences",
+        sign(&|c| c["aud"] = json!(["someone", idp.token_endpoint()])),
+        "Multiple audiences not allowed".into(),
     ));
     cases.push((
         "nbf in the future",
         sign(&|c| c["nbf"] = json!(now + 60)),
-        "Assertion is not yet valid".into(),
+        "Token is not active".into(),
     ));
     cases.push((
         "wrong aud",
         sign(&|c| c["aud"] = json!("backstage")),
-        "Invalid assertion audience".into(),
+        "Invalid token audience".into(),
     ));
     cases.push((
         "no aud",
         sign(&|c| {
             c.as_object_mut().unwrap().remove("aud");
         }),
-        "Invalid assertion audience".into(),
+        "Invalid token audience".into(),
     ));
     cases.push((
         "no jti",
         sign(&|c| {
             c.as_object_mut().unwrap().remove("jti");
         }),
-        "Assertion has no 'jti' claim".into(),
+        "Token jti claim is required".into(),
     ));
     cases.push((
         "unlinked user",
         sign(&|c| c["sub"] = json!("user:default/bob")),
-        "No user is linked to the assertion subject at the identity provider".into(),
+        "User not found".into(),
     ));
     for (name, assertion, description) in cases {
         let got = jwt_grant(&idp, &assertion).await;
@@ -1444,7 +1495,7 @@ async fn jwt_authorization_grant_errors() {
     );
     // Disabled user (the 26.5.3 CVE fix).
     idp.set_user_enabled("alice", false);
-    let (s, e, d) = grant_err("User is disabled");
+    let (s, e, d) = grant_err("User is not enabled");
     assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
     idp.set_user_enabled("alice", true);
     // The IdP's switch, then the client's allowed list.
@@ -1452,14 +1503,14 @@ async fn jwt_authorization_grant_errors() {
         jwt_authorization_grant_enabled: false,
         ..DevIdentityProvider::new(ALIAS, ASSERTION_ISS, &jwks.url)
     });
-    let (s, e, d) = grant_err("JWT Authorization Grant is not enabled for the identity provider");
+    let (s, e, d) = grant_err("Identity Provider is not configured for JWT Authorization Grant");
     assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
     idp.add_identity_provider(DevIdentityProvider::new(
         "other-idp",
         "http://other.test",
         &jwks.url,
     ));
-    let (s, e, d) = grant_err("Identity provider 'other-idp' is not allowed for the client");
+    let (s, e, d) = grant_err("Identity Provider is not allowed for the client");
     assert_error(
         &jwt_grant(&idp, &sign(&|c| c["iss"] = json!("http://other.test"))).await,
         s,
@@ -1472,7 +1523,7 @@ async fn jwt_authorization_grant_errors() {
         ASSERTION_ISS,
         "http://127.0.0.1:9/jwks.json",
     ));
-    let (s, e, d) = grant_err("Unable to fetch the identity provider's keys");
+    let (s, e, d) = grant_err("Invalid signature");
     assert_error(&jwt_grant(&idp, &sign(&|_| {})).await, s, e, &d);
 
     // The realm feature off: unsupported grant, absent from discovery (§1).
@@ -1546,11 +1597,11 @@ async fn v1_naked_impersonation() {
     let c = payload(body["access_token"].as_str().unwrap());
     assert_eq!(c["sub"], idp.user_id("alice").unwrap().as_str());
     assert_eq!(c["azp"], "token-broker");
-    // Minted for the target: its mappers (none) plus the target itself.
-    assert_eq!(c["aud"], "kagenti-api");
+    // Minted for the target: its mappers (none), the default roles' `account`, the target.
+    assert_eq!(c["aud"], json!(["account", "kagenti-api"]));
     // A new user session (§5).
     assert_eq!(body["session_state"], c["sid"]);
-    assert!(c["jti"].as_str().unwrap().starts_with("onrtte:"));
+    assert!(c["jti"].as_str().unwrap().starts_with("onrtna:"));
 
     // By user id too; the default requested_token_type is refresh_token (§5).
     let alice_id = idp.user_id("alice").unwrap();
@@ -1629,6 +1680,85 @@ async fn v1_naked_impersonation() {
             .await
             .0,
         200
+    );
+    idp.stop().await;
+}
+
+/// Keycloak 26.7.3's answers that scripts/conformance found the dev IdP lacking (issue 11):
+/// the targets' fixed dev secrets, the built-in optional scopes, the default roles' `account`
+/// filtered by a single `audience`, and V1's 403 for a subject-token exchange V2 declined.
+#[actix_web::test]
+async fn keycloak_conformance_details() {
+    let idp = start_contract().await;
+    // Fixed dev secrets: kagenti-api authenticates, and is refused for lacking the capability.
+    assert_error(
+        &post(
+            &idp,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "kagenti-api"),
+                ("client_secret", "kagenti-api-dev-secret"),
+            ],
+        )
+        .await,
+        401,
+        "unauthorized_client",
+        "Client not enabled to retrieve service account",
+    );
+    let subject = alice_token(&idp).await;
+    // A built-in optional scope joins `scope`; `offline_access` is not emulated.
+    let (status, body) = exchange(
+        &idp,
+        &subject,
+        &[("audience", "kagenti-api"), ("scope", "phone")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], "profile email phone");
+    let c = payload(body["access_token"].as_str().unwrap());
+    // One `audience`: only it, and no `account` roles.
+    assert_eq!(c["aud"], "kagenti-api");
+    assert_eq!(c["resource_access"], json!({}));
+    assert_error(
+        &exchange(&idp, &subject, &[("scope", "offline_access")]).await,
+        400,
+        "invalid_scope",
+        "Invalid scopes: offline_access",
+    );
+    // V1 on: what V2 declines for lack of the capability is V1's 403.
+    idp.set_token_exchange_v1_enabled(true);
+    assert_error(
+        &post(
+            &idp,
+            &[
+                ("grant_type", TE),
+                ("client_id", "kagenti-api"),
+                ("client_secret", "kagenti-api-dev-secret"),
+                ("subject_token", &subject),
+                ("subject_token_type", AT),
+                ("audience", "sonataflow"),
+            ],
+        )
+        .await,
+        403,
+        "access_denied",
+        "Client not allowed to exchange",
+    );
+    assert_error(
+        &post(
+            &idp,
+            &[
+                ("grant_type", TE),
+                ("client_id", "dev-frontend"),
+                ("subject_token", &subject),
+                ("subject_token_type", AT),
+                ("audience", "kagenti-api"),
+            ],
+        )
+        .await,
+        403,
+        "access_denied",
+        "Client not allowed to exchange",
     );
     idp.stop().await;
 }

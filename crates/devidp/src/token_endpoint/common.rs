@@ -7,7 +7,7 @@ use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::claims::{self, TokenKind, TokenSpec};
-use crate::realm::{DEFAULT_SCOPES, DevClient};
+use crate::realm::{BUILTIN_OPTIONAL_SCOPES, DEFAULT_ROLES_CLIENT, DEFAULT_SCOPES, DevClient};
 use crate::state::Shared;
 
 /// An OAuth error answer (RFC 6749 §5.2), turned into HTTP by the endpoint.
@@ -88,8 +88,8 @@ impl Issuer<'_> {
 }
 
 /// Scopes a request asks for, validated against the client (`TokenManager.isValidScope`):
-/// each value must be `openid`, a default scope (`profile`, `email`) or one of the client's
-/// optional scopes; otherwise 400 `invalid_scope` / `Invalid scopes: <param verbatim>`
+/// each value must be `openid`, a default scope (`profile`, `email`), one of the client's
+/// optional scopes or one of Keycloak's built-in optional scopes; otherwise 400 `invalid_scope` / `Invalid scopes: <param verbatim>`
 /// (§3.4 step 6, §8).
 pub(super) struct RequestedScopes {
     pub(super) openid: bool,
@@ -113,7 +113,7 @@ pub(super) fn requested_scopes(
             scopes.openid = true;
         } else if DEFAULT_SCOPES.contains(&s) {
             // Default scopes are always applied.
-        } else if client.optional_scopes.contains_key(s) {
+        } else if client.optional_scopes.contains_key(s) || BUILTIN_OPTIONAL_SCOPES.contains(&s) {
             if !scopes.optional.iter().any(|o| o == s) {
                 scopes.optional.push(s.to_owned());
             }
@@ -139,8 +139,9 @@ pub(super) fn scope_string(openid: bool, optional: &[String]) -> String {
     parts.join(" ")
 }
 
-/// `aud` of a token issued to `client`: its Audience mappers plus the audiences of the
-/// requested optional scopes, without duplicates (§3.5).
+/// `aud` of a token issued to `client` for a user or service account: its Audience mappers,
+/// the audiences of the requested optional scopes, and `account` from the realm's default
+/// roles (audience-resolve), without duplicates (§3.5).
 pub(super) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
     let mut aud: Vec<String> = Vec::new();
     let extra = optional
@@ -151,6 +152,9 @@ pub(super) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> 
         if !aud.contains(a) {
             aud.push(a.clone());
         }
+    }
+    if !aud.iter().any(|a| a == DEFAULT_ROLES_CLIENT) {
+        aud.push(DEFAULT_ROLES_CLIENT.to_owned());
     }
     aud
 }

@@ -5,11 +5,11 @@
 //! provider (issuer + JWKS URL, on the client's allowed-IdP list) for an access token of the
 //! Keycloak user linked to the assertion's `sub` at that IdP.
 //!
-//! The doc gives no verbatim error texts for this grant, so every refusal is 400
-//! `invalid_grant` with a descriptive text of ours (approximations; `docs/dev-idp.md` lists
-//! them), except a missing `assertion` (`invalid_request`) and an invalid `scope`, which is
-//! answered like every other grant (`invalid_scope` / `Invalid scopes: <scope>`, §3.4 step 6,
-//! §8).
+//! Every refusal is 400 `invalid_grant` with Keycloak 26.7.3's text verbatim (observed by
+//! `scripts/conformance` against a real Keycloak, or read from its grant classes where a case
+//! cannot be provoked from outside; `docs/dev-idp.md` lists them), except an invalid `scope`,
+//! which is answered like every other grant (`invalid_scope` / `Invalid scopes: <scope>`,
+//! §3.4 step 6, §8).
 //!
 //! The IdP's JWKS is fetched (through the cache of `idp_jwks.rs`) before the synchronous grant
 //! runs: the grant holds the realm lock and must not await.
@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::common::{
     Form, Issuer, OAuthError, audiences, requested_scopes, scope_string, token_response,
@@ -28,13 +28,15 @@ use crate::claims::{TokenKind, TokenSpec, now_secs};
 use crate::realm::{DevClient, RealmState, Subject};
 use crate::state::Shared;
 
-/// Keycloak's default "Max allowed assertion expiration" (§6): `exp` at most 5 min ahead.
+/// Keycloak's default "Max allowed assertion expiration" (§6). Despite its name it bounds the
+/// assertion's *age*: with `iat`, refused once `iat` is more than this long ago (however far
+/// ahead `exp` is); without `iat`, refused when `exp` is more than this far ahead (observed on
+/// Keycloak 26.7.3).
 pub const MAX_ASSERTION_EXPIRATION_SECS: u64 = 300;
 
-/// The `jti` grant shortcut of tokens from this grant. §4 lists no shortcut for it (only `ac`,
-/// `ro`, `cc`, `te`), so `jg` is the dev IdP's choice; the session type is `tr` (transient,
-/// §6) and the token type `rt` (regular).
-const JTI_PREFIX: &str = "trrtjg";
+/// The `jti` prefix of tokens from this grant, as Keycloak 26.7.3 mints them: transient
+/// session (`tr`), regular token (`rt`), grant shortcut `ag` (authorization grant).
+const JTI_PREFIX: &str = "trrtag";
 
 /// The keys fetched for a request's assertion before the grant runs.
 #[derive(Debug)]
@@ -87,12 +89,12 @@ pub(super) async fn prefetch_keys(idp: &Shared, form: &[(String, String)]) -> Op
 /// Verifies the assertion's signature with the IdP's keys (ES256 or RS256, by `kid` when the
 /// header names one) and returns its claims. Claims are checked by the caller.
 fn verify_signature(assertion: &str, header: &Value, jwks: &Value) -> Result<Value, OAuthError> {
-    let invalid = || grant_error("Invalid assertion signature");
+    let invalid = || grant_error("Invalid signature");
     let alg_name = header.get("alg").and_then(Value::as_str).unwrap_or("none");
     let alg = match alg_name {
         "ES256" => Algorithm::ES256,
         "RS256" => Algorithm::RS256,
-        _ => return Err(invalid()),
+        _ => return Err(grant_error("Invalid signature algorithm")),
     };
     let kid = header.get("kid").and_then(Value::as_str);
     let mut validation = Validation::new(alg);
@@ -158,94 +160,105 @@ pub(super) fn jwt_bearer_grant(
     form: &Form<'_>,
     prefetched: Option<&Prefetched>,
 ) -> Result<serde_json::Value, OAuthError> {
+    // Keycloak: `invalid_grant` without a space after the colon.
     let Some(assertion) = form.first("assertion") else {
-        return Err(OAuthError::bad_request(
-            "invalid_request",
-            "Missing parameter: assertion",
-        ));
+        return Err(grant_error("Missing parameter:assertion"));
     };
     // §6: confidential client authentication, and the client's capability.
     if client.is_public() {
         return Err(grant_error(
-            "Public client not allowed to use the JWT Authorization Grant",
+            "Public client not allowed to use authorization grant",
         ));
     }
     if !client.jwt_authorization_grant_enabled {
         return Err(grant_error(
-            "JWT Authorization Grant is not enabled for the client",
+            "JWT Authorization Grant is not supported for the requested client",
         ));
     }
-    let (header, unverified) =
-        decode_unverified(assertion).ok_or_else(|| grant_error("Invalid assertion"))?;
+    let (header, unverified) = decode_unverified(assertion)
+        .ok_or_else(|| grant_error("The provided assertion is not a valid JWT"))?;
     // §6: "The assertion must be signed".
     let alg = header.get("alg").and_then(Value::as_str).unwrap_or("none");
     if alg.eq_ignore_ascii_case("none") || assertion.ends_with('.') {
-        return Err(grant_error("Assertion must be signed"));
+        return Err(grant_error("Invalid signature algorithm"));
     }
     // §6: `iss` = the IdP issuer; `sub` = the user id at the IdP.
     let Some(iss) = unverified.get("iss").and_then(Value::as_str) else {
-        return Err(grant_error("Assertion has no 'iss' claim"));
+        return Err(grant_error("Missing claim: iss"));
     };
     if unverified.get("sub").and_then(Value::as_str).is_none() {
-        return Err(grant_error("Assertion has no 'sub' claim"));
+        return Err(grant_error("Missing claim: sub"));
     }
     // §6: trust comes from an identity provider with that issuer, its "JWT Authorization
     // Grant" switch, and the client's allowed-IdP list.
     let provider = st
         .identity_provider_by_issuer(iss)
         .cloned()
-        .ok_or_else(|| grant_error("No identity provider found for the assertion issuer"))?;
+        .ok_or_else(|| grant_error("No Identity Provider for provided issuer"))?;
     if !provider.jwt_authorization_grant_enabled {
         return Err(grant_error(
-            "JWT Authorization Grant is not enabled for the identity provider",
+            "Identity Provider is not configured for JWT Authorization Grant",
         ));
     }
     if !client
         .jwt_authorization_grant_idps
         .contains(&provider.alias)
     {
-        return Err(grant_error(format!(
-            "Identity provider '{}' is not allowed for the client",
-            provider.alias
-        )));
+        return Err(grant_error(
+            "Identity Provider is not allowed for the client",
+        ));
     }
-    // Signature with the IdP's keys (fetched before the grant ran).
+    // Signature with the IdP's keys (fetched before the grant ran). Keys that could not be
+    // fetched leave nothing to verify with: Keycloak then answers `Invalid signature` too.
     let keys = prefetched
         .filter(|p| p.jwks_url == provider.jwks_url)
         .and_then(|p| p.keys.as_ref().ok())
-        .ok_or_else(|| grant_error("Unable to fetch the identity provider's keys"))?;
+        .ok_or_else(|| grant_error("Invalid signature"))?;
     let claims = verify_signature(assertion, &header, keys)?;
 
-    // §6: `exp` required and at most 5 min ahead; `nbf` if present; no clock skew.
+    // §6: `exp` required; the token active (`exp` passed or `nbf` ahead are the same refusal);
+    // no clock skew.
     let now = now_secs();
     let Some(exp) = claims.get("exp").and_then(Value::as_u64) else {
-        return Err(grant_error("Assertion has no 'exp' claim"));
+        return Err(grant_error("Token exp claim is required"));
     };
-    if exp <= now {
-        return Err(grant_error("Assertion has expired"));
+    let nbf_ahead = claims
+        .get("nbf")
+        .is_some_and(|nbf| nbf.as_u64().is_none_or(|nbf| nbf > now));
+    if exp <= now || nbf_ahead {
+        return Err(grant_error("Token is not active"));
     }
-    if exp - now > MAX_ASSERTION_EXPIRATION_SECS {
-        return Err(grant_error(format!(
-            "Assertion expiration is more than {MAX_ASSERTION_EXPIRATION_SECS} s in the future"
-        )));
+    // The maximum bounds the assertion's age (see MAX_ASSERTION_EXPIRATION_SECS).
+    match claims.get("iat").and_then(Value::as_u64) {
+        Some(iat) if iat > now => return Err(grant_error("Token was issued in the future")),
+        Some(iat) if iat.saturating_add(MAX_ASSERTION_EXPIRATION_SECS) < now => {
+            return Err(grant_error(
+                "Token was issued too far in the past to be used now",
+            ));
+        }
+        Some(_) => {}
+        None if exp - now > MAX_ASSERTION_EXPIRATION_SECS => {
+            return Err(grant_error(
+                "Token expiration is too far in the future and iat claim not present in token",
+            ));
+        }
+        None => {}
     }
-    if let Some(nbf) = claims.get("nbf")
-        && nbf.as_u64().is_none_or(|nbf| nbf > now)
-    {
-        return Err(grant_error("Assertion is not yet valid"));
+    // §6: `aud` = the realm issuer or the token endpoint URL, one audience only.
+    if matches!(claims.get("aud"), Some(Value::Array(list)) if list.len() > 1) {
+        return Err(grant_error("Multiple audiences not allowed"));
     }
-    // §6: `aud` = the realm issuer or the token endpoint URL.
     if !audience_ok(&claims, issuer.issuer) {
-        return Err(grant_error("Invalid assertion audience"));
+        return Err(grant_error("Invalid token audience"));
     }
     // §6: `jti` required and single-use ("Allow assertion reuse" is off).
     let Some(jti) = claims.get("jti").and_then(Value::as_str) else {
-        return Err(grant_error("Assertion has no 'jti' claim"));
+        return Err(grant_error("Token jti claim is required"));
     };
     st.used_assertions.retain(|_, e| *e >= now);
     let id = (iss.to_owned(), jti.to_owned());
     if st.used_assertions.contains_key(&id) {
-        return Err(grant_error("Assertion has already been used"));
+        return Err(grant_error("Token reuse detected"));
     }
     st.used_assertions.insert(id, exp);
 
@@ -258,16 +271,14 @@ pub(super) fn jwt_bearer_grant(
     let user = st
         .user_by_federated_identity(&provider.alias, sub)
         .cloned()
-        .ok_or_else(|| {
-            grant_error("No user is linked to the assertion subject at the identity provider")
-        })?;
+        .ok_or_else(|| grant_error("User not found"))?;
     if !user.enabled {
-        return Err(grant_error("User is disabled"));
+        return Err(grant_error("User is not enabled"));
     }
     let scopes = requested_scopes(client, form)?;
 
-    // §6: access token only, transient session (no `sid`, no refresh token); `azp` = the
-    // client; `aud` from its Audience mappers and requested optional scopes, as for any grant.
+    // §6: transient session (no `sid`, no refresh token), an ID token for `openid` (observed
+    // on Keycloak 26.7.3); `azp` = the client; `aud` as for any grant.
     let subject = Subject::User(user);
     let aud = audiences(client, &scopes.optional);
     let scope = scope_string(scopes.openid, &scopes.optional);
@@ -286,6 +297,9 @@ pub(super) fn jwt_bearer_grant(
         client_address: None,
         service_account_session: false,
     };
-    let body = token_response(issuer.mint(&spec, TokenKind::Access), lifespan, &scope);
+    let mut body = token_response(issuer.mint(&spec, TokenKind::Access), lifespan, &scope);
+    if scopes.openid {
+        body.insert("id_token".into(), json!(issuer.mint(&spec, TokenKind::Id)));
+    }
     Ok(Value::Object(body))
 }

@@ -16,7 +16,7 @@ use super::common::{
 use crate::claims::{TokenKind, TokenSpec, now_secs};
 use crate::keys::RealmKeys;
 use crate::protocol::{ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, REFRESH_TOKEN_TYPE};
-use crate::realm::{DevClient, ExchangeFault, RealmState, Subject};
+use crate::realm::{DEFAULT_ROLES_CLIENT, DevClient, ExchangeFault, RealmState, Subject};
 
 /// §3.3: the reason `StandardTokenExchangeProvider.supports()` declines a request, in check
 /// order; `None` when V2 accepts it.
@@ -134,7 +134,12 @@ pub(super) fn standard_exchange_grant(
     let mut aud = audiences(requester, &scopes.optional);
     let mut optional = scopes.optional.clone();
     if !requested_audience.is_empty() {
-        aud.retain(|a| requested_audience.contains(&a.as_str()));
+        // Observed on Keycloak 26.7.3: one `audience` leaves only that audience (the default
+        // roles' `account` goes too); with several, `account` stays.
+        let several = requested_audience.len() > 1;
+        aud.retain(|a| {
+            requested_audience.contains(&a.as_str()) || (several && a == DEFAULT_ROLES_CLIENT)
+        });
         optional.retain(|s| {
             requester.optional_scopes.get(s).is_none_or(|auds| {
                 auds.is_empty()

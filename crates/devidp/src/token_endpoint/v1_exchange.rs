@@ -17,7 +17,8 @@ use super::common::{Form, Issuer, OAuthError, audiences, scope_string, token_res
 use crate::claims::{TokenKind, TokenSpec, now_secs};
 use crate::protocol::{ACCESS_TOKEN_TYPE, REFRESH_TOKEN_TYPE, SAML2_TOKEN_TYPE};
 use crate::realm::{
-    DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject, UserSession,
+    BUILTIN_OPTIONAL_SCOPES, DEFAULT_SCOPES, DevClient, RealmState, SESSION_IDLE_SECS, Subject,
+    UserSession,
 };
 
 /// §5: every permission failure, and an unknown or disabled requested user (anti-fishing).
@@ -46,7 +47,7 @@ pub(super) fn v1_exchange(
     form: &Form<'_>,
 ) -> Result<Value, OAuthError> {
     if form.has("subject_token") {
-        return Err(not_emulated("Exchanging a subject_token"));
+        return subject_token_exchange(st, requester, form);
     }
     if form.has("requested_issuer") || form.has("subject_issuer") {
         return Err(not_emulated("External token exchange"));
@@ -113,7 +114,7 @@ pub(super) fn v1_exchange(
         if s == "openid" {
             openid = true;
         } else if !DEFAULT_SCOPES.contains(&s)
-            && target.optional_scopes.contains_key(s)
+            && (target.optional_scopes.contains_key(s) || BUILTIN_OPTIONAL_SCOPES.contains(&s))
             && !optional.iter().any(|o| o == s)
         {
             optional.push(s.to_owned());
@@ -149,8 +150,9 @@ pub(super) fn v1_exchange(
         auth_time: Some(auth_time),
         scope: &scope,
         lifespan_secs: lifespan,
-        // §4: online session, regular token, token exchange.
-        jti_prefix: "onrtte",
+        // Online session, regular token; Keycloak 26.7.3's V1 impersonation tokens carry `na`
+        // (observed by scripts/conformance).
+        jti_prefix: "onrtna",
         client_address: None,
         service_account_session: false,
     };
@@ -175,4 +177,34 @@ pub(super) fn v1_exchange(
         }),
     );
     Ok(Value::Object(body))
+}
+
+/// V1 with a `subject_token` (what V2 declined: a client without standard token exchange, a
+/// public client, another token type). The dev IdP emulates only V1's permission refusal,
+/// checked first: a public requester, or a target (`audience`, else the requester itself)
+/// whose "token-exchange" permission does not include the requester, gets 403 `Client not
+/// allowed to exchange` (Keycloak 26.7.3, observed by scripts/conformance). A permitted V1
+/// subject-token exchange is not emulated.
+fn subject_token_exchange(
+    st: &RealmState,
+    requester: &DevClient,
+    form: &Form<'_>,
+) -> Result<Value, OAuthError> {
+    if requester.is_public() {
+        return Err(not_allowed());
+    }
+    let target = match form.first("audience") {
+        Some(a) => st
+            .client(a)
+            .ok_or_else(|| OAuthError::bad_request("invalid_client", "Audience not found"))?,
+        None => requester,
+    };
+    if target.client_id != requester.client_id
+        && !target
+            .v1_token_exchange_clients
+            .contains(&requester.client_id)
+    {
+        return Err(not_allowed());
+    }
+    Err(not_emulated("Exchanging a subject_token"))
 }
