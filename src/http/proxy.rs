@@ -29,11 +29,11 @@ use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::auth::{Authenticated, authenticate};
+use super::error::{ApiError, Cause, ErrorCode, Failure, HttpRefusal, from_broker};
 use super::record;
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
 use crate::audit;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
-use crate::error::{ApiError, from_broker};
 use crate::proxy::body::prebuffer;
 use crate::proxy::forward::{
     Answer, Call, ForwardError, Outgoing, Progress, Sent, declared_length, upstream_headers,
@@ -46,25 +46,22 @@ pub use crate::proxy::forward::Forwarder;
 pub const PREFIX: &str = "/v1/proxy/";
 
 fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+    ApiError::request(
+        ErrorCode::NotFound,
         "no such proxy target (targets need an upstream to be reachable here)",
     )
 }
 
 fn upstream_unavailable(target: &str, what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_unavailable",
+    ApiError::request(
+        ErrorCode::UpstreamUnavailable,
         format!("the upstream of target '{target}' {what}"),
     )
 }
 
 fn upstream_timeout(target: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "upstream_timeout",
+    ApiError::request(
+        ErrorCode::UpstreamTimeout,
         format!("the upstream of target '{target}' did not answer in time"),
     )
 }
@@ -73,8 +70,8 @@ fn upstream_timeout(target: &str) -> ApiError {
 fn forward_error(e: ForwardError, target: &str) -> ApiError {
     match e {
         ForwardError::TokenNotHeaderValue => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
+            ErrorCode::ServerError,
+            Cause::Unavailable(Failure::Failed),
             "the downstream token is not a valid header value",
         ),
         ForwardError::TokenHeaderName => not_found(),
@@ -115,13 +112,13 @@ pub async fn proxy(
             r
         }
         Err(e) => {
-            rec.status = e.status.as_u16();
-            rec.error = e.error.clone();
+            rec.status = e.status().as_u16();
+            rec.error = e.code.as_str().to_owned();
             if rec.outcome.is_empty() || rec.outcome.starts_with("issued_") {
                 rec.outcome = "bad_request";
             }
             let mut r = e.error_response();
-            if e.status == StatusCode::METHOD_NOT_ALLOWED {
+            if e.cause == Cause::Http(HttpRefusal::MethodNotAllowed) {
                 // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
                 r.headers_mut().insert(
                     actix_web::http::header::ALLOW,
@@ -145,9 +142,8 @@ async fn handle(
     let cfg = fwd.config();
     if rules::refused_method(req.method().as_str()) {
         rec.outcome = "method_refused";
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
+        return Err(ApiError::http(
+            HttpRefusal::MethodNotAllowed,
             format!(
                 "the proxy does not forward {} requests",
                 req.method().as_str()
@@ -161,9 +157,8 @@ async fn handle(
         .sum();
     if header_bytes > cfg.max_header_bytes {
         // RFC 6585 §5.
-        return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request",
+        return Err(ApiError::http(
+            HttpRefusal::HeadersTooLarge,
             format!(
                 "the request headers are larger than {} bytes",
                 cfg.max_header_bytes
