@@ -23,7 +23,6 @@ pub mod dev;
 #[cfg(feature = "dev")]
 pub mod devupstream;
 pub mod digest;
-pub mod error;
 pub mod http;
 pub mod idp;
 pub mod inbound;

@@ -8,7 +8,6 @@
 //! Without `admin.token` the admin API answers 404. Answers carry no token: the tester's report
 //! redacts the subject token, the client secret and every token in Keycloak's body.
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
@@ -17,8 +16,8 @@ use subtle::ConstantTimeEq;
 
 use super::AppState;
 use super::body::read_body;
+use super::error::{ApiError, ErrorCode};
 use crate::digest::sha256;
-use crate::error::ApiError;
 use crate::inbound::{BearerHeader, parse_bearer};
 use crate::metrics::{AuthKind, Snapshot};
 use crate::tester::{Tester, TesterError};
@@ -61,9 +60,8 @@ pub async fn script() -> HttpResponse {
 /// Checks `Authorization: Bearer <admin.token>`.
 fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
     let Some(expected) = &state.config.admin.token else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        return Err(ApiError::request(
+            ErrorCode::NotFound,
             "the admin API is off: set admin.token",
         ));
     };
@@ -85,7 +83,7 @@ fn authorize(req: &HttpRequest, state: &AppState) -> Result<(), ApiError> {
         state.metrics.auth_failure(AuthKind::AdminToken, "unknown");
         Err(ApiError::unauthenticated(
             "the admin credential is not valid",
-            Some("invalid_token"),
+            Some(ErrorCode::InvalidToken),
         ))
     }
 }
@@ -199,11 +197,9 @@ pub async fn exchange(
                 .insert_header(("cache-control", "no-store"))
                 .json(report))
         }
-        Err(e @ TesterError::UnknownTarget(_)) => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_target",
-            e.to_string(),
-        )),
+        Err(e @ TesterError::UnknownTarget(_)) => {
+            Err(ApiError::request(ErrorCode::InvalidTarget, e.to_string()))
+        }
         Err(e) => Err(ApiError::invalid_request(e.to_string())),
     }
 }

@@ -10,10 +10,9 @@
 //! failures.
 
 use actix_web::HttpRequest;
-use actix_web::http::StatusCode;
 
 use super::AppState;
-use crate::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use crate::inbound::AuthError;
 pub use crate::inbound::Authenticated;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError};
@@ -96,7 +95,7 @@ async fn run(
         }
         AuthError::Forbidden(m) => {
             metrics.auth_failure(AuthKind::Caller, "forbidden");
-            ApiError::new(StatusCode::FORBIDDEN, "access_denied", m)
+            ApiError::request(ErrorCode::AccessDenied, m)
         }
         AuthError::UserToken {
             error,
@@ -138,15 +137,14 @@ fn user_token_header<'a>(req: &'a HttpRequest, name: &str) -> Result<Option<&'a 
 
 fn oidc_error_answer(e: &OidcError, caller_is_user: bool) -> ApiError {
     if let OidcError::KeysUnavailable(_) = e {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
+        return ApiError::request(
+            ErrorCode::TemporarilyUnavailable,
             "the IdP's signing keys could not be loaded; try again shortly",
         );
     }
     let description = format!("the user's token was rejected: {e}");
     if caller_is_user {
-        ApiError::unauthenticated(description, Some("invalid_token"))
+        ApiError::unauthenticated(description, Some(ErrorCode::InvalidToken))
     } else {
         ApiError::invalid_request(description)
     }

@@ -25,13 +25,13 @@ use std::time::Duration;
 
 use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
-use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::http::ConnectionType;
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, web};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::error::ApiError;
+use super::error::{ApiError, HttpRefusal};
 
 /// Reads the whole body: at most `limit` bytes (413 beyond), within `deadline` (408 beyond).
 pub async fn read_body(
@@ -45,9 +45,8 @@ pub async fn read_body(
             let chunk = chunk
                 .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
             if body.len() + chunk.len() > limit {
-                return Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "invalid_request",
+                return Err(ApiError::http(
+                    HttpRefusal::PayloadTooLarge,
                     format!("the request body is larger than {limit} bytes"),
                 ));
             }
@@ -57,9 +56,8 @@ pub async fn read_body(
     };
     match tokio::time::timeout(deadline, read).await {
         Ok(r) => r,
-        Err(_) => Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "invalid_request",
+        Err(_) => Err(ApiError::http(
+            HttpRefusal::RequestTimeout,
             format!(
                 "the request body did not arrive within {} ms (server.bodyReadTimeout)",
                 deadline.as_millis()

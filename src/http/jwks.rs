@@ -6,11 +6,10 @@
 //! - `GET /.well-known/jwks.json` → the public key of the broker's RFC 7523 assertion signer
 //!   (RFC 7517), for Keycloak's identity provider (docs/reference/keycloak-token-exchange.md §6).
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
 use super::AppState;
-use crate::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 
 fn keys(body: serde_json::Value) -> HttpResponse {
     HttpResponse::Ok()
@@ -29,11 +28,7 @@ pub async fn prefixed_plugin_jwks(
     if path.as_str() == state.config.backstage.plugin_id {
         Ok(empty_plugin_jwks().await)
     } else {
-        Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "no such endpoint",
-        ))
+        Err(ApiError::request(ErrorCode::NotFound, "no such endpoint"))
     }
 }
 

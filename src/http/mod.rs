@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod error;
 pub mod form;
 pub mod health;
 pub mod jwks;
@@ -13,18 +14,17 @@ pub mod token;
 
 use std::sync::Arc;
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, web};
 
 use crate::broker::TokenService;
 use crate::broker::assertion::AssertionSigner;
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::idp::IdpClient;
 use crate::inbound::Authenticator;
 use crate::inbound::oidc::OidcVerifier;
 use crate::metrics::Metrics;
+use error::{ApiError, ErrorCode, HttpRefusal};
 
 /// Everything a handler needs, shared by all workers.
 pub struct AppState {
@@ -44,11 +44,7 @@ pub struct AppState {
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        "no such endpoint",
-    ))
+    Err(ApiError::request(ErrorCode::NotFound, "no such endpoint"))
 }
 
 /// Routes of the public listener.
@@ -73,9 +69,8 @@ pub async fn limit_header_bytes(
     if size > limit {
         // An answer, not an error: `body::close_unread_bodies` must see it to close the
         // connection when the body is left unread.
-        let answer = ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request",
+        let answer = ApiError::http(
+            HttpRefusal::HeadersTooLarge,
             format!("the request headers are larger than {limit} bytes"),
         )
         .error_response();
@@ -89,11 +84,7 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
         web::resource("/v1/token")
             .route(web::post().to(token::token))
             .default_service(web::to(|| async {
-                Err::<HttpResponse, _>(ApiError::new(
-                    StatusCode::METHOD_NOT_ALLOWED,
-                    "invalid_request",
-                    "use POST",
-                ))
+                Err::<HttpResponse, _>(ApiError::http(HttpRefusal::MethodNotAllowed, "use POST"))
             })),
     )
     // Any method; the handler reads the raw path itself (docs/proxy.md).

@@ -13,185 +13,74 @@
 //! JSON: 502 `upstream_unavailable`, 504 `upstream_timeout`, never with upstream internals.
 //! Only allow-listed request headers reach the upstream ([`crate::proxy::headers`]). Every
 //! call, refused, failed or forwarded, leaves one audit line (`audit.rs`, `proxy_request`).
+//!
+//! This handler is thin: it extracts, authenticates, obtains tokens, records (audit, metrics
+//! through [`super::record`]) and turns results into actix answers. The call itself — headers
+//! sent, body streaming, retries and backoff, when a 401 may be met with a fresh token, the
+//! idle timeout and the answer's headers — is [`crate::proxy::forward`], free of actix types.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::body::SizedStream;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
-use bytes::Bytes;
-use futures_util::StreamExt;
 use secrecy::ExposeSecret;
 
 use super::AppState;
 use super::auth::{Authenticated, authenticate};
+use super::error::{ApiError, Cause, ErrorCode, Failure, HttpRefusal, from_broker};
 use super::record;
 use super::token::{CACHE_HEADER, IDENTITY_HEADER};
 use crate::audit;
 use crate::broker::{BrokerError, Issued, TokenRequest, TokenService};
-use crate::config::{ProxyConfig, TokenHeader, UpstreamConfig};
-use crate::error::{ApiError, from_broker};
-use crate::outbound::TransportKind;
-use crate::proxy::body::{Prebuffered, prebuffer};
-use crate::proxy::{self as rules, BACKSTAGE_USER_HEADER};
+use crate::proxy::body::prebuffer;
+use crate::proxy::forward::{
+    Answer, Call, ForwardError, Outgoing, Progress, Sent, declared_length, upstream_headers,
+};
+use crate::proxy::{self as rules};
+
+pub use crate::proxy::forward::Forwarder;
 
 /// The route prefix; the rest of the raw path is `<target>/<path...>`.
 pub const PREFIX: &str = "/v1/proxy/";
 
-/// The outbound side of proxy mode: one HTTP client for all upstreams, shared by all workers.
-pub struct Forwarder {
-    client: reqwest::Client,
-    cfg: ProxyConfig,
-}
-
-impl Forwarder {
-    /// No redirects are followed (a redirect would carry the user's token elsewhere, RFC 9700
-    /// §4.11) and no proxy from the environment is used: the upstream is the configured one.
-    /// No total timeout: streams may run long; silence is bounded by `proxy.idleTimeout`.
-    pub fn new(cfg: &ProxyConfig) -> Result<Self, String> {
-        let client = crate::outbound::client_builder(crate::outbound::ClientRules {
-            connect_timeout: cfg.connect_timeout,
-            timeout: None,
-            no_env_proxy: true,
-        })
-        .build()
-        .map_err(|e| format!("proxy HTTP client: {e}"))?;
-        Ok(Forwarder {
-            client,
-            cfg: cfg.clone(),
-        })
-    }
-}
-
 fn not_found() -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "not_found",
+    ApiError::request(
+        ErrorCode::NotFound,
         "no such proxy target (targets need an upstream to be reachable here)",
     )
 }
 
 fn upstream_unavailable(target: &str, what: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::BAD_GATEWAY,
-        "upstream_unavailable",
+    ApiError::request(
+        ErrorCode::UpstreamUnavailable,
         format!("the upstream of target '{target}' {what}"),
     )
 }
 
 fn upstream_timeout(target: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        "upstream_timeout",
+    ApiError::request(
+        ErrorCode::UpstreamTimeout,
         format!("the upstream of target '{target}' did not answer in time"),
     )
 }
 
-/// Last time the request made progress (a body chunk went out), for the idle timeout.
-#[derive(Clone)]
-struct Progress {
-    start: Instant,
-    last_ms: Arc<AtomicU64>,
-}
-
-impl Progress {
-    fn new() -> Self {
-        Progress {
-            start: Instant::now(),
-            last_ms: Arc::new(AtomicU64::new(0)),
+/// The answer for a failed forward (RFC 6749 §5.2-style JSON, never upstream internals).
+fn forward_error(e: ForwardError, target: &str) -> ApiError {
+    match e {
+        ForwardError::TokenNotHeaderValue => ApiError::new(
+            ErrorCode::ServerError,
+            Cause::Unavailable(Failure::Failed),
+            "the downstream token is not a valid header value",
+        ),
+        ForwardError::TokenHeaderName => not_found(),
+        ForwardError::Unreachable => upstream_unavailable(target, "could not be reached"),
+        ForwardError::Timeout => upstream_timeout(target),
+        ForwardError::HeadersTooLarge => {
+            upstream_unavailable(target, "answered with headers above proxy.maxHeaderBytes")
         }
     }
-    fn touch(&self) {
-        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-    fn last(&self) -> Instant {
-        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-enum SendError {
-    Timeout,
-    Transport,
-}
-
-/// Sends and waits for the response head; times out only after `idle` without progress, so a
-/// long upload that keeps moving is not cut.
-async fn send_head(
-    rb: reqwest::RequestBuilder,
-    progress: &Progress,
-    idle: Duration,
-) -> Result<reqwest::Response, SendError> {
-    progress.touch();
-    let fut = rb.send();
-    tokio::pin!(fut);
-    loop {
-        let last = progress.last();
-        tokio::select! {
-            r = &mut fut => {
-                return r.map_err(|e| match TransportKind::of(&e) {
-                    TransportKind::Timeout => SendError::Timeout,
-                    _ => SendError::Transport,
-                });
-            }
-            _ = tokio::time::sleep_until((last + idle).into()) => {
-                if progress.last() == last {
-                    return Err(SendError::Timeout);
-                }
-            }
-        }
-    }
-}
-
-/// The request body as it will be sent.
-enum Outgoing {
-    /// Kept whole: replayable.
-    Full(Bytes),
-    /// Streaming, sent once.
-    Stream(Option<reqwest::Body>),
-}
-
-impl Outgoing {
-    fn replayable(&self) -> bool {
-        matches!(self, Outgoing::Full(_))
-    }
-    fn take(&mut self) -> Option<reqwest::Body> {
-        match self {
-            Outgoing::Full(b) if b.is_empty() => None,
-            Outgoing::Full(b) => Some(reqwest::Body::from(b.clone())),
-            Outgoing::Stream(s) => s.take(),
-        }
-    }
-}
-
-/// Forwards the unread part of the caller's body through a small bounded channel (actix's
-/// payload is tied to its worker thread; reqwest wants a `Send` stream). Backpressure: at most
-/// four chunks wait in the channel.
-fn stream_body(head: Vec<Bytes>, mut rest: web::Payload, progress: Progress) -> reqwest::Body {
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    actix_web::rt::spawn(async move {
-        for c in head {
-            if tx.send(Ok(c)).await.is_err() {
-                return;
-            }
-            progress.touch();
-        }
-        while let Some(c) = rest.next().await {
-            let item = c.map_err(|_| std::io::Error::other("the caller's body could not be read"));
-            let failed = item.is_err();
-            if tx.send(item).await.is_err() || failed {
-                return;
-            }
-            progress.touch();
-        }
-    });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    });
-    reqwest::Body::wrap_stream(stream)
 }
 
 /// Splits the raw request path into target name and the raw rest.
@@ -201,70 +90,6 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
         Some((t, rest)) => (t, rest),
         None => (tail, ""),
     })
-}
-
-/// The caller's headers that go upstream (the allow-list of `proxy::headers` plus the
-/// target's `forwardHeaders`), plus the token and `X-Backstage-User`.
-fn upstream_headers(
-    req: &HttpRequest,
-    user_token_header: &str,
-    upstream: &UpstreamConfig,
-    token: &str,
-    user_ref: Option<&str>,
-) -> Result<reqwest::header::HeaderMap, ApiError> {
-    use reqwest::header::{HeaderName as RName, HeaderValue as RValue};
-    let headers = req.headers();
-    let conn = rules::connection_named(headers.get_all("connection").map(|v| v.as_bytes()));
-    let token_header = match &upstream.token_header {
-        TokenHeader::Authorization => "authorization",
-        TokenHeader::Custom(h) => h.as_str(),
-    };
-    let mut out = reqwest::header::HeaderMap::new();
-    for (name, value) in headers.iter() {
-        if !rules::forward_request_header(
-            name.as_str(),
-            &conn,
-            user_token_header,
-            token_header,
-            &upstream.forward_headers,
-        ) {
-            continue;
-        }
-        if let (Ok(n), Ok(v)) = (
-            RName::from_bytes(name.as_str().as_bytes()),
-            RValue::from_bytes(value.as_bytes()),
-        ) {
-            out.append(n, v);
-        }
-    }
-    let value = match &upstream.token_header {
-        TokenHeader::Authorization => format!("Bearer {token}"),
-        TokenHeader::Custom(_) => token.to_owned(),
-    };
-    let mut value = RValue::from_str(&value).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "server_error",
-            "the downstream token is not a valid header value",
-        )
-    })?;
-    value.set_sensitive(true);
-    let name = RName::from_bytes(token_header.as_bytes()).map_err(|_| not_found())?;
-    out.insert(name, value);
-    if let Some(r) = user_ref.and_then(|r| RValue::from_str(r).ok()) {
-        out.insert(RName::from_static(BACKSTAGE_USER_HEADER), r);
-    }
-    if let Some(len) = req
-        .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-    {
-        // Kept for streamed bodies (some upstreams refuse chunked uploads); a kept body sets
-        // its own length.
-        out.insert(reqwest::header::CONTENT_LENGTH, RValue::from(len));
-    }
-    Ok(out)
 }
 
 /// The handler: runs the call and writes its audit line (`audit.rs`, event `proxy_request`),
@@ -287,13 +112,13 @@ pub async fn proxy(
             r
         }
         Err(e) => {
-            rec.status = e.status.as_u16();
-            rec.error = e.error.clone();
+            rec.status = e.status().as_u16();
+            rec.error = e.code.as_str().to_owned();
             if rec.outcome.is_empty() || rec.outcome.starts_with("issued_") {
                 rec.outcome = "bad_request";
             }
             let mut r = e.error_response();
-            if e.status == StatusCode::METHOD_NOT_ALLOWED {
+            if e.cause == Cause::Http(HttpRefusal::MethodNotAllowed) {
                 // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
                 r.headers_mut().insert(
                     actix_web::http::header::ALLOW,
@@ -314,12 +139,11 @@ async fn handle(
     fwd: &Forwarder,
     rec: &mut audit::Record,
 ) -> Result<HttpResponse, ApiError> {
-    let cfg = &fwd.cfg;
+    let cfg = fwd.config();
     if rules::refused_method(req.method().as_str()) {
         rec.outcome = "method_refused";
-        return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
+        return Err(ApiError::http(
+            HttpRefusal::MethodNotAllowed,
             format!(
                 "the proxy does not forward {} requests",
                 req.method().as_str()
@@ -333,9 +157,8 @@ async fn handle(
         .sum();
     if header_bytes > cfg.max_header_bytes {
         // RFC 6585 §5.
-        return Err(ApiError::new(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "invalid_request",
+        return Err(ApiError::http(
+            HttpRefusal::HeadersTooLarge,
             format!(
                 "the request headers are larger than {} bytes",
                 cfg.max_header_bytes
@@ -386,87 +209,65 @@ async fn handle(
     let user_ref = rules::user_entity_ref(&principal, user.as_ref());
     let method = reqwest::Method::from_bytes(req.method().as_str().as_bytes())
         .map_err(|_| ApiError::invalid_request("unsupported method"))?;
-    let declared = req
+    let headers: Vec<(&str, &[u8])> = req
         .headers()
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let progress = Progress::new();
-    let mut body = match prebuffer(payload, cfg.replay_buffer_bytes, declared)
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_bytes()))
+        .collect();
+    let progress = Progress::default();
+    let body = prebuffer(payload, cfg.replay_buffer_bytes, declared_length(&headers))
         .await
-        .map_err(|_| ApiError::invalid_request("the request body could not be read"))?
-    {
-        Prebuffered::Complete(b) => Outgoing::Full(b),
-        Prebuffered::Streaming { head, rest } => {
-            Outgoing::Stream(Some(stream_body(head, rest, progress.clone())))
-        }
-    };
-    let retry_ok = body.replayable() && rules::is_idempotent(method.as_str());
+        .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
+    let body = Outgoing::new(body, &progress);
+    let mut call = Call::new(fwd, method, url, body, progress);
 
-    let mut attempt = 0u32;
-    let resp = loop {
-        let mut headers = upstream_headers(
-            req,
+    let sent = loop {
+        let upstream_headers = upstream_headers(
+            &headers,
             &state.config.user_token.header,
             upstream,
             issued.token.access_token.expose_secret(),
             user_ref.as_deref(),
-        )?;
-        let mut rb = fwd.client.request(method.clone(), url.clone());
-        if let Some(b) = body.take() {
-            rb = rb.body(b);
-        } else if body.replayable() {
-            headers.remove(reqwest::header::CONTENT_LENGTH);
-        }
-        rb = rb.headers(headers);
-        match send_head(rb, &progress, cfg.idle_timeout).await {
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                // `refused` drops only the refused token's entry, rate-limited per entry.
-                if status == 401
-                    && body.replayable()
-                    && !rec.reauthenticated
-                    && state.service.refused(&issued).await
-                {
-                    drop(resp);
-                    rec.reauthenticated = true;
-                    tracing::info!(
-                        target = target_name,
-                        token_fp = %issued.token.fingerprint,
-                        "upstream answered 401: dropped the refused token, obtaining it again"
-                    );
-                    let result = issue(token_req).await;
-                    record::issued(rec, &state.metrics, true, &result);
-                    issued = result.map_err(|e| from_broker(&e, client_id))?;
-                    continue;
-                }
-                if retry_ok && rules::is_retryable_status(status) && attempt < cfg.max_retries {
-                    drop(resp);
-                    attempt += 1;
-                    rec.retries = attempt;
-                    tokio::time::sleep(rules::backoff(attempt)).await;
-                    continue;
-                }
-                break resp;
+        )
+        .map_err(|e| forward_error(e, target_name))?;
+        let sent = call.send(&upstream_headers).await;
+        rec.retries = call.retries();
+        match sent {
+            // `refused` drops only the refused token's entry, rate-limited per entry.
+            Sent::Unauthorized(resp) if state.service.refused(&issued).await => {
+                drop(resp);
+                call.reauthenticated();
+                rec.reauthenticated = true;
+                tracing::info!(
+                    target = target_name,
+                    token_fp = %issued.token.fingerprint,
+                    "upstream answered 401: dropped the refused token, obtaining it again"
+                );
+                let result = issue(token_req).await;
+                record::issued(rec, &state.metrics, true, &result);
+                issued = result.map_err(|e| from_broker(&e, client_id))?;
             }
-            Err(SendError::Transport) if retry_ok && attempt < cfg.max_retries => {
-                attempt += 1;
-                rec.retries = attempt;
-                tokio::time::sleep(rules::backoff(attempt)).await;
-            }
-            Err(SendError::Transport) => {
-                tracing::warn!(target = target_name, "upstream unreachable");
-                rec.outcome = "upstream_unavailable";
-                return Err(upstream_unavailable(target_name, "could not be reached"));
-            }
-            Err(SendError::Timeout) => {
-                tracing::warn!(target = target_name, "upstream timed out");
-                rec.outcome = "upstream_timeout";
-                return Err(upstream_timeout(target_name));
-            }
+            Sent::Unauthorized(resp) | Sent::Answer(resp) => break Ok(resp),
+            Sent::Failed(e) => break Err(e),
         }
     };
-    match respond(resp, &issued, &method, cfg, target_name) {
+    let resp = match sent {
+        Ok(resp) => resp,
+        Err(e) => {
+            match e {
+                ForwardError::Timeout => {
+                    tracing::warn!(target = target_name, "upstream timed out");
+                    rec.outcome = "upstream_timeout";
+                }
+                _ => {
+                    tracing::warn!(target = target_name, "upstream unreachable");
+                    rec.outcome = "upstream_unavailable";
+                }
+            }
+            return Err(forward_error(e, target_name));
+        }
+    };
+    match respond(resp, &issued, call.method(), cfg, target_name) {
         Ok(r) => {
             rec.outcome = "proxied";
             Ok(r)
@@ -490,37 +291,19 @@ async fn obtain(
     }
 }
 
+/// The upstream's answer as an actix response, with the broker's identity and cache headers.
 fn respond(
     resp: reqwest::Response,
     issued: &Issued,
     method: &reqwest::Method,
-    cfg: &ProxyConfig,
+    cfg: &crate::config::ProxyConfig,
     target: &str,
 ) -> Result<HttpResponse, ApiError> {
     let status = StatusCode::from_u16(resp.status().as_u16())
         .map_err(|_| upstream_unavailable(target, "gave an invalid answer"))?;
-    let conn = rules::connection_named(
-        resp.headers()
-            .get_all(reqwest::header::CONNECTION)
-            .iter()
-            .map(|v| v.as_bytes()),
-    );
-    let size: usize = resp
-        .headers()
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
-        .sum();
-    if size > cfg.max_header_bytes {
-        return Err(upstream_unavailable(
-            target,
-            "answered with headers above proxy.maxHeaderBytes",
-        ));
-    }
+    let answer = Answer::new(resp, method, cfg).map_err(|e| forward_error(e, target))?;
     let mut b = HttpResponse::build(status);
-    for (name, value) in resp.headers() {
-        if !rules::forward_response_header(name.as_str(), &conn) {
-            continue;
-        }
+    for (name, value) in &answer.headers {
         if let (Ok(n), Ok(v)) = (
             HeaderName::from_bytes(name.as_str().as_bytes()),
             HeaderValue::from_bytes(value.as_bytes()),
@@ -530,35 +313,10 @@ fn respond(
     }
     b.insert_header((IDENTITY_HEADER, issued.identity.as_str()));
     b.insert_header((CACHE_HEADER, issued.cache.as_str()));
-    if *method == reqwest::Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(b.finish());
-    }
-    let len = resp.content_length();
-    let idle = cfg.idle_timeout;
-    // Each chunk is passed on as soon as it arrives (text/event-stream events reach the caller
-    // one by one); `idle` bounds the silence between chunks, then the stream is cut.
-    let stream = futures_util::stream::unfold(Some(resp), move |state| async move {
-        let mut resp = state?;
-        match tokio::time::timeout(idle, resp.chunk()).await {
-            Ok(Ok(Some(chunk))) => Some((Ok(chunk), Some(resp))),
-            Ok(Ok(None)) => None,
-            Ok(Err(_)) => Some((
-                Err(std::io::Error::other("the upstream's body failed")),
-                None,
-            )),
-            Err(_) => Some((
-                Err(std::io::Error::other("the upstream was silent too long")),
-                None,
-            )),
-        }
-    });
-    Ok(match len {
-        Some(n) => b.body(SizedStream::new(n, stream.boxed_local())),
-        None => b.streaming(stream),
+    Ok(match answer.body {
+        None => b.finish(),
+        Some((Some(n), stream)) => b.body(SizedStream::new(n, stream)),
+        Some((None, stream)) => b.streaming(stream),
     })
 }
 

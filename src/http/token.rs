@@ -6,9 +6,8 @@
 //! `subject_token`. The headers are authenticated before the body is read, and the body must
 //! arrive within `server.bodyReadTimeout` (`http/body.rs`). Answer: RFC 8693 §2.2.1 JSON with
 //! `X-Token-Broker-Identity` and `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see
-//! `error.rs`).
+//! `http/error.rs`).
 
-use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -16,12 +15,12 @@ use serde::Serialize;
 use super::AppState;
 use super::auth::{Authenticated, authenticate, with_form_token};
 use super::body::read_body;
+use super::error::{ApiError, ErrorCode, from_broker};
 use super::form::{self, FormError};
 use super::record;
 use crate::audit;
 use crate::broker::{Issued, TokenRequest};
 use crate::config::TokenType;
-use crate::error::{ApiError, from_broker};
 use crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE;
 
 pub const IDENTITY_HEADER: &str = "x-token-broker-identity";
@@ -52,8 +51,8 @@ pub async fn token(
     match &result {
         Ok(r) => rec.status = r.status().as_u16(),
         Err(e) => {
-            rec.status = e.status.as_u16();
-            rec.error = e.error.clone();
+            rec.status = e.status().as_u16();
+            rec.error = e.code.as_str().to_owned();
             if rec.outcome.is_empty() {
                 rec.outcome = "bad_request";
             }
@@ -92,9 +91,8 @@ async fn handle(
         None => return Err(ApiError::invalid_request("missing parameter: grant_type")),
         Some(GRANT_TYPE_TOKEN_EXCHANGE) => {}
         Some(_) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "unsupported_grant_type",
+            return Err(ApiError::request(
+                ErrorCode::UnsupportedGrantType,
                 format!("only {GRANT_TYPE_TOKEN_EXCHANGE} is supported"),
             ));
         }

@@ -41,7 +41,7 @@ pub enum AuthError {
     #[error("{description}")]
     Unauthenticated {
         description: String,
-        token_error: Option<&'static str>,
+        token_error: Option<crate::protocol::ErrorCode>,
     },
     /// 403.
     #[error("{0}")]
@@ -154,7 +154,7 @@ impl Authenticator {
                     tracing::info!(reason = %m, "caller credential refused");
                     return Err(AuthError::Unauthenticated {
                         description: format!("the caller credential is not valid: {m}"),
-                        token_error: Some("invalid_token"),
+                        token_error: Some(crate::protocol::ErrorCode::InvalidToken),
                     });
                 }
             },

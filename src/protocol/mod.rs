@@ -1,11 +1,15 @@
 //! OAuth vocabulary the broker speaks: grant-type and token-type identifiers, defined once.
 //!
-//! Only constants live here (no behaviour), so every layer may use them: the HTTP edge checks
+//! Only constants and plain vocabulary types live here (no policy), so every layer may use them: the HTTP edge checks
 //! the `grant_type` a caller sends, the IdP client puts them in its forms, and the metrics name
-//! a token-endpoint call by its grant. [`headers`] names the HTTP headers with a fixed meaning
+//! a token-endpoint call by its grant. [`ErrorCode`] is the `error` vocabulary of OAuth error
+//! answers. [`headers`] names the HTTP headers with a fixed meaning
 //! for the proxy.
 
+pub mod error_code;
 pub mod headers;
+
+pub use error_code::ErrorCode;
 
 /// RFC 8693 §2.1: the token-exchange grant.
 pub const GRANT_TYPE_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";

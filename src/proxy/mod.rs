@@ -1,9 +1,13 @@
 //! Proxy mode's decisions, free of actix types: where a request goes (path normalisation that
 //! never leaves the configured upstream base), which headers pass in each direction, the
 //! `X-Backstage-User` value, which failures are retried and how long to wait, and the bounded
-//! read-ahead that makes small request bodies replayable. The handler is `http/proxy.rs`.
+//! read-ahead that makes small request bodies replayable ([`body`]), and the forwarder that
+//! makes the call ([`forward`]: the upstream client, the headers sent, attempts and retries,
+//! the 401 re-exchange decision, streaming both ways). The actix handler over it is
+//! `http/proxy.rs`.
 
 pub mod body;
+pub mod forward;
 pub mod headers;
 
 pub use headers::{connection_named, forward_request_header, forward_response_header};
