@@ -18,6 +18,7 @@ mod cli;
 mod exchange;
 mod fallback;
 mod idp_errors;
+mod keycloak_real;
 mod logs;
 mod no_leak;
 mod proxy;
