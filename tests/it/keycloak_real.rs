@@ -816,8 +816,11 @@ async fn kc_exchange_tester_checklist() {
 // ---------------------------------------------------------------------------------------------
 // Proxy mode
 
+/// A request as the upstream saw it: path and headers.
+type Request = (String, Vec<(String, String)>);
+
 #[derive(Default)]
-struct Seen(Mutex<Vec<(String, Vec<(String, String)>)>>);
+struct Seen(Mutex<Vec<Request>>);
 
 async fn record(req: HttpRequest, _body: web::Bytes, seen: web::Data<Seen>) -> HttpResponse {
     let headers = req
