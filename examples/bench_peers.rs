@@ -25,6 +25,10 @@
 )]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+// The real-Keycloak figures; not under examples/ directly, where it would be an example itself.
+#[path = "bench/keycloak.rs"]
+mod keycloak_bench;
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -57,6 +61,13 @@ struct Args {
     /// `--fill N:LEN`: only fill a `TokenCache` with N entries of LEN-byte tokens and print
     /// this process's RSS before and after (run as a separate, minimal process).
     fill: Option<(u64, usize)>,
+    /// `--keycloak N`: instead of the benchmark, the figures against a real Keycloak
+    /// (`scripts/bench keycloak`) with N sequential miss-path pairs.
+    keycloak: u32,
+    /// `--keycloak-url`: the Keycloak serving realm `dev` (scripts/keycloak's `main`).
+    keycloak_url: String,
+    /// `--keycloak-pid`: the process Keycloak runs in (its descendants are counted too).
+    keycloak_pid: u32,
 }
 
 fn args() -> Args {
@@ -70,6 +81,9 @@ fn args() -> Args {
         rounds: 2,
         soak: 0,
         fill: None,
+        keycloak: 0,
+        keycloak_url: "http://127.0.0.1:7180".into(),
+        keycloak_pid: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -84,6 +98,9 @@ fn args() -> Args {
             "--threads" => a.threads = val.parse().unwrap(),
             "--rounds" => a.rounds = val.parse().unwrap(),
             "--soak" => a.soak = val.parse().unwrap(),
+            "--keycloak" => a.keycloak = val.parse().unwrap(),
+            "--keycloak-url" => a.keycloak_url = val,
+            "--keycloak-pid" => a.keycloak_pid = val.parse().unwrap(),
             "--fill" => {
                 let (n, len) = val.split_once(':').unwrap();
                 a.fill = Some((n.parse().unwrap(), len.parse().unwrap()));
@@ -105,6 +122,10 @@ fn main() -> ExitCode {
             rss_kb(std::process::id()),
             fill.growth_kb
         );
+        return ExitCode::SUCCESS;
+    }
+    if a.keycloak > 0 {
+        actix_web::rt::System::new().block_on(keycloak_bench::run(a));
         return ExitCode::SUCCESS;
     }
     actix_web::rt::System::new().block_on(run(a));
@@ -727,6 +748,13 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
         fresh_runs.iter().map(|l| l.rps.round()).collect::<Vec<_>>()
     );
     md.push_str(NOTES);
+    // The real-Keycloak figures (`scripts/bench keycloak`) are a separate run: keep them.
+    let previous = std::fs::read_to_string(&a.out).unwrap_or_default();
+    if let Some(section) = keycloak_bench::section_of(&previous) {
+        md.push('\n');
+        md.push_str(section);
+        md.push('\n');
+    }
     if let Err(e) = std::fs::write(&a.out, &md) {
         eprintln!("cannot write {}: {e}", a.out.display());
     }
@@ -819,6 +847,9 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         rounds: 1,
         soak: 0,
         fill: None,
+        keycloak: 0,
+        keycloak_url: a.keycloak_url.clone(),
+        keycloak_pid: 0,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;

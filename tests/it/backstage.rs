@@ -53,7 +53,7 @@ impl EsKey {
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
-    fn user_token(&self, sub: &str, iss: &str, exp: u64) -> String {
+    pub(crate) fn user_token(&self, sub: &str, iss: &str, exp: u64) -> String {
         let iat = exp - 3600;
         self.sign_raw(
             &format!(r#"{{"typ":"vnd.backstage.user","alg":"ES256","kid":"{}"}}"#, self.kid),
@@ -63,7 +63,7 @@ impl EsKey {
         )
     }
 
-    fn limited_token(&self, sub: &str, exp: u64) -> String {
+    pub(crate) fn limited_token(&self, sub: &str, exp: u64) -> String {
         let iat = exp - 3600;
         self.sign_raw(
             &format!(
@@ -74,7 +74,7 @@ impl EsKey {
         )
     }
 
-    fn plugin_token(&self, sub: &str, aud: &str, exp: u64, obo: Option<&str>) -> String {
+    pub(crate) fn plugin_token(&self, sub: &str, aud: &str, exp: u64, obo: Option<&str>) -> String {
         let iat = now();
         let obo = obo.map(|o| format!(r#","obo":"{o}""#)).unwrap_or_default();
         self.sign_raw(
@@ -88,12 +88,12 @@ impl EsKey {
 }
 
 /// The fake Backstage backend: per-plugin JWKS and the auth backend JWKS.
-struct FakeBackstage {
-    url: String,
-    server: actix_web::dev::ServerHandle,
+pub(crate) struct FakeBackstage {
+    pub(crate) url: String,
+    pub(crate) server: actix_web::dev::ServerHandle,
 }
 
-async fn start_backstage(sets: HashMap<String, serde_json::Value>) -> FakeBackstage {
+pub(crate) async fn start_backstage(sets: HashMap<String, serde_json::Value>) -> FakeBackstage {
     let sets = Arc::new(sets);
     let server = HttpServer::new(move || {
         let s = sets.clone();

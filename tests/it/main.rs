@@ -1,5 +1,6 @@
 //! The integration suite: one test binary (build time on 2 cores), real HTTP throughout — the
-//! real broker on 127.0.0.1:0 against the dev IdP, which plays Keycloak.
+//! real broker on 127.0.0.1:0 against the dev IdP, which plays Keycloak; and, when
+//! `TOKEN_BROKER_KEYCLOAK_TEST=1` (scripts/test), against a real Keycloak (`keycloak_real`).
 
 // Test code may panic: a panic is a failed assertion here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -25,6 +26,7 @@ mod cli;
 mod exchange;
 mod fallback;
 mod idp_errors;
+mod keycloak_real;
 mod logs;
 mod no_leak;
 mod proxy;
