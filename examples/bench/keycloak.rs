@@ -47,7 +47,11 @@ fn tree_ticks(root: u32) -> u64 {
             continue;
         };
         let f: Vec<&str> = rest.split_whitespace().collect();
-        let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let num = |i: usize| {
+            f.get(i - 3)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         procs.push((pid, num(4) as u32, num(14) + num(15)));
     }
     let mut tree = vec![root];
