@@ -36,11 +36,11 @@ use crate::backstage::{EsKey, FakeBackstage, start_backstage};
 use crate::support::{TE, claims, header, now};
 
 const GATE: &str = "TOKEN_BROKER_KEYCLOAK_TEST";
-const KC_MAIN: &str = "http://127.0.0.1:7180";
+pub(crate) const KC_MAIN: &str = "http://127.0.0.1:7180";
 const KC_V1: &str = "http://127.0.0.1:7280";
 /// `backend.auth.externalAccess` and `admin.token` of config/keycloak.yaml.
 const STATIC: &str = "dev-static-token";
-const ADMIN_TOKEN: &str = "dev-admin-token";
+pub(crate) const ADMIN_TOKEN: &str = "dev-admin-token";
 const ASSERTION_PORT: u16 = 7070;
 
 // ---------------------------------------------------------------------------------------------
@@ -48,14 +48,14 @@ const ASSERTION_PORT: u16 = 7070;
 
 /// Writes to the process's stderr directly: `eprintln!` would be captured (and hidden) by the
 /// test harness for a passing test, and a skip must never be silent.
-fn loud(msg: &str) {
+pub(crate) fn loud(msg: &str) {
     let mut e = std::io::stderr().lock();
     let _ = writeln!(e, "{msg}");
 }
 
 /// `Some(Kc)` when the real-Keycloak tests are to run (`TOKEN_BROKER_KEYCLOAK_TEST=1`); then
 /// both instances must be up, or the test fails with the command that starts them.
-async fn keycloak(test: &str) -> Option<Kc> {
+pub(crate) async fn keycloak(test: &str) -> Option<Kc> {
     if std::env::var(GATE).as_deref() != Ok("1") {
         loud(&format!(
             "SKIPPED {test}: real-Keycloak end-to-end test not run ({GATE} is not 1). \
@@ -80,13 +80,13 @@ async fn keycloak(test: &str) -> Option<Kc> {
     Some(Kc { http })
 }
 
-struct Kc {
+pub(crate) struct Kc {
     http: reqwest::Client,
 }
 
 impl Kc {
     /// alice's or bob's access token from the password grant at `client` (a new user session).
-    async fn login(&self, base: &str, client: &str, user: &str) -> String {
+    pub(crate) async fn login(&self, base: &str, client: &str, user: &str) -> String {
         let r = self
             .http
             .post(format!("{base}/realms/dev/protocol/openid-connect/token"))
@@ -177,7 +177,7 @@ impl Kc {
     }
 }
 
-fn str_claim(token: &str, name: &str) -> String {
+pub(crate) fn str_claim(token: &str, name: &str) -> String {
     claims(token)[name]
         .as_str()
         .unwrap_or_else(|| panic!("claim {name} in {}", claims(token)))
@@ -220,7 +220,7 @@ fn replace_once(text: &str, from: &str, to: &str) -> String {
 
 /// Edits applied to config/keycloak.yaml for one test broker.
 #[derive(Default)]
-struct Edits {
+pub(crate) struct Edits {
     /// Public listener port (`None` = a free one).
     port: Option<u16>,
     /// The upstream of both targets (`None` = as in the file).
@@ -305,10 +305,10 @@ fn broker_yaml(public: u16, admin: u16, e: &Edits) -> String {
 type Tail = Arc<Mutex<Vec<String>>>;
 
 /// A running `token-broker serve`, killed on drop.
-struct Broker {
+pub(crate) struct Broker {
     child: Child,
     url: String,
-    admin: String,
+    pub(crate) admin: String,
     log: Tail,
     http: reqwest::Client,
 }
@@ -321,7 +321,7 @@ impl Drop for Broker {
 }
 
 impl Broker {
-    async fn start(test: &str, e: Edits) -> Broker {
+    pub(crate) async fn start(test: &str, e: Edits) -> Broker {
         let public = e.port.unwrap_or_else(free_port);
         let admin = free_port();
         let dir = std::env::temp_dir().join(format!("tb-kc-{test}-{}", std::process::id()));
@@ -403,7 +403,7 @@ impl Broker {
     }
 
     /// The exchange tester (`POST /admin/exchange`).
-    async fn tester(&self, body: Value) -> Value {
+    pub(crate) async fn tester(&self, body: Value) -> Value {
         let r = self
             .http
             .post(format!("{}/admin/exchange", self.admin))
@@ -706,7 +706,7 @@ async fn kc_keycloak_refusals_pass_through_with_hints() {
 }
 
 /// The tester's checks that did not pass (`ok` false), by name.
-fn failed_checks(report: &Value) -> Vec<String> {
+pub(crate) fn failed_checks(report: &Value) -> Vec<String> {
     report["checks"]
         .as_array()
         .unwrap()
