@@ -304,9 +304,10 @@ fn broker_yaml(public: u16, admin: u16, e: &Edits) -> String {
 
 type Tail = Arc<Mutex<Vec<String>>>;
 
-/// A running `token-broker serve`, killed on drop.
+/// A running `token-broker serve`, killed (and its configuration directory removed) on drop.
 pub(crate) struct Broker {
     child: Child,
+    dir: PathBuf,
     url: String,
     pub(crate) admin: String,
     log: Tail,
@@ -317,6 +318,7 @@ impl Drop for Broker {
     fn drop(&mut self) {
         self.child.kill().ok();
         self.child.wait().ok();
+        std::fs::remove_dir_all(&self.dir).ok();
     }
 }
 
@@ -357,6 +359,7 @@ impl Broker {
             .unwrap();
         let mut b = Broker {
             child,
+            dir,
             url: format!("http://127.0.0.1:{public}"),
             admin: format!("http://127.0.0.1:{admin}"),
             log,
