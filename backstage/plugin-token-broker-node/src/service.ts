@@ -9,7 +9,9 @@ import {
   coreServices,
   createServiceFactory,
   createServiceRef,
+  type AuthService,
   type DiscoveryService,
+  type LoggerService,
   type RootConfigService,
 } from '@backstage/backend-plugin-api';
 
@@ -61,55 +63,53 @@ export function readTokenBrokerConfig(
   };
 }
 
+const deps = {
+  auth: coreServices.auth,
+  config: coreServices.rootConfig,
+  discovery: coreServices.discovery,
+  logger: coreServices.logger,
+};
+
+function create({
+  auth,
+  config,
+  discovery,
+  logger,
+}: {
+  auth: AuthService;
+  config: RootConfigService;
+  discovery: DiscoveryService;
+  logger: LoggerService;
+}): TokenBrokerService {
+  return new DefaultTokenBrokerService({
+    auth,
+    logger,
+    ...readTokenBrokerConfig(config, discovery),
+  });
+}
+
 /**
  * The service plugins inject next to `coreServices.auth` and `coreServices.httpAuth`:
  * `deps: { tokenBroker: tokenBrokerServiceRef }`. Plugin-scoped: each plugin gets its own
- * client, which mints plugin tokens with that plugin's identity.
+ * client, which mints plugin tokens with that plugin's identity, and its own reuse.
  *
  * @public
  */
 export const tokenBrokerServiceRef = createServiceRef<TokenBrokerService>({
   id: 'token-broker.client',
   scope: 'plugin',
-  defaultFactory: async service =>
-    createServiceFactory({
-      service,
-      deps: {
-        auth: coreServices.auth,
-        config: coreServices.rootConfig,
-        discovery: coreServices.discovery,
-        logger: coreServices.logger,
-      },
-      factory({ auth, config, discovery, logger }) {
-        return new DefaultTokenBrokerService({
-          auth,
-          logger,
-          ...readTokenBrokerConfig(config, discovery),
-        });
-      },
-    }),
+  defaultFactory: async service => createServiceFactory({ service, deps, factory: create }),
 });
 
 /**
  * The default factory of {@link tokenBrokerServiceRef}, for backends that list their service
  * factories explicitly (`backend.add(tokenBrokerServiceFactory)`); without it the service ref's
- * default factory is used, which is the same.
+ * default factory, which is the same, is used.
  *
  * @public
  */
 export const tokenBrokerServiceFactory = createServiceFactory({
   service: tokenBrokerServiceRef,
-  deps: {
-    auth: coreServices.auth,
-    config: coreServices.rootConfig,
-    discovery: coreServices.discovery,
-    logger: coreServices.logger,
-  },
-  factory({ auth, config, discovery, logger }) {
-    return new DefaultTokenBrokerService({
-      auth,
-      logger,
-      ...readTokenBrokerConfig(config, discovery),
-    });
-  },
+  deps,
+  factory: create,
 });
