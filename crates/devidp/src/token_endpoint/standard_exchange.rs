@@ -199,6 +199,11 @@ pub(super) fn standard_exchange_grant(
     if let Some(sid) = sid {
         body.insert("session_state".into(), json!(sid));
     }
+    // Keycloak attaches a client session for the requester to the subject's user session
+    // (`TokenManager.attachAuthenticationSession`): it is then told of the session's logout.
+    if let Some(session) = sid.and_then(|s| st.sessions.get_mut(s)) {
+        session.join(&requester.client_id);
+    }
     if let Some(fault) = st.exchange_fault {
         apply_fault(issuer, &mut body, fault);
     }
