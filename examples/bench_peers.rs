@@ -926,6 +926,7 @@ async fn fill_cache(n: u64, token_len: usize) -> Fill {
                 cache_until: exp - 30,
                 fingerprint: "0123456789ab".into(),
                 subject_kid: Some("kid-0123456789abcdefghijklmnopqrstuvwxyz012".into()),
+                index: Default::default(),
             }))
         };
         let _ = cache.get_or_fetch(key, fetch).await;

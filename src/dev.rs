@@ -173,6 +173,15 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         })?;
     let cfg_for_trust = cfg.clone();
     let broker = crate::app::start(cfg).await?;
+    // As an admin sets the broker client's "Backchannel logout URL" in Keycloak
+    // (docs/keycloak-setup.md): the dev IdP's logouts then evict the broker's cache.
+    let backchannel = format!(
+        "{}/v1/backchannel-logout",
+        broker.public_url().trim_end_matches('/')
+    );
+    idp.update_client(&cfg_for_trust.keycloak.client_id, |c| {
+        c.backchannel_logout_url = Some(backchannel);
+    });
     if let Some(trust) = AssertionTrust::from_config(&cfg_for_trust, &broker.public_url()) {
         trust_broker_assertions(&idp, &trust);
         eprintln!(

@@ -10,6 +10,12 @@
 //!
 //! Concurrent requests for one key share one fetch (`moka`'s `or_try_insert_with`): the first
 //! runs it, the others wait and get its value (`coalesced`) or its error, which is not cached.
+//!
+//! Logout (issue 13): every user entry carries a [`SubjectIndex`] — digests of the subject's
+//! `sub` and `sid`, never the values — so [`TokenCache::evict_session`] and
+//! [`TokenCache::evict_subject`] drop every entry derived from one Keycloak session or one user.
+//! They are the single eviction entry point (back-channel logout, `/admin/revoke`, and a shared
+//! cache relaying evictions between replicas).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use moka::future::Cache;
 
 use super::IssuedToken;
 use crate::clock::Clock;
-use crate::digest::KeyDigest;
+use crate::digest::{KeyBuilder, KeyDigest};
 use crate::metrics::{EvictionCause, Metrics};
 
 /// Where a served token came from (the `X-Token-Broker-Cache` header).
@@ -38,6 +44,32 @@ impl CacheStatus {
             CacheStatus::Coalesced => "coalesced",
         }
     }
+}
+
+/// Whose user and session a cache entry derives from, as digests (the eviction index).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubjectIndex {
+    pub sub: Option<KeyDigest>,
+    pub sid: Option<KeyDigest>,
+}
+
+impl SubjectIndex {
+    pub fn of(sub: Option<&str>, sid: Option<&str>) -> Self {
+        SubjectIndex {
+            sub: sub.map(subject_digest),
+            sid: sid.map(session_digest),
+        }
+    }
+}
+
+/// The index digest of a `sub`.
+pub fn subject_digest(sub: &str) -> KeyDigest {
+    KeyBuilder::new("index-sub").field(sub.as_bytes()).finish()
+}
+
+/// The index digest of a `sid`.
+pub fn session_digest(sid: &str) -> KeyDigest {
+    KeyBuilder::new("index-sid").field(sid.as_bytes()).finish()
 }
 
 struct UntilCacheDeadline {
@@ -132,6 +164,26 @@ impl TokenCache {
         });
         if let Err(e) = dropped {
             tracing::warn!(error = %e, "could not drop cache entries of removed keys");
+        }
+    }
+
+    /// Drops every entry derived from Keycloak session `sid` (a back-channel logout naming it,
+    /// `/admin/revoke {sid}`). Takes effect at once: a later read of such an entry misses.
+    pub fn evict_session(&self, sid: &str) {
+        let d = session_digest(sid);
+        self.evict_if(move |i| i.sid == Some(d));
+    }
+
+    /// Drops every entry derived from user `sub` (a back-channel logout naming only the user,
+    /// `/admin/revoke {sub}`).
+    pub fn evict_subject(&self, sub: &str) {
+        let d = subject_digest(sub);
+        self.evict_if(move |i| i.sub == Some(d));
+    }
+
+    fn evict_if(&self, hit: impl Fn(&SubjectIndex) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.inner.invalidate_entries_if(move |_, v| hit(&v.index)) {
+            tracing::warn!(error = %e, "could not drop cache entries of a logout");
         }
     }
 

@@ -52,10 +52,11 @@ use crate::clock::Clock;
 use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
 use crate::digest::{KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
+use crate::idp::logout_token::{LogoutSubject, LogoutTokenError, LogoutTokenVerifier};
 use crate::idp::realm_token::RealmTokenVerifier;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
 use crate::metrics::Metrics;
-pub use cache::{CacheStatus, TokenCache};
+pub use cache::{CacheStatus, SubjectIndex, TokenCache};
 use fallback::FailedPath;
 pub use fallback::FallbackReason;
 use negative::{NegativeCache, with_negative};
@@ -94,6 +95,9 @@ pub struct IssuedToken {
     /// `kid` of the realm key that verified the subject token this was exchanged for: when
     /// the key leaves the realm's JWKS, the entry is dropped ([`TokenCache::drop_subject_kids`]).
     pub subject_kid: Option<String>,
+    /// Whose user and session the token derives from (digests): what a logout evicts
+    /// ([`TokenCache::evict_session`], [`TokenCache::evict_subject`]).
+    pub index: cache::SubjectIndex,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -191,6 +195,8 @@ pub struct TokenService {
     negative: Option<NegativeCache>,
     /// Rate limit on dropping an entry because a target refused its token.
     forced_refresh: ForcedRefreshLimiter,
+    /// Back-channel logout tokens (OIDC Back-Channel Logout 1.0), with their replay memory.
+    logout_tokens: LogoutTokenVerifier,
 }
 
 impl TokenService {
@@ -210,6 +216,11 @@ impl TokenService {
             forced_refresh: ForcedRefreshLimiter::new(
                 FORCED_REFRESH_INTERVAL,
                 FORCED_REFRESH_MAX_KEYS,
+            ),
+            logout_tokens: LogoutTokenVerifier::new(
+                verifier.clone(),
+                config.keycloak.client_id.clone(),
+                clock.clone(),
             ),
             config,
             idp,
@@ -234,6 +245,32 @@ impl TokenService {
 
     pub fn user_cache(&self) -> &TokenCache {
         &self.user_cache
+    }
+
+    /// A back-channel logout (OIDC Back-Channel Logout 1.0 §2.5): verifies the logout token
+    /// (§2.6) and evicts what it names — the session's entries when it has a `sid` (Keycloak
+    /// sends `sub` too; the user's other sessions stay), else every entry of the `sub`.
+    pub async fn backchannel_logout(
+        &self,
+        logout_token: &str,
+    ) -> Result<LogoutSubject, LogoutTokenError> {
+        let who = self.logout_tokens.verify(logout_token).await?;
+        match (&who.sid, &who.sub) {
+            (Some(sid), _) => self.evict_session(sid),
+            (None, Some(sub)) => self.evict_subject(sub),
+            (None, None) => {}
+        }
+        Ok(who)
+    }
+
+    /// Drops every user-cache entry derived from Keycloak session `sid`.
+    pub fn evict_session(&self, sid: &str) {
+        self.user_cache.evict_session(sid);
+    }
+
+    /// Drops every user-cache entry derived from user `sub`.
+    pub fn evict_subject(&self, sub: &str) {
+        self.user_cache.evict_subject(sub);
     }
 
     pub async fn issue(&self, req: TokenRequest<'_>) -> Result<Issued, BrokerError> {
@@ -421,7 +458,7 @@ impl TokenService {
                 Some(token_type),
                 Expected::Sub(&user.sub),
                 Some(user.exp),
-                Some(&user.kid),
+                Some(user),
             )
             .await
             .map_err(FetchError::Invalid)
@@ -503,7 +540,7 @@ impl TokenService {
         requested: Option<TokenType>,
         expected: Expected<'_>,
         cap_at: Option<u64>,
-        subject_kid: Option<&str>,
+        subject: Option<&VerifiedUserToken>,
     ) -> Result<Arc<IssuedToken>, String> {
         let answer = crate::idp::answer::check(
             &self.verifier,
@@ -554,9 +591,19 @@ impl TokenService {
             cap = cap.min(c);
         }
         let margin = self.config.cache.safety_margin.as_secs();
+        // A user's token (exchange, user mapping) is indexed by its `sub`, and by the subject
+        // token's `sid` when there is one; the service account's by nothing.
+        let index = match expected {
+            Expected::Service => SubjectIndex::default(),
+            Expected::Sub(_) | Expected::Person(_) => SubjectIndex::of(
+                answer.sub.as_deref(),
+                subject.and_then(|s| s.sid.as_deref()),
+            ),
+        };
         Ok(Arc::new(IssuedToken {
             fingerprint: fingerprint(&answer.access_token),
-            subject_kid: subject_kid.map(str::to_owned),
+            subject_kid: subject.map(|s| s.kid.clone()),
+            index,
             access_token: SecretString::from(answer.access_token),
             token_type: answer.token_type,
             issued_token_type: answer.issued_token_type,

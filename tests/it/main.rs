@@ -27,6 +27,7 @@ mod exchange;
 mod fallback;
 mod idp_errors;
 mod keycloak_real;
+mod logout;
 mod logs;
 mod no_leak;
 mod proxy;
