@@ -219,7 +219,10 @@ impl TokenService {
             ),
             logout_tokens: LogoutTokenVerifier::new(
                 verifier.clone(),
-                config.keycloak.client_id.clone(),
+                std::iter::once(&config.keycloak.client_id)
+                    .chain(&config.user_token.allowed_clients)
+                    .cloned()
+                    .collect(),
                 clock.clone(),
             ),
             config,

@@ -1,9 +1,17 @@
 //! Verification of an OpenID Connect Back-Channel Logout 1.0 logout token (§2.4), as §2.6
 //! demands of the receiver: the realm's signature, `iss` and `exp` ([`RealmTokenVerifier`]:
 //! the key chosen by `kid` from the realm's JWKS, the algorithm from the key), `aud` naming the
-//! broker's client, `iat`, the back-channel logout `events` member, a `sub` and/or a `sid`, no
+//! broker's client or one of the login clients (`userToken.allowedClients`), `iat`, the back-channel logout `events` member, a `sub` and/or a `sid`, no
 //! `nonce` (so an ID token cannot pass for a logout token, §2.4), and a `jti` not seen before
 //! within the token's lifetime (§2.6 step 10, replay).
+//!
+//! Why the login clients too: Keycloak sends a logout token only to the clients that have a
+//! client session in the ended user session, and standard token exchange (V2) gives the
+//! requester only a transient one (observed on Keycloak 26.7.3: after an exchange, the admin
+//! API lists only the login client in the session). So the broker hears of a logout when its
+//! URL is the *login client's* "Backchannel logout URL"; the token then names that client in
+//! `aud`. Accepting it is safe: it is still the realm's signed statement that the session
+//! ended, and its only effect here is an eviction.
 //!
 //! The verifier owns the replay memory: SHA-256 digests of `iss` + `jti` (never the token),
 //! kept until the token's `exp` and at most [`MAX_LOGOUT_TOKEN_LIFETIME`].
@@ -35,7 +43,9 @@ const MAX_REMEMBERED_JTIS: u64 = 100_000;
 pub enum LogoutTokenError {
     #[error("the logout token failed verification: {0}")]
     Realm(#[from] RealmTokenError),
-    #[error("the logout token's aud does not name this client")]
+    #[error(
+        "the logout token's aud names neither the broker's client nor a userToken.allowedClients client"
+    )]
     WrongAudience,
     #[error("the logout token has no valid iat")]
     MissingIat,
@@ -83,16 +93,21 @@ pub struct LogoutSubject {
 /// Verifies the logout tokens of one realm for one client.
 pub struct LogoutTokenVerifier {
     realm: Arc<RealmTokenVerifier>,
-    client_id: String,
+    /// Accepted `aud` values: the broker's client id, then the login clients.
+    audiences: Vec<String>,
     clock: Arc<dyn Clock>,
     seen: moka::sync::Cache<KeyDigest, ()>,
 }
 
 impl LogoutTokenVerifier {
-    pub fn new(realm: Arc<RealmTokenVerifier>, client_id: String, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        realm: Arc<RealmTokenVerifier>,
+        audiences: Vec<String>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         LogoutTokenVerifier {
             realm,
-            client_id,
+            audiences,
             clock,
             seen: moka::sync::Cache::builder()
                 .max_capacity(MAX_REMEMBERED_JTIS)
@@ -111,9 +126,10 @@ impl LogoutTokenVerifier {
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
         };
+        let ours = |a: &str| self.audiences.iter().any(|x| x == a);
         let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => *a == self.client_id,
-            Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&self.client_id)),
+            Some(Value::String(a)) => ours(a),
+            Some(Value::Array(list)) => list.iter().filter_map(Value::as_str).any(ours),
             _ => false,
         };
         if !aud_ok {

@@ -74,9 +74,12 @@ fn uuid_like() -> String {
     format!("jti-{}-{}", now(), N.fetch_add(1, Ordering::SeqCst))
 }
 
+/// The login client's "Backchannel logout URL" → the broker (docs/keycloak-setup.md step 3):
+/// the exchanging broker has no client session in the user's session, so Keycloak would not
+/// tell its own client.
 fn point_backchannel_at_broker(env: &Env) {
     let url = format!("{}/v1/backchannel-logout", env.url);
-    assert!(env.idp.update_client("token-broker", |c| {
+    assert!(env.idp.update_client("dev-frontend", |c| {
         c.backchannel_logout_url = Some(url);
     }));
 }

@@ -76,15 +76,18 @@ async fn logout(idp: &DevIdpHandle, form: &[(&str, &str)]) -> (u16, Value) {
 async fn logout_endpoint_ends_the_session_and_notifies_back_channel_clients() {
     let idp = start_contract().await;
     let rx = receiver().await;
-    assert!(idp.update_client("token-broker", |c| {
-        c.backchannel_logout_url = Some(rx.url.clone());
-    }));
+    // Both clients have a URL; only the login client took part in the session.
+    for client in ["dev-frontend", "token-broker"] {
+        assert!(idp.update_client(client, |c| {
+            c.backchannel_logout_url = Some(rx.url.clone());
+        }));
+    }
     let alice = password_token_at(&idp.token_endpoint(), "dev-frontend", "alice", "alice").await;
     let bob = password_token_at(&idp.token_endpoint(), "dev-frontend", "bob", "bob").await;
     let access = alice["access_token"].as_str().unwrap();
     let refresh = alice["refresh_token"].as_str().unwrap();
     let sid = alice["session_state"].as_str().unwrap();
-    // The broker exchanges in both sessions: it joins them.
+    // The broker exchanges in both sessions: as in Keycloak, it does not join them.
     assert_eq!(exchange(&idp, access, &[]).await.0, 200);
     assert_eq!(
         exchange(&idp, bob["access_token"].as_str().unwrap(), &[])
@@ -155,11 +158,12 @@ async fn logout_endpoint_ends_the_session_and_notifies_back_channel_clients() {
     .await;
     assert_eq!(status, 204, "{body}");
 
-    // One logout token, to the broker (dev-frontend has no back-channel URL), for alice's session.
+    // One logout token, to the login client (the exchanging broker has no client session in the
+    // user session), for alice's session.
     let tokens = rx.tokens.lock().clone();
     assert_eq!(tokens.len(), 1, "{tokens:?}");
     let lt = payload(&tokens[0]);
-    assert_eq!(lt["aud"], "token-broker");
+    assert_eq!(lt["aud"], "dev-frontend");
     assert_eq!(lt["sid"], sid);
     assert_eq!(lt["sub"], idp.user_id("alice").unwrap());
     assert_eq!(lt["iss"], idp.issuer());
@@ -171,7 +175,7 @@ async fn logout_endpoint_ends_the_session_and_notifies_back_channel_clients() {
     assert_eq!(header(&tokens[0])["kid"], idp.signing_kid());
     let deliveries = idp.backchannel_deliveries();
     assert_eq!(deliveries.len(), 1);
-    assert_eq!(deliveries[0].client_id, "token-broker");
+    assert_eq!(deliveries[0].client_id, "dev-frontend");
     assert_eq!(deliveries[0].status, Some(200));
 
     // The ended session's tokens are refused in exchange; bob's still work.
@@ -210,7 +214,7 @@ async fn admin_user_logout_needs_manage_users_and_notifies() {
     admin.service_accounts_enabled = true;
     admin.manage_users = true;
     idp.add_client(admin);
-    assert!(idp.update_client("token-broker", |c| {
+    assert!(idp.update_client("dev-frontend", |c| {
         c.backchannel_logout_url = Some(rx.url.clone());
         c.backchannel_logout_session_required = false;
     }));

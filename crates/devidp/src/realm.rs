@@ -314,8 +314,8 @@ impl DevIdpConfig {
     }
 }
 
-/// A user session (what `sid` names). Token exchange never creates one (§3.5), but the
-/// requester joins the subject's session (Keycloak attaches a client session for it).
+/// A user session (what `sid` names). Token exchange never creates one (§3.5), and its
+/// requester does not join one (a transient client session).
 #[derive(Clone, Debug)]
 pub struct UserSession {
     pub user_id: String,
@@ -324,8 +324,8 @@ pub struct UserSession {
     /// The issuer the session was created through (Keycloak's client-session `iss` note):
     /// the `iss` of the logout tokens sent when it ends.
     pub issuer: String,
-    /// Client ids with a client session in this user session, in order of arrival: the
-    /// clients a back-channel logout is sent to.
+    /// Client ids with a client session in this user session (the login client; the
+    /// requester of a V1 impersonation): the clients a back-channel logout is sent to.
     pub clients: Vec<String>,
 }
 
@@ -336,13 +336,6 @@ impl UserSession {
             auth_time,
             issuer: issuer.to_owned(),
             clients: vec![client_id.to_owned()],
-        }
-    }
-
-    /// Records that `client_id` took part in the session (idempotent).
-    pub fn join(&mut self, client_id: &str) {
-        if !self.clients.iter().any(|c| c == client_id) {
-            self.clients.push(client_id.to_owned());
         }
     }
 }
