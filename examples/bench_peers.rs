@@ -924,6 +924,7 @@ async fn fill_cache(n: u64, token_len: usize) -> Fill {
                 scope: Some("profile email".into()),
                 expires_at: exp,
                 cache_until: exp - 30,
+                created_at: exp - 3600,
                 fingerprint: "0123456789ab".into(),
                 subject_kid: Some("kid-0123456789abcdefghijklmnopqrstuvwxyz012".into()),
                 index: Default::default(),

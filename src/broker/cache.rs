@@ -87,6 +87,18 @@ impl Expiry<KeyDigest, Arc<IssuedToken>> for UntilCacheDeadline {
             value.cache_until.saturating_sub(self.clock.now_unix()),
         ))
     }
+
+    /// A replaced entry (refresh ahead) lives by its new value's deadline, not the old one's
+    /// (moka's default keeps the old expiry).
+    fn expire_after_update(
+        &self,
+        key: &KeyDigest,
+        value: &Arc<IssuedToken>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
+    }
 }
 
 /// One cache of issued tokens.
@@ -127,7 +139,24 @@ impl TokenCache {
         E: Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Arc<IssuedToken>, E>>,
     {
-        if let Some(v) = self.fresh(&key).await {
+        self.get_or_fetch_until(key, u64::MAX, fetch).await
+    }
+
+    /// [`TokenCache::get_or_fetch`] for a requester whose own credential ends earlier than the
+    /// entry may: a cached entry is served only while now < `min(cache_until, until)`, else it
+    /// is replaced by `fetch` (`cache.key: session`, where one entry serves several subject
+    /// tokens: the presenting token caps it, as its own entry would be).
+    pub async fn get_or_fetch_until<E, Fut>(
+        &self,
+        key: KeyDigest,
+        until: u64,
+        fetch: Fut,
+    ) -> Result<(Arc<IssuedToken>, CacheStatus), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Arc<IssuedToken>, E>>,
+    {
+        if let Some(v) = self.fresh_until(&key, until).await {
             return Ok((v, CacheStatus::Hit));
         }
         let entry = self.inner.entry(key).or_try_insert_with(fetch).await?;
@@ -141,8 +170,12 @@ impl TokenCache {
 
     /// A cached entry that is still fresh by our clock.
     pub async fn fresh(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
+        self.fresh_until(key, u64::MAX).await
+    }
+
+    async fn fresh_until(&self, key: &KeyDigest, until: u64) -> Option<Arc<IssuedToken>> {
         let v = self.inner.get(key).await?;
-        if v.cache_until > self.clock.now_unix() {
+        if v.cache_until.min(until) > self.clock.now_unix() {
             Some(v)
         } else {
             self.inner.invalidate(key).await;
@@ -184,6 +217,14 @@ impl TokenCache {
     fn evict_if(&self, hit: impl Fn(&SubjectIndex) -> bool + Send + Sync + 'static) {
         if let Err(e) = self.inner.invalidate_entries_if(move |_, v| hit(&v.index)) {
             tracing::warn!(error = %e, "could not drop cache entries of a logout");
+        }
+    }
+
+    /// Replaces the entry `key` with `value` if there is one (refresh ahead: an entry evicted
+    /// meanwhile, by a logout for instance, stays evicted).
+    pub async fn replace_if_present(&self, key: KeyDigest, value: Arc<IssuedToken>) {
+        if self.inner.get(&key).await.is_some() {
+            self.inner.insert(key, value).await;
         }
     }
 

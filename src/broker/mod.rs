@@ -41,6 +41,7 @@ mod negative;
 pub mod policy;
 pub mod principal;
 mod refresh;
+mod refresh_ahead;
 mod user_mapping;
 
 use std::sync::Arc;
@@ -49,7 +50,7 @@ use std::time::Instant;
 use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::config::{CacheKeyMode, Config, FallbackPolicy, TargetConfig, TokenType};
 use crate::digest::{KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
 use crate::idp::logout_token::{LogoutSubject, LogoutTokenError, LogoutTokenVerifier};
@@ -91,6 +92,9 @@ pub struct IssuedToken {
     pub expires_at: u64,
     /// Served from cache only while now < this (Unix seconds).
     pub cache_until: u64,
+    /// When the broker obtained it (Unix seconds): the start of its cache life
+    /// (`cache.refreshAhead`).
+    pub created_at: u64,
     pub fingerprint: String,
     /// `kid` of the realm key that verified the subject token this was exchanged for: when
     /// the key leaves the realm's JWKS, the entry is dropped ([`TokenCache::drop_subject_kids`]).
@@ -197,6 +201,10 @@ pub struct TokenService {
     forced_refresh: ForcedRefreshLimiter,
     /// Back-channel logout tokens (OIDC Back-Channel Logout 1.0), with their replay memory.
     logout_tokens: LogoutTokenVerifier,
+    /// `cache.refreshAhead` (`None` when off).
+    refresh_ahead: Option<refresh_ahead::RefreshAhead>,
+    /// This service, for the background renewals of refresh ahead ([`TokenService::into_shared`]).
+    me: std::sync::Weak<TokenService>,
 }
 
 impl TokenService {
@@ -217,6 +225,11 @@ impl TokenService {
                 FORCED_REFRESH_INTERVAL,
                 FORCED_REFRESH_MAX_KEYS,
             ),
+            refresh_ahead: refresh_ahead::RefreshAhead::new(
+                config.cache.refresh_ahead_percent,
+                max,
+            ),
+            me: std::sync::Weak::new(),
             logout_tokens: LogoutTokenVerifier::new(
                 verifier.clone(),
                 std::iter::once(&config.keycloak.client_id)
@@ -240,6 +253,16 @@ impl TokenService {
     ) -> Self {
         self.assertion = signer;
         self
+    }
+
+    /// The service behind an `Arc`, knowing itself, so refresh ahead can renew entries in the
+    /// background (without it, refresh ahead does nothing).
+    pub fn into_shared(self) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut s = self;
+            s.me = me.clone();
+            s
+        })
     }
 
     pub fn config(&self) -> &Arc<Config> {
@@ -443,7 +466,28 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
-        let key = keys::exchange_key(target_name, target, scopes, token_type, user);
+        // `cache.key: session` with a verified `sid`: one entry per Keycloak session, served
+        // only while the presenting token (minus the margin) is valid, as its own entry would
+        // be. Otherwise (the default, or a token without `sid`): one entry per token.
+        let margin = self.config.cache.safety_margin.as_secs();
+        let (key, until) = match (self.config.cache.key, user.sid.as_deref()) {
+            (CacheKeyMode::Session, Some(sid)) => (
+                keys::session_exchange_key(
+                    target_name,
+                    target,
+                    scopes,
+                    token_type,
+                    self.config.keycloak.issuer.as_str(),
+                    user,
+                    sid,
+                ),
+                user.exp.saturating_sub(margin),
+            ),
+            _ => (
+                keys::exchange_key(target_name, target, scopes, token_type, user),
+                u64::MAX,
+            ),
+        };
         let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
@@ -466,9 +510,13 @@ impl TokenService {
             .await
             .map_err(FetchError::Invalid)
         });
-        self.user_cache
-            .get_or_fetch(key, fetch)
-            .await
+        let served = self.user_cache.get_or_fetch_until(key, until, fetch).await;
+        if let (Ok((token, CacheStatus::Hit)), Some(ra)) = (&served, &self.refresh_ahead)
+            && ra.claim(&key, token, self.clock.now_unix())
+        {
+            self.renew_in_background(key, target_name, target, scopes, token_type, user);
+        }
+        served
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
@@ -483,6 +531,58 @@ impl TokenService {
                 FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),
                 FetchError::Invalid(m) => FetchOutcome::Invalid(m.clone()),
             })
+    }
+
+    /// Refresh ahead: the same exchange again, in the background; its checked answer replaces
+    /// the entry if the entry still exists (a logout that evicted it meanwhile wins).
+    fn renew_in_background(
+        &self,
+        key: KeyDigest,
+        target_name: &str,
+        target: &TargetConfig,
+        scopes: &[String],
+        token_type: TokenType,
+        user: &VerifiedUserToken,
+    ) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let (target_name, target) = (target_name.to_owned(), target.clone());
+        let (scopes, user) = (scopes.to_vec(), user.clone());
+        tokio::spawn(async move {
+            let answer = me
+                .idp
+                .exchange(&ExchangeRequest {
+                    subject_token: &user.raw,
+                    audience: &target.audience,
+                    scopes: &scopes,
+                    requested_token_type: token_type,
+                })
+                .await;
+            let checked = match answer {
+                Ok(a) => {
+                    me.check_answer(
+                        a,
+                        &target.audience,
+                        Some(token_type),
+                        Expected::Sub(&user.sub),
+                        Some(user.exp),
+                        Some(&user),
+                    )
+                    .await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match checked {
+                Ok(token) => {
+                    me.user_cache.replace_if_present(key, token).await;
+                    tracing::debug!(target = %target_name, subject = %user.fingerprint, "refresh ahead: entry renewed");
+                }
+                Err(e) => {
+                    tracing::info!(target = %target_name, subject = %user.fingerprint, error = %e, "refresh ahead: renewal failed; the entry expires as usual");
+                }
+            }
+        });
     }
 
     async fn service_token(
@@ -604,6 +704,7 @@ impl TokenService {
             ),
         };
         Ok(Arc::new(IssuedToken {
+            created_at: now,
             fingerprint: fingerprint(&answer.access_token),
             subject_kid: subject.map(|s| s.kid.clone()),
             index,
