@@ -466,11 +466,13 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
-        // `cache.key: session` with a verified `sid`: one entry per Keycloak session, served
-        // only while the presenting token (minus the margin) is valid, as its own entry would
-        // be. Otherwise (the default, or a token without `sid`): one entry per token.
+        // `cache.key: session` with a verified `sid`: one entry per Keycloak session. The entry
+        // lives by the issued token's deadline (any valid token of the session may present
+        // itself later), and is served only while the presenting token (minus the margin) is
+        // valid. Otherwise (the default, or a token without `sid`): one entry per token, capped
+        // at that token's expiry.
         let margin = self.config.cache.safety_margin.as_secs();
-        let (key, until) = match (self.config.cache.key, user.sid.as_deref()) {
+        let (key, until, cap) = match (self.config.cache.key, user.sid.as_deref()) {
             (CacheKeyMode::Session, Some(sid)) => (
                 keys::session_exchange_key(
                     target_name,
@@ -482,10 +484,12 @@ impl TokenService {
                     sid,
                 ),
                 user.exp.saturating_sub(margin),
+                None,
             ),
             _ => (
                 keys::exchange_key(target_name, target, scopes, token_type, user),
                 u64::MAX,
+                Some(user.exp),
             ),
         };
         let fetch = with_negative(self.negative.as_ref(), key, async {
@@ -504,7 +508,7 @@ impl TokenService {
                 &target.audience,
                 Some(token_type),
                 Expected::Sub(&user.sub),
-                Some(user.exp),
+                cap,
                 Some(user),
             )
             .await
@@ -514,7 +518,7 @@ impl TokenService {
         if let (Ok((token, CacheStatus::Hit)), Some(ra)) = (&served, &self.refresh_ahead)
             && ra.claim(&key, token, self.clock.now_unix())
         {
-            self.renew_in_background(key, target_name, target, scopes, token_type, user);
+            self.renew_in_background(key, cap, target_name, target, scopes, token_type, user);
         }
         served
             .map(|(token, cache)| Issued {
@@ -535,9 +539,11 @@ impl TokenService {
 
     /// Refresh ahead: the same exchange again, in the background; its checked answer replaces
     /// the entry if the entry still exists (a logout that evicted it meanwhile wins).
+    #[allow(clippy::too_many_arguments)]
     fn renew_in_background(
         &self,
         key: KeyDigest,
+        cap: Option<u64>,
         target_name: &str,
         target: &TargetConfig,
         scopes: &[String],
@@ -566,7 +572,7 @@ impl TokenService {
                         &target.audience,
                         Some(token_type),
                         Expected::Sub(&user.sub),
-                        Some(user.exp),
+                        cap,
                         Some(&user),
                     )
                     .await

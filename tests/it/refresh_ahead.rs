@@ -27,9 +27,15 @@ async fn a_hot_entry_is_renewed_once_before_expiry_and_a_cold_one_is_not() {
     let t0 = now();
     let (_, _, c, first) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!(c, "miss");
-    assert_eq!(parts(env.exchange(Some(&bob), "kagenti").await).await.2, "miss");
+    assert_eq!(
+        parts(env.exchange(Some(&bob), "kagenti").await).await.2,
+        "miss"
+    );
     // Early reads: not due.
-    assert_eq!(parts(env.exchange(Some(&alice), "kagenti").await).await.2, "hit");
+    assert_eq!(
+        parts(env.exchange(Some(&alice), "kagenti").await).await.2,
+        "hit"
+    );
     assert_eq!(env.exchanges(), 2);
 
     // In the last half of the entry's life: the read is a hit and starts one renewal.
@@ -43,13 +49,23 @@ async fn a_hot_entry_is_renewed_once_before_expiry_and_a_cold_one_is_not() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(env.exchanges(), 3, "alice's entry renewed exactly once; bob's not at all");
+    assert_eq!(
+        env.exchanges(),
+        3,
+        "alice's entry renewed exactly once; bob's not at all"
+    );
 
     // After the first entry's deadline: alice still hits (the renewed token), bob misses.
     sleep_until_unix(t0 + 11).await;
     let (s, _, c, renewed) = parts(env.exchange(Some(&alice), "kagenti").await).await;
     assert_eq!((s, c.as_str()), (200, "hit"), "{renewed}");
-    assert_ne!(renewed["access_token"], first["access_token"], "a new token");
-    assert_eq!(parts(env.exchange(Some(&bob), "kagenti").await).await.2, "miss");
+    assert_ne!(
+        renewed["access_token"], first["access_token"],
+        "a new token"
+    );
+    assert_eq!(
+        parts(env.exchange(Some(&bob), "kagenti").await).await.2,
+        "miss"
+    );
     env.stop().await;
 }
