@@ -2,8 +2,9 @@
 //! Keycloak look-alike: one realm with discovery, JWKS, and a token endpoint implementing the
 //! password, client_credentials, standard token exchange V2, JWT authorization grant (RFC 7523)
 //! and legacy V1 naked impersonation grants with Keycloak's wire behaviour
-//! (docs/reference/keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is
-//! emulated).
+//! (docs/reference/keycloak-token-exchange.md §1–§6, §8, §10), and logout (the logout endpoint's
+//! non-browser form and the admin API's user logout, with OIDC back-channel logout tokens to the
+//! session's clients, `logout.rs`); `docs/dev-idp.md` describes what is emulated.
 //!
 //! The crate root owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
 //! state and the actix-web server. It is for development and tests only — `token-broker dev`
