@@ -28,6 +28,8 @@
 // The real-Keycloak figures; not under examples/ directly, where it would be an example itself.
 #[path = "bench/keycloak.rs"]
 mod keycloak_bench;
+#[path = "bench/session.rs"]
+mod session_bench;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -769,6 +771,11 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
     println!("miss_overhead_p50_ms={miss_overhead:.3}");
     println!("cold_burst_idp_calls={cold_calls}");
     println!("rss_100k_entries_mb={rss_100k_mb:.1}");
+    let (ratio, token_calls, session_calls) = session_bench::run().await;
+    println!("session_mode_idp_calls_ratio={ratio:.2}");
+    println!(
+        "session_mode_idp_calls_token={token_calls}\nsession_mode_idp_calls_session={session_calls}"
+    );
     std::fs::remove_dir_all(&tmp).ok();
 }
 
@@ -924,8 +931,10 @@ async fn fill_cache(n: u64, token_len: usize) -> Fill {
                 scope: Some("profile email".into()),
                 expires_at: exp,
                 cache_until: exp - 30,
+                created_at: exp - 3600,
                 fingerprint: "0123456789ab".into(),
                 subject_kid: Some("kid-0123456789abcdefghijklmnopqrstuvwxyz012".into()),
+                index: Default::default(),
             }))
         };
         let _ = cache.get_or_fetch(key, fetch).await;

@@ -207,16 +207,15 @@ pub async fn start_with_clock(
         Some(a) => Some(Arc::new(AssertionSigner::from_config(a)?)),
         None => None,
     };
-    let service = Arc::new(
-        TokenService::new(
-            config.clone(),
-            idp.clone(),
-            verifier.realm().clone(),
-            clock.clone(),
-            metrics.clone(),
-        )
-        .with_assertion_signer(assertion.clone()),
-    );
+    let service = TokenService::new(
+        config.clone(),
+        idp.clone(),
+        verifier.realm().clone(),
+        clock.clone(),
+        metrics.clone(),
+    )
+    .with_assertion_signer(assertion.clone())
+    .into_shared();
     {
         // Entries exchanged for subject tokens whose key left the JWKS can never be served
         // again (the subject no longer verifies): drop them now rather than at expiry.

@@ -173,6 +173,17 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         })?;
     let cfg_for_trust = cfg.clone();
     let broker = crate::app::start(cfg).await?;
+    // As an admin sets the login clients' "Backchannel logout URL" in Keycloak
+    // (docs/keycloak-setup.md step 3): the dev IdP's logouts then evict the broker's cache.
+    let backchannel = format!(
+        "{}/v1/backchannel-logout",
+        broker.public_url().trim_end_matches('/')
+    );
+    for client in &cfg_for_trust.user_token.allowed_clients {
+        idp.update_client(client, |c| {
+            c.backchannel_logout_url = Some(backchannel.clone());
+        });
+    }
     if let Some(trust) = AssertionTrust::from_config(&cfg_for_trust, &broker.public_url()) {
         trust_broker_assertions(&idp, &trust);
         eprintln!(

@@ -10,6 +10,12 @@
 //!
 //! Concurrent requests for one key share one fetch (`moka`'s `or_try_insert_with`): the first
 //! runs it, the others wait and get its value (`coalesced`) or its error, which is not cached.
+//!
+//! Logout (issue 13): every user entry carries a [`SubjectIndex`] — digests of the subject's
+//! `sub` and `sid`, never the values — so [`TokenCache::evict_session`] and
+//! [`TokenCache::evict_subject`] drop every entry derived from one Keycloak session or one user.
+//! They are the single eviction entry point (back-channel logout, `/admin/revoke`, and a shared
+//! cache relaying evictions between replicas).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,7 +25,7 @@ use moka::future::Cache;
 
 use super::IssuedToken;
 use crate::clock::Clock;
-use crate::digest::KeyDigest;
+use crate::digest::{KeyBuilder, KeyDigest};
 use crate::metrics::{EvictionCause, Metrics};
 
 /// Where a served token came from (the `X-Token-Broker-Cache` header).
@@ -40,6 +46,32 @@ impl CacheStatus {
     }
 }
 
+/// Whose user and session a cache entry derives from, as digests (the eviction index).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubjectIndex {
+    pub sub: Option<KeyDigest>,
+    pub sid: Option<KeyDigest>,
+}
+
+impl SubjectIndex {
+    pub fn of(sub: Option<&str>, sid: Option<&str>) -> Self {
+        SubjectIndex {
+            sub: sub.map(subject_digest),
+            sid: sid.map(session_digest),
+        }
+    }
+}
+
+/// The index digest of a `sub`.
+pub fn subject_digest(sub: &str) -> KeyDigest {
+    KeyBuilder::new("index-sub").field(sub.as_bytes()).finish()
+}
+
+/// The index digest of a `sid`.
+pub fn session_digest(sid: &str) -> KeyDigest {
+    KeyBuilder::new("index-sid").field(sid.as_bytes()).finish()
+}
+
 struct UntilCacheDeadline {
     clock: Arc<dyn Clock>,
 }
@@ -54,6 +86,18 @@ impl Expiry<KeyDigest, Arc<IssuedToken>> for UntilCacheDeadline {
         Some(Duration::from_secs(
             value.cache_until.saturating_sub(self.clock.now_unix()),
         ))
+    }
+
+    /// A replaced entry (refresh ahead) lives by its new value's deadline, not the old one's
+    /// (moka's default keeps the old expiry).
+    fn expire_after_update(
+        &self,
+        key: &KeyDigest,
+        value: &Arc<IssuedToken>,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(key, value, updated_at)
     }
 }
 
@@ -95,7 +139,24 @@ impl TokenCache {
         E: Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<Arc<IssuedToken>, E>>,
     {
-        if let Some(v) = self.fresh(&key).await {
+        self.get_or_fetch_until(key, u64::MAX, fetch).await
+    }
+
+    /// [`TokenCache::get_or_fetch`] for a requester whose own credential ends earlier than the
+    /// entry may: a cached entry is served only while now < `min(cache_until, until)`, else it
+    /// is replaced by `fetch` (`cache.key: session`, where one entry serves several subject
+    /// tokens: the presenting token caps it, as its own entry would be).
+    pub async fn get_or_fetch_until<E, Fut>(
+        &self,
+        key: KeyDigest,
+        until: u64,
+        fetch: Fut,
+    ) -> Result<(Arc<IssuedToken>, CacheStatus), Arc<E>>
+    where
+        E: Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Arc<IssuedToken>, E>>,
+    {
+        if let Some(v) = self.fresh_until(&key, until).await {
             return Ok((v, CacheStatus::Hit));
         }
         let entry = self.inner.entry(key).or_try_insert_with(fetch).await?;
@@ -109,8 +170,12 @@ impl TokenCache {
 
     /// A cached entry that is still fresh by our clock.
     pub async fn fresh(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
+        self.fresh_until(key, u64::MAX).await
+    }
+
+    async fn fresh_until(&self, key: &KeyDigest, until: u64) -> Option<Arc<IssuedToken>> {
         let v = self.inner.get(key).await?;
-        if v.cache_until > self.clock.now_unix() {
+        if v.cache_until.min(until) > self.clock.now_unix() {
             Some(v)
         } else {
             self.inner.invalidate(key).await;
@@ -132,6 +197,34 @@ impl TokenCache {
         });
         if let Err(e) = dropped {
             tracing::warn!(error = %e, "could not drop cache entries of removed keys");
+        }
+    }
+
+    /// Drops every entry derived from Keycloak session `sid` (a back-channel logout naming it,
+    /// `/admin/revoke {sid}`). Takes effect at once: a later read of such an entry misses.
+    pub fn evict_session(&self, sid: &str) {
+        let d = session_digest(sid);
+        self.evict_if(move |i| i.sid == Some(d));
+    }
+
+    /// Drops every entry derived from user `sub` (a back-channel logout naming only the user,
+    /// `/admin/revoke {sub}`).
+    pub fn evict_subject(&self, sub: &str) {
+        let d = subject_digest(sub);
+        self.evict_if(move |i| i.sub == Some(d));
+    }
+
+    fn evict_if(&self, hit: impl Fn(&SubjectIndex) -> bool + Send + Sync + 'static) {
+        if let Err(e) = self.inner.invalidate_entries_if(move |_, v| hit(&v.index)) {
+            tracing::warn!(error = %e, "could not drop cache entries of a logout");
+        }
+    }
+
+    /// Replaces the entry `key` with `value` if there is one (refresh ahead: an entry evicted
+    /// meanwhile, by a logout for instance, stays evicted).
+    pub async fn replace_if_present(&self, key: KeyDigest, value: Arc<IssuedToken>) {
+        if self.inner.get(&key).await.is_some() {
+            self.inner.insert(key, value).await;
         }
     }
 

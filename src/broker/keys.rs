@@ -28,6 +28,32 @@ pub(super) fn exchange_key(
         .finish()
 }
 
+/// The user-cache key of an exchange in `cache.key: session` mode (issue 13): the verified
+/// subject's issuer, `sub`, `sid` and `azp` instead of the token, so every token of one
+/// Keycloak session (a refreshed access token) shares the entry. Only for a token with a
+/// `sid`; the caller falls back to [`exchange_key`] otherwise. Its own domain, so a session key
+/// never equals a token key.
+pub(super) fn session_exchange_key(
+    target_name: &str,
+    target: &TargetConfig,
+    scopes: &[String],
+    token_type: TokenType,
+    issuer: &str,
+    user: &VerifiedUserToken,
+    sid: &str,
+) -> KeyDigest {
+    KeyBuilder::new("exchange-session")
+        .field(issuer.as_bytes())
+        .field(user.sub.as_bytes())
+        .field(sid.as_bytes())
+        .field(user.azp.as_deref().unwrap_or_default().as_bytes())
+        .field(target_name.as_bytes())
+        .field(target.audience.as_bytes())
+        .field(scopes.join(" ").as_bytes())
+        .field(token_type.urn().as_bytes())
+        .finish()
+}
+
 /// The service-cache key of a target's client-credentials token.
 pub(super) fn service_key(
     target_name: &str,

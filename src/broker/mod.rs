@@ -41,6 +41,7 @@ mod negative;
 pub mod policy;
 pub mod principal;
 mod refresh;
+mod refresh_ahead;
 mod user_mapping;
 
 use std::sync::Arc;
@@ -49,13 +50,14 @@ use std::time::Instant;
 use secrecy::SecretString;
 
 use crate::clock::Clock;
-use crate::config::{Config, FallbackPolicy, TargetConfig, TokenType};
+use crate::config::{CacheKeyMode, Config, FallbackPolicy, TargetConfig, TokenType};
 use crate::digest::{KeyDigest, fingerprint};
 use crate::idp::exchange::ExchangeRequest;
+use crate::idp::logout_token::{LogoutSubject, LogoutTokenError, LogoutTokenVerifier};
 use crate::idp::realm_token::RealmTokenVerifier;
 use crate::idp::{IdpClient, IdpError, TokenResponse};
 use crate::metrics::Metrics;
-pub use cache::{CacheStatus, TokenCache};
+pub use cache::{CacheStatus, SubjectIndex, TokenCache};
 use fallback::FailedPath;
 pub use fallback::FallbackReason;
 use negative::{NegativeCache, with_negative};
@@ -90,10 +92,16 @@ pub struct IssuedToken {
     pub expires_at: u64,
     /// Served from cache only while now < this (Unix seconds).
     pub cache_until: u64,
+    /// When the broker obtained it (Unix seconds): the start of its cache life
+    /// (`cache.refreshAhead`).
+    pub created_at: u64,
     pub fingerprint: String,
     /// `kid` of the realm key that verified the subject token this was exchanged for: when
     /// the key leaves the realm's JWKS, the entry is dropped ([`TokenCache::drop_subject_kids`]).
     pub subject_kid: Option<String>,
+    /// Whose user and session the token derives from (digests): what a logout evicts
+    /// ([`TokenCache::evict_session`], [`TokenCache::evict_subject`]).
+    pub index: cache::SubjectIndex,
 }
 
 impl std::fmt::Debug for IssuedToken {
@@ -191,6 +199,12 @@ pub struct TokenService {
     negative: Option<NegativeCache>,
     /// Rate limit on dropping an entry because a target refused its token.
     forced_refresh: ForcedRefreshLimiter,
+    /// Back-channel logout tokens (OIDC Back-Channel Logout 1.0), with their replay memory.
+    logout_tokens: LogoutTokenVerifier,
+    /// `cache.refreshAhead` (`None` when off).
+    refresh_ahead: Option<refresh_ahead::RefreshAhead>,
+    /// This service, for the background renewals of refresh ahead ([`TokenService::into_shared`]).
+    me: std::sync::Weak<TokenService>,
 }
 
 impl TokenService {
@@ -211,6 +225,19 @@ impl TokenService {
                 FORCED_REFRESH_INTERVAL,
                 FORCED_REFRESH_MAX_KEYS,
             ),
+            refresh_ahead: refresh_ahead::RefreshAhead::new(
+                config.cache.refresh_ahead_percent,
+                max,
+            ),
+            me: std::sync::Weak::new(),
+            logout_tokens: LogoutTokenVerifier::new(
+                verifier.clone(),
+                std::iter::once(&config.keycloak.client_id)
+                    .chain(&config.user_token.allowed_clients)
+                    .cloned()
+                    .collect(),
+                clock.clone(),
+            ),
             config,
             idp,
             verifier,
@@ -228,12 +255,48 @@ impl TokenService {
         self
     }
 
+    /// The service behind an `Arc`, knowing itself, so refresh ahead can renew entries in the
+    /// background (without it, refresh ahead does nothing).
+    pub fn into_shared(self) -> Arc<Self> {
+        Arc::new_cyclic(|me| {
+            let mut s = self;
+            s.me = me.clone();
+            s
+        })
+    }
+
     pub fn config(&self) -> &Arc<Config> {
         &self.config
     }
 
     pub fn user_cache(&self) -> &TokenCache {
         &self.user_cache
+    }
+
+    /// A back-channel logout (OIDC Back-Channel Logout 1.0 §2.5): verifies the logout token
+    /// (§2.6) and evicts what it names — the session's entries when it has a `sid` (Keycloak
+    /// sends `sub` too; the user's other sessions stay), else every entry of the `sub`.
+    pub async fn backchannel_logout(
+        &self,
+        logout_token: &str,
+    ) -> Result<LogoutSubject, LogoutTokenError> {
+        let who = self.logout_tokens.verify(logout_token).await?;
+        match (&who.sid, &who.sub) {
+            (Some(sid), _) => self.evict_session(sid),
+            (None, Some(sub)) => self.evict_subject(sub),
+            (None, None) => {}
+        }
+        Ok(who)
+    }
+
+    /// Drops every user-cache entry derived from Keycloak session `sid`.
+    pub fn evict_session(&self, sid: &str) {
+        self.user_cache.evict_session(sid);
+    }
+
+    /// Drops every user-cache entry derived from user `sub`.
+    pub fn evict_subject(&self, sub: &str) {
+        self.user_cache.evict_subject(sub);
     }
 
     pub async fn issue(&self, req: TokenRequest<'_>) -> Result<Issued, BrokerError> {
@@ -403,7 +466,32 @@ impl TokenService {
         token_type: TokenType,
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
-        let key = keys::exchange_key(target_name, target, scopes, token_type, user);
+        // `cache.key: session` with a verified `sid`: one entry per Keycloak session. The entry
+        // lives by the issued token's deadline (any valid token of the session may present
+        // itself later), and is served only while the presenting token (minus the margin) is
+        // valid. Otherwise (the default, or a token without `sid`): one entry per token, capped
+        // at that token's expiry.
+        let margin = self.config.cache.safety_margin.as_secs();
+        let (key, until, cap) = match (self.config.cache.key, user.sid.as_deref()) {
+            (CacheKeyMode::Session, Some(sid)) => (
+                keys::session_exchange_key(
+                    target_name,
+                    target,
+                    scopes,
+                    token_type,
+                    self.config.keycloak.issuer.as_str(),
+                    user,
+                    sid,
+                ),
+                user.exp.saturating_sub(margin),
+                None,
+            ),
+            _ => (
+                keys::exchange_key(target_name, target, scopes, token_type, user),
+                u64::MAX,
+                Some(user.exp),
+            ),
+        };
         let fetch = with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
@@ -420,15 +508,19 @@ impl TokenService {
                 &target.audience,
                 Some(token_type),
                 Expected::Sub(&user.sub),
-                Some(user.exp),
-                Some(&user.kid),
+                cap,
+                Some(user),
             )
             .await
             .map_err(FetchError::Invalid)
         });
-        self.user_cache
-            .get_or_fetch(key, fetch)
-            .await
+        let served = self.user_cache.get_or_fetch_until(key, until, fetch).await;
+        if let (Ok((token, CacheStatus::Hit)), Some(ra)) = (&served, &self.refresh_ahead)
+            && ra.claim(&key, token, self.clock.now_unix())
+        {
+            self.renew_in_background(key, cap, target_name, target, scopes, token_type, user);
+        }
+        served
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
@@ -443,6 +535,60 @@ impl TokenService {
                 FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),
                 FetchError::Invalid(m) => FetchOutcome::Invalid(m.clone()),
             })
+    }
+
+    /// Refresh ahead: the same exchange again, in the background; its checked answer replaces
+    /// the entry if the entry still exists (a logout that evicted it meanwhile wins).
+    #[allow(clippy::too_many_arguments)]
+    fn renew_in_background(
+        &self,
+        key: KeyDigest,
+        cap: Option<u64>,
+        target_name: &str,
+        target: &TargetConfig,
+        scopes: &[String],
+        token_type: TokenType,
+        user: &VerifiedUserToken,
+    ) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        let (target_name, target) = (target_name.to_owned(), target.clone());
+        let (scopes, user) = (scopes.to_vec(), user.clone());
+        tokio::spawn(async move {
+            let answer = me
+                .idp
+                .exchange(&ExchangeRequest {
+                    subject_token: &user.raw,
+                    audience: &target.audience,
+                    scopes: &scopes,
+                    requested_token_type: token_type,
+                })
+                .await;
+            let checked = match answer {
+                Ok(a) => {
+                    me.check_answer(
+                        a,
+                        &target.audience,
+                        Some(token_type),
+                        Expected::Sub(&user.sub),
+                        cap,
+                        Some(&user),
+                    )
+                    .await
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match checked {
+                Ok(token) => {
+                    me.user_cache.replace_if_present(key, token).await;
+                    tracing::debug!(target = %target_name, subject = %user.fingerprint, "refresh ahead: entry renewed");
+                }
+                Err(e) => {
+                    tracing::info!(target = %target_name, subject = %user.fingerprint, error = %e, "refresh ahead: renewal failed; the entry expires as usual");
+                }
+            }
+        });
     }
 
     async fn service_token(
@@ -503,7 +649,7 @@ impl TokenService {
         requested: Option<TokenType>,
         expected: Expected<'_>,
         cap_at: Option<u64>,
-        subject_kid: Option<&str>,
+        subject: Option<&VerifiedUserToken>,
     ) -> Result<Arc<IssuedToken>, String> {
         let answer = crate::idp::answer::check(
             &self.verifier,
@@ -554,9 +700,20 @@ impl TokenService {
             cap = cap.min(c);
         }
         let margin = self.config.cache.safety_margin.as_secs();
+        // A user's token (exchange, user mapping) is indexed by its `sub`, and by the subject
+        // token's `sid` when there is one; the service account's by nothing.
+        let index = match expected {
+            Expected::Service => SubjectIndex::default(),
+            Expected::Sub(_) | Expected::Person(_) => SubjectIndex::of(
+                answer.sub.as_deref(),
+                subject.and_then(|s| s.sid.as_deref()),
+            ),
+        };
         Ok(Arc::new(IssuedToken {
+            created_at: now,
             fingerprint: fingerprint(&answer.access_token),
-            subject_kid: subject_kid.map(str::to_owned),
+            subject_kid: subject.map(|s| s.kid.clone()),
+            index,
             access_token: SecretString::from(answer.access_token),
             token_type: answer.token_type,
             issued_token_type: answer.issued_token_type,

@@ -72,6 +72,8 @@ pub struct VerifiedUserToken {
     pub exp: u64,
     pub preferred_username: Option<String>,
     pub azp: Option<String>,
+    /// The Keycloak session (`sid`), when the token names one.
+    pub sid: Option<String>,
     /// The value of the configured `userToken.matchClaim` (a string claim), for the Backstage
     /// identity match; `None` when the token lacks it or it is not a string.
     pub match_value: Option<String>,

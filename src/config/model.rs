@@ -236,6 +236,21 @@ pub struct CacheConfig {
     /// `cache.negativeTtl`, default 5s (0 = off): a failed exchange is remembered this long
     /// per subject credential digest, so repeats fail fast without calling Keycloak.
     pub negative_ttl: Duration,
+    /// `cache.key`, default `token`: what identifies a user's exchange in the cache.
+    pub key: CacheKeyMode,
+    /// `cache.refreshAhead`, default off: the last part of an entry's life (percent, 1–50) in
+    /// which a read renews it once in the background.
+    pub refresh_ahead_percent: Option<u8>,
+}
+
+/// `cache.key` (issue 13).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKeyMode {
+    /// The subject token's digest: every token is its own entry (a refreshed token misses).
+    Token,
+    /// The verified `iss`, `sub`, `sid` and `azp`: every token of one Keycloak session shares
+    /// the entry; a token without `sid` falls back to `Token`.
+    Session,
 }
 
 /// One entry of YAML `targets`.

@@ -1,7 +1,8 @@
 //! The admin listener's operator endpoints (docs/dev-contract.md#admin-listener):
 //! `GET /metrics` (Prometheus text), `GET /tester` (the exchange tester page, static HTML+JS
 //! embedded in the binary), and the admin API behind `Authorization: Bearer <admin.token>`
-//! (RFC 6750 §2.1): `GET /admin/info` and `POST /admin/exchange`.
+//! (RFC 6750 §2.1): `GET /admin/info`, `POST /admin/exchange` and `POST /admin/revoke`
+//! (evict a user's or a session's cached tokens by hand).
 //!
 //! The admin credential is compared in constant time over SHA-256 digests, before the request
 //! body is read; the body is bounded by `server.maxBodyBytes` and `server.bodyReadTimeout`.
@@ -202,4 +203,63 @@ pub async fn exchange(
         }
         Err(e) => Err(ApiError::invalid_request(e.to_string())),
     }
+}
+
+#[derive(Deserialize)]
+struct RevokeBody {
+    sub: Option<String>,
+    sid: Option<String>,
+}
+
+/// `POST /admin/revoke` with `{"sub": …}` and/or `{"sid": …}`: drops every cached token derived
+/// from that user or that Keycloak session, as a back-channel logout does. It revokes nothing at
+/// Keycloak: a token already handed out stays valid until its `exp`.
+pub async fn revoke(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&req, &state)?;
+    let server = &state.config.server;
+    let body = read_body(
+        &mut payload,
+        server.max_body_bytes,
+        server.body_read_timeout,
+    )
+    .await?;
+    let body: RevokeBody = serde_json::from_slice(&body).map_err(|_| {
+        ApiError::invalid_request("the body must be JSON {\"sub\": \"...\"} or {\"sid\": \"...\"}")
+    })?;
+    let non_empty = |v: &Option<String>| {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    let (sub, sid) = (non_empty(&body.sub), non_empty(&body.sid));
+    if sub.is_none() && sid.is_none() {
+        return Err(ApiError::invalid_request(
+            "name a user (sub) or a session (sid)",
+        ));
+    }
+    if let Some(sid) = &sid {
+        state.service.evict_session(sid);
+    }
+    if let Some(sub) = &sub {
+        state.service.evict_subject(sub);
+    }
+    tracing::info!(
+        sub_fp = sub
+            .as_deref()
+            .map(crate::digest::fingerprint)
+            .unwrap_or_default(),
+        sid_fp = sid
+            .as_deref()
+            .map(crate::digest::fingerprint)
+            .unwrap_or_default(),
+        "admin revoke: cache entries evicted"
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(json!({ "evicted": { "sub": sub.is_some(), "sid": sid.is_some() } })))
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod form;
 pub mod health;
 pub mod jwks;
+pub mod logout;
 pub mod proxy;
 pub mod record;
 pub mod token;
@@ -87,6 +88,10 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
                 Err::<HttpResponse, _>(ApiError::http(HttpRefusal::MethodNotAllowed, "use POST"))
             })),
     )
+    .route(
+        "/v1/backchannel-logout",
+        web::post().to(logout::backchannel_logout),
+    )
     // Any method; the handler reads the raw path itself (docs/proxy.md).
     .route("/v1/proxy/{tail:.*}", web::route().to(proxy::proxy))
     // The older-caller probe (docs/reference/backstage-tokens.md §8) and the assertion key set (RFC
@@ -115,5 +120,6 @@ pub fn admin_routes(cfg: &mut web::ServiceConfig) {
         .route("/tester/app.js", web::get().to(admin::script))
         .route("/admin/info", web::get().to(admin::info))
         .route("/admin/exchange", web::post().to(admin::exchange))
+        .route("/admin/revoke", web::post().to(admin::revoke))
         .default_service(web::to(not_found));
 }

@@ -3,6 +3,7 @@
 //! one module each: [`discovery`] (the realm's endpoints), [`token_endpoint`] (the one POST every
 //! grant goes through, and the answer parser), the grants ([`exchange`], [`client_credentials`],
 //! [`user_mapping`]), [`jwks`] (the realm keys), [`realm_token`] (verifying a realm's JWT),
+//! [`logout_token`] (back-channel logout tokens),
 //! [`answer`] and [`claims`] (checks of the tokens Keycloak issues), [`hints`] (Keycloak error
 //! hints) and [`error`] (why a call failed).
 //!
@@ -21,6 +22,7 @@ pub mod error;
 pub mod exchange;
 pub mod hints;
 pub mod jwks;
+pub mod logout_token;
 pub mod realm_token;
 pub mod token_endpoint;
 pub mod user_mapping;

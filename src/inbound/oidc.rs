@@ -44,6 +44,7 @@ pub struct UserClaims {
     kid: Box<str>,
     preferred_username: Option<Box<str>>,
     azp: Option<Box<str>>,
+    sid: Option<Box<str>>,
     match_value: Option<Box<str>>,
     service_account: bool,
     broker_in_aud: bool,
@@ -58,6 +59,7 @@ impl UserClaims {
             exp: self.exp,
             preferred_username: owned(&self.preferred_username),
             azp: owned(&self.azp),
+            sid: owned(&self.sid),
             match_value: owned(&self.match_value),
             service_account: self.service_account,
             broker_in_aud: self.broker_in_aud,
@@ -76,6 +78,7 @@ impl UserClaims {
             + self.kid.len()
             + o(&self.preferred_username)
             + o(&self.azp)
+            + o(&self.sid)
             + o(&self.match_value)
     }
 }
@@ -98,6 +101,7 @@ struct Claims {
     typ: Option<String>,
     preferred_username: Option<String>,
     azp: Option<String>,
+    sid: Option<String>,
     #[serde(default)]
     aud: Option<serde_json::Value>,
     #[serde(default)]
@@ -232,6 +236,7 @@ impl OidcVerifier {
             kid: kid.into(),
             preferred_username: c.preferred_username.map(Box::from),
             azp: c.azp.map(Box::from),
+            sid: c.sid.filter(|s| !s.is_empty()).map(Box::from),
             match_value,
             service_account,
             broker_in_aud,
@@ -253,6 +258,7 @@ mod tests {
             kid: "Jc1VhkqmFzQ1Aw3h8o3WcXhV0k0M8c6Q2yTq1lq0xgE".into(),
             preferred_username: Some("alice".into()),
             azp: Some("dev-frontend".into()),
+            sid: Some("5a8b2c4e-9d1f-4e3a-b7c6-0f2e1d3c4b5a".into()),
             match_value: Some("alice".into()),
             service_account: false,
             broker_in_aud: true,

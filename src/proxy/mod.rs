@@ -321,6 +321,7 @@ mod tests {
             exp: 0,
             preferred_username: Some("alice".into()),
             azp: None,
+            sid: None,
             match_value: None,
             service_account: false,
             broker_in_aud: true,

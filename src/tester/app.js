@@ -1,5 +1,5 @@
 // token-broker exchange tester: talks to the admin API on the same origin
-// (GET /admin/info, POST /admin/exchange). Renders with textContent only, never innerHTML:
+// (GET /admin/info, POST /admin/exchange, POST /admin/revoke). Renders with textContent only, never innerHTML:
 // Keycloak's answers are shown as data, not markup.
 "use strict";
 (function () {
@@ -54,6 +54,18 @@
     $("dev-user-box").hidden = data.dev_users.length === 0;
     $("issuer").textContent = "Keycloak issuer " + data.issuer + ", broker client " + data.client_id;
     $("form").hidden = false;
+    $("revoke-box").hidden = false;
+  }
+
+  async function revoke() {
+    const value = $("revoke-value").value.trim();
+    if (!value) { $("revoke-status").textContent = "enter a sid or sub"; return; }
+    const body = {};
+    body[$("revoke-kind").value] = value;
+    const { status, data } = await api("POST", "/admin/revoke", body);
+    $("revoke-status").textContent = status === 200
+      ? "evicted: the next request of that " + ($("revoke-kind").value === "sid" ? "session" : "user") + " goes to Keycloak"
+      : "refused (HTTP " + status + "): " + ((data && data.error_description) || "");
   }
 
   function renderChecks(checks) {
@@ -128,4 +140,5 @@
   $("connect").addEventListener("click", connect);
   $("admin-token").addEventListener("keydown", (e) => { if (e.key === "Enter") connect(); });
   $("try").addEventListener("click", tryIt);
+  $("revoke").addEventListener("click", revoke);
 })();

@@ -1106,3 +1106,123 @@ async fn kc_impersonation_user_mapping_on_v1() {
     drop(b);
     bs.server.stop(true).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Logout (issue 13): a Keycloak admin's session logout reaches the broker and evicts
+
+impl Kc {
+    /// The realm-internal id of client `client_id`.
+    async fn client_uuid(&self, admin: &str, client_id: &str) -> String {
+        let r = self
+            .http
+            .get(format!("{KC_MAIN}/admin/realms/dev/clients"))
+            .query(&[("clientId", client_id)])
+            .bearer_auth(admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "GET clients?clientId={client_id}");
+        let v: Value = r.json().await.unwrap();
+        v[0]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Sets (or, with `None`, clears) the "Backchannel logout URL" of `client`, as
+    /// docs/keycloak-setup.md step 3 tells an admin to.
+    async fn set_backchannel_url(&self, client: &str, url: Option<&str>) {
+        let admin = self.admin_token(KC_MAIN).await;
+        let id = self.client_uuid(&admin, client).await;
+        let client_url = format!("{KC_MAIN}/admin/realms/dev/clients/{id}");
+        let r = self
+            .http
+            .get(&client_url)
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut rep: Value = r.json().await.unwrap();
+        rep["attributes"]["backchannel.logout.url"] = json!(url.unwrap_or(""));
+        rep["attributes"]["backchannel.logout.session.required"] = json!("true");
+        let r = self
+            .http
+            .put(&client_url)
+            .bearer_auth(&admin)
+            .json(&rep)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 204, "PUT client {client}");
+    }
+}
+
+#[actix_web::test]
+async fn kc_admin_session_logout_reaches_the_broker_and_evicts() {
+    let test = "kc_admin_session_logout_reaches_the_broker_and_evicts";
+    // Only the main instance is needed; the gate is the same.
+    if std::env::var(GATE).as_deref() != Ok("1") {
+        loud(&format!(
+            "SKIPPED {test}: real-Keycloak end-to-end test not run ({GATE} is not 1)."
+        ));
+        return;
+    }
+    let kc = Kc {
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    };
+    let b = Broker::start("logout", Edits::default()).await;
+    // The login client's URL: Keycloak tells only the clients with a client session in the
+    // user session, and a standard token exchange gives the broker's client none.
+    kc.set_backchannel_url(
+        "dev-frontend",
+        Some(&format!("{}/v1/backchannel-logout", b.url)),
+    )
+    .await;
+    let alice = kc.login(KC_MAIN, "dev-frontend", "alice").await;
+    let alice2 = kc.login(KC_MAIN, "dev-frontend", "alice").await;
+    let sid = str_claim(&alice, "sid");
+    for t in [&alice, &alice2] {
+        let first = b.token(STATIC, Some(t), "kagenti").await;
+        assert_eq!(
+            (first.status, first.cache.as_str()),
+            (200, "miss"),
+            "{}",
+            first.body
+        );
+        let again = b.token(STATIC, Some(t), "kagenti").await;
+        assert_eq!(again.cache, "hit");
+    }
+
+    // The admin ends alice's first session (admin API); Keycloak tells the login client's
+    // back-channel URL: the broker.
+    kc.end_session(&sid).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !b
+        .log_text()
+        .contains("back-channel logout: cache entries evicted")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no back-channel logout reached the broker:\n{}",
+            b.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let after = b.token(STATIC, Some(&alice), "kagenti").await;
+    kc.set_backchannel_url("dev-frontend", None).await;
+    assert_ne!(after.cache, "hit", "{}", after.body);
+    assert_eq!(
+        after.status, 400,
+        "Keycloak refuses the ended session's token: {}",
+        after.body
+    );
+    // The other session is untouched.
+    let other = b.token(STATIC, Some(&alice2), "kagenti").await;
+    assert_eq!(
+        (other.status, other.cache.as_str()),
+        (200, "hit"),
+        "{}",
+        other.body
+    );
+}

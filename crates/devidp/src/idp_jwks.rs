@@ -47,6 +47,12 @@ impl IdpJwks {
         self.sets.lock()
     }
 
+    /// The IdP's outbound HTTP client (no redirects, 5 s deadline), also used for
+    /// back-channel logout deliveries.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Drops the cached set of `url` (its provider was replaced).
     pub fn forget(&self, url: &str) {
         self.sets().remove(url);

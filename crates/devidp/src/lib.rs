@@ -2,8 +2,9 @@
 //! Keycloak look-alike: one realm with discovery, JWKS, and a token endpoint implementing the
 //! password, client_credentials, standard token exchange V2, JWT authorization grant (RFC 7523)
 //! and legacy V1 naked impersonation grants with Keycloak's wire behaviour
-//! (docs/reference/keycloak-token-exchange.md §1–§6, §8, §10; `docs/dev-idp.md` describes what is
-//! emulated).
+//! (docs/reference/keycloak-token-exchange.md §1–§6, §8, §10), and logout (the logout endpoint's
+//! non-browser form and the admin API's user logout, with OIDC back-channel logout tokens to the
+//! session's clients, `logout.rs`); `docs/dev-idp.md` describes what is emulated.
 //!
 //! The crate root owns the public API (`start`, `DevIdpHandle`, `RecordedRequest`), the shared
 //! state and the actix-web server. It is for development and tests only — `token-broker dev`
@@ -15,13 +16,18 @@ mod claims;
 mod discovery;
 mod idp_jwks;
 mod keys;
+mod logout;
 mod protocol;
 mod realm;
 mod state;
 mod token_endpoint;
 
 #[cfg(test)]
+mod logout_tests;
+#[cfg(test)]
 mod tests;
+#[cfg(test)]
+use tests as tests_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +35,7 @@ use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
 
+pub use logout::{BACKCHANNEL_LOGOUT_EVENT, BackchannelDelivery};
 pub use realm::{
     DevClient, DevIdentityProvider, DevIdpConfig, DevUser, ExchangeFault, FederatedIdentity,
 };
@@ -110,7 +117,15 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 "/protocol/openid-connect/token",
                 web::post().to(token_endpoint::token),
             )
+            .route(
+                "/protocol/openid-connect/logout",
+                web::post().to(logout::logout_endpoint),
+            )
             .default_service(web::to(discovery::not_found)),
+    )
+    .route(
+        "/admin/realms/{realm}/users/{id}/logout",
+        web::post().to(logout::admin_user_logout),
     );
 }
 
@@ -231,8 +246,24 @@ impl DevIdpHandle {
         self.shared.state().upsert_client(client);
     }
 
-    /// Ends every session of that user: tokens carrying one of those `sid`s then fail
-    /// exchange with `Invalid token` (§3.4 step 2).
+    /// Back-channel logouts sent so far (logout endpoint, admin user logout,
+    /// [`DevIdpHandle::logout_user_notify`]), in order.
+    pub fn backchannel_deliveries(&self) -> Vec<BackchannelDelivery> {
+        self.shared.deliveries()
+    }
+
+    /// Like the admin API's user logout: ends every session of that user and sends the
+    /// back-channel logout tokens before returning. Returns the number of sessions ended.
+    pub async fn logout_user_notify(&self, username: &str) -> usize {
+        let Some(id) = self.user_id(username) else {
+            return 0;
+        };
+        logout::logout_user_id(&self.shared, &id).await
+    }
+
+    /// Ends every session of that user without telling any client (as if every back-channel
+    /// delivery failed): tokens carrying one of those `sid`s then fail exchange with
+    /// `Invalid token` (§3.4 step 2).
     pub fn logout_user(&self, username: &str) {
         let mut st = self.shared.state();
         let Some(id) = st.user_by_name(username).map(|u| u.id.clone()) else {

@@ -206,6 +206,16 @@ pub struct DevClient {
     /// FGAP v1 "token-exchange" permission of this client as a *target*: the requester client
     /// ids allowed to exchange to it with V1 (§5, internal→internal).
     pub v1_token_exchange_clients: Vec<String>,
+    /// "Backchannel logout URL" (OIDC Back-Channel Logout 1.0 §2.2): when a user session this
+    /// client takes part in ends, a logout token is POSTed here. `None` = no back-channel
+    /// logout (Keycloak's default).
+    pub backchannel_logout_url: Option<String>,
+    /// "Backchannel logout session required" (Keycloak's default: on): the logout token
+    /// carries the session's `sid`.
+    pub backchannel_logout_session_required: bool,
+    /// The client's service account holds `realm-management` `manage-users`: its access
+    /// token may call the admin API's user logout.
+    pub manage_users: bool,
 }
 
 impl std::fmt::Debug for DevClient {
@@ -244,6 +254,9 @@ impl DevClient {
             jwt_authorization_grant_idps: Vec::new(),
             v1_impersonation_allowed: false,
             v1_token_exchange_clients: Vec::new(),
+            backchannel_logout_url: None,
+            backchannel_logout_session_required: true,
+            manage_users: false,
         }
     }
 
@@ -301,12 +314,30 @@ impl DevIdpConfig {
     }
 }
 
-/// A user session (what `sid` names). Token exchange never creates one (§3.5).
+/// A user session (what `sid` names). Token exchange never creates one (§3.5), and its
+/// requester does not join one (a transient client session).
 #[derive(Clone, Debug)]
 pub struct UserSession {
     pub user_id: String,
     /// Unix seconds of the login, the `auth_time` claim.
     pub auth_time: u64,
+    /// The issuer the session was created through (Keycloak's client-session `iss` note):
+    /// the `iss` of the logout tokens sent when it ends.
+    pub issuer: String,
+    /// Client ids with a client session in this user session (the login client; the
+    /// requester of a V1 impersonation): the clients a back-channel logout is sent to.
+    pub clients: Vec<String>,
+}
+
+impl UserSession {
+    pub fn new(user_id: &str, auth_time: u64, issuer: &str, client_id: &str) -> Self {
+        Self {
+            user_id: user_id.to_owned(),
+            auth_time,
+            issuer: issuer.to_owned(),
+            clients: vec![client_id.to_owned()],
+        }
+    }
 }
 
 /// Who a token is about: a realm user or a client's service account.

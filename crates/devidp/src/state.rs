@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::idp_jwks::IdpJwks;
 use crate::keys::{KeyRing, RealmKeys};
+use crate::logout::BackchannelDelivery;
 use crate::realm::{DevIdpConfig, RealmState};
 
 /// One request received by the token endpoint, with the answer it got.
@@ -33,6 +34,8 @@ pub struct Shared {
     pub keys: KeyRing,
     state: Mutex<RealmState>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// Back-channel logouts sent, in order.
+    deliveries: Mutex<Vec<BackchannelDelivery>>,
     /// Identity providers' key sets by JWKS URL (§6 JWT authorization grant).
     pub idp_jwks: IdpJwks,
 }
@@ -45,6 +48,7 @@ impl Shared {
             keys: KeyRing::new(keys),
             state: Mutex::new(RealmState::new(config)),
             requests: Mutex::new(Vec::new()),
+            deliveries: Mutex::new(Vec::new()),
             idp_jwks: IdpJwks::new()?,
         }))
     }
@@ -53,6 +57,14 @@ impl Shared {
     /// the data is still the best we have for a dev IdP.
     pub fn state(&self) -> MutexGuard<'_, RealmState> {
         self.state.lock()
+    }
+
+    pub fn record_delivery(&self, d: BackchannelDelivery) {
+        self.deliveries.lock().push(d);
+    }
+
+    pub fn deliveries(&self) -> Vec<BackchannelDelivery> {
+        self.deliveries.lock().clone()
     }
 
     pub fn requests(&self) -> MutexGuard<'_, Vec<RecordedRequest>> {

@@ -10,25 +10,25 @@ use serde_json::{Value, json};
 
 use super::*;
 
-const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
-const BROKER_SECRET: &str = "token-broker-dev-secret";
+pub(crate) const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+pub(crate) const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub(crate) const BROKER_SECRET: &str = "token-broker-dev-secret";
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
-async fn start_contract() -> DevIdpHandle {
+pub(crate) async fn start_contract() -> DevIdpHandle {
     start(DevIdpConfig::contract(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap()
 }
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
 }
 
-async fn post_to(url: &str, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn post_to(url: &str, form: &[(&str, &str)]) -> (u16, Value) {
     let resp = http().post(url).form(form).send().await.unwrap();
     let status = resp.status().as_u16();
     assert_eq!(
@@ -46,7 +46,7 @@ async fn post_to(url: &str, form: &[(&str, &str)]) -> (u16, Value) {
     (status, body)
 }
 
-async fn post(idp: &DevIdpHandle, form: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn post(idp: &DevIdpHandle, form: &[(&str, &str)]) -> (u16, Value) {
     post_to(&idp.token_endpoint(), form).await
 }
 
@@ -58,7 +58,12 @@ fn localhost_token_endpoint(idp: &DevIdpHandle) -> String {
     )
 }
 
-async fn password_token_at(url: &str, client: &str, user: &str, password: &str) -> Value {
+pub(crate) async fn password_token_at(
+    url: &str,
+    client: &str,
+    user: &str,
+    password: &str,
+) -> Value {
     let (status, body) = post_to(
         url,
         &[
@@ -78,7 +83,7 @@ async fn alice_token(idp: &DevIdpHandle) -> String {
     body["access_token"].as_str().unwrap().to_owned()
 }
 
-async fn exchange_at(url: &str, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn exchange_at(url: &str, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
     let mut form = vec![
         ("grant_type", TE),
         ("client_id", "token-broker"),
@@ -90,22 +95,26 @@ async fn exchange_at(url: &str, subject: &str, extra: &[(&str, &str)]) -> (u16, 
     post_to(url, &form).await
 }
 
-async fn exchange(idp: &DevIdpHandle, subject: &str, extra: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) async fn exchange(
+    idp: &DevIdpHandle,
+    subject: &str,
+    extra: &[(&str, &str)],
+) -> (u16, Value) {
     exchange_at(&idp.token_endpoint(), subject, extra).await
 }
 
-fn payload(token: &str) -> Value {
+pub(crate) fn payload(token: &str) -> Value {
     let part = token.split('.').nth(1).unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
-fn header(token: &str) -> Value {
+pub(crate) fn header(token: &str) -> Value {
     let part = token.split('.').next().unwrap();
     serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
 }
 
 #[track_caller]
-fn assert_error(got: &(u16, Value), status: u16, error: &str, description: &str) {
+pub(crate) fn assert_error(got: &(u16, Value), status: u16, error: &str, description: &str) {
     assert_eq!(got.0, status, "{}", got.1);
     assert_eq!(got.1["error"], error, "{}", got.1);
     assert_eq!(got.1["error_description"], description, "{}", got.1);

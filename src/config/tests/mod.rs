@@ -506,3 +506,22 @@ fn javascript_whitespace_rules() {
     assert!(!is_js_non_space("abc\u{a0}def"));
     assert!(!is_js_non_space(""));
 }
+
+#[test]
+fn cache_key_mode_and_refresh_ahead() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(c.cache.key, CacheKeyMode::Token);
+    assert_eq!(c.cache.refresh_ahead_percent, None);
+    let c = load(&format!(
+        "{MINIMAL}cache:\n  key: session\n  refreshAhead: \"20%\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.cache.key, CacheKeyMode::Session);
+    assert_eq!(c.cache.refresh_ahead_percent, Some(20));
+    let issues = errors(&format!("{MINIMAL}cache:\n  key: user\n"));
+    assert_issue(&issues, "cache.key", "must be one of: token, session");
+    for bad in ["0%", "51%", "20", "x%"] {
+        let issues = errors(&format!("{MINIMAL}cache:\n  refreshAhead: \"{bad}\"\n"));
+        assert_issue(&issues, "cache.refreshAhead", "percentage");
+    }
+}

@@ -13,16 +13,16 @@ use crate::realm::{DevClient, RealmState};
 const INVALID_CLIENT_CREDENTIALS: &str = "Invalid client or Invalid client credentials";
 
 /// What the request's `Authorization` header offers for client authentication.
-pub(super) struct PresentedAuthorization {
+pub(crate) struct PresentedAuthorization {
     /// Whether the request has an `Authorization` header at all.
-    pub(super) present: bool,
+    pub(crate) present: bool,
     /// Its HTTP Basic credentials, decoded, when it is valid Basic.
-    pub(super) basic: Option<(String, String)>,
+    pub(crate) basic: Option<(String, String)>,
 }
 
 /// HTTP Basic credentials with id and secret form-urlencoded before base64, as RFC 6749
 /// §2.3.1 requires and Keycloak decodes them (`BasicAuthHelper.RFC6749`, §2 step 5).
-pub(super) fn parse_basic(header_value: &str) -> Option<(String, String)> {
+pub(crate) fn parse_basic(header_value: &str) -> Option<(String, String)> {
     let (scheme, rest) = header_value.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
@@ -52,7 +52,7 @@ fn form_decode(s: &str) -> Option<String> {
 }
 
 /// §2 step 5 (`ClientIdAndSecretAuthenticator` + `AuthorizeClientUtil`), in Keycloak's order.
-pub(super) fn authenticate_client(
+pub(crate) fn authenticate_client(
     st: &RealmState,
     authorization: &PresentedAuthorization,
     form: &Form<'_>,

@@ -12,16 +12,16 @@ use crate::state::Shared;
 
 /// An OAuth error answer (RFC 6749 §5.2), turned into HTTP by the endpoint.
 #[derive(Debug)]
-pub(super) struct OAuthError {
-    pub(super) status: StatusCode,
-    pub(super) error: &'static str,
-    pub(super) description: String,
+pub(crate) struct OAuthError {
+    pub(crate) status: StatusCode,
+    pub(crate) error: &'static str,
+    pub(crate) description: String,
     /// `WWW-Authenticate` challenge; such answers have no body (§2 step 5, non-Basic header).
-    pub(super) challenge: Option<String>,
+    pub(crate) challenge: Option<String>,
 }
 
 impl OAuthError {
-    pub(super) fn new(
+    pub(crate) fn new(
         status: StatusCode,
         error: &'static str,
         description: impl Into<String>,
@@ -34,28 +34,28 @@ impl OAuthError {
         }
     }
 
-    pub(super) fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(error: &'static str, description: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, error, description)
     }
 
     /// §3.4 step 2: every subject-token validation failure looks the same on the wire.
-    pub(super) fn invalid_token() -> Self {
+    pub(crate) fn invalid_token() -> Self {
         Self::bad_request("invalid_request", "Invalid token")
     }
 }
 
 /// The parsed form, duplicates kept.
-pub(super) struct Form<'a>(pub(super) &'a [(String, String)]);
+pub(crate) struct Form<'a>(pub(crate) &'a [(String, String)]);
 
 impl Form<'_> {
-    pub(super) fn first(&self, key: &str) -> Option<&str> {
+    pub(crate) fn first(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
-    pub(super) fn all(&self, key: &str) -> Vec<&str> {
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -63,26 +63,26 @@ impl Form<'_> {
             .collect()
     }
 
-    pub(super) fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 }
 
 /// Signs tokens for the request's issuer.
-pub(super) struct Issuer<'a> {
-    pub(super) idp: &'a Shared,
-    pub(super) issuer: &'a str,
+pub(crate) struct Issuer<'a> {
+    pub(crate) idp: &'a Shared,
+    pub(crate) issuer: &'a str,
 }
 
 impl Issuer<'_> {
-    pub(super) fn lifespan_secs(&self, client: &DevClient) -> u64 {
+    pub(crate) fn lifespan_secs(&self, client: &DevClient) -> u64 {
         client
             .access_token_lifespan
             .unwrap_or(self.idp.realm_lifespan)
             .as_secs()
     }
 
-    pub(super) fn mint(&self, spec: &TokenSpec<'_>, kind: TokenKind) -> String {
+    pub(crate) fn mint(&self, spec: &TokenSpec<'_>, kind: TokenKind) -> String {
         self.idp.keys.sign(&claims::build(spec, kind))
     }
 }
@@ -91,13 +91,13 @@ impl Issuer<'_> {
 /// each value must be `openid`, a default scope (`profile`, `email`), one of the client's
 /// optional scopes or one of Keycloak's built-in optional scopes; otherwise 400 `invalid_scope` / `Invalid scopes: <param verbatim>`
 /// (§3.4 step 6, §8).
-pub(super) struct RequestedScopes {
-    pub(super) openid: bool,
+pub(crate) struct RequestedScopes {
+    pub(crate) openid: bool,
     /// Optional client scopes requested, in request order, without duplicates.
-    pub(super) optional: Vec<String>,
+    pub(crate) optional: Vec<String>,
 }
 
-pub(super) fn requested_scopes(
+pub(crate) fn requested_scopes(
     client: &DevClient,
     form: &Form<'_>,
 ) -> Result<RequestedScopes, OAuthError> {
@@ -129,7 +129,7 @@ pub(super) fn requested_scopes(
 
 /// The `scope` claim/response value: `openid` if requested, the default scopes, then the
 /// optional scopes kept.
-pub(super) fn scope_string(openid: bool, optional: &[String]) -> String {
+pub(crate) fn scope_string(openid: bool, optional: &[String]) -> String {
     let mut parts: Vec<&str> = Vec::new();
     if openid {
         parts.push("openid");
@@ -142,7 +142,7 @@ pub(super) fn scope_string(openid: bool, optional: &[String]) -> String {
 /// `aud` of a token issued to `client` for a user or service account: its Audience mappers,
 /// the audiences of the requested optional scopes, and `account` from the realm's default
 /// roles (audience-resolve), without duplicates (§3.5).
-pub(super) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
+pub(crate) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> {
     let mut aud: Vec<String> = Vec::new();
     let extra = optional
         .iter()
@@ -160,7 +160,7 @@ pub(super) fn audiences(client: &DevClient, optional: &[String]) -> Vec<String> 
 }
 
 /// Base fields of a successful token response (§3.6, §8).
-pub(super) fn token_response(
+pub(crate) fn token_response(
     access_token: String,
     expires_in: u64,
     scope: &str,
@@ -176,7 +176,7 @@ pub(super) fn token_response(
 }
 
 /// Compares secrets (client secrets, passwords) in constant time.
-pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     use subtle::ConstantTimeEq as _;
     a.ct_eq(b).into()
 }

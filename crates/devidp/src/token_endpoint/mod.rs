@@ -22,8 +22,9 @@ use actix_web::http::{StatusCode, header};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
-use self::client_auth::{PresentedAuthorization, authenticate_client, parse_basic};
-use self::common::{Form, Issuer, OAuthError};
+pub(crate) use self::client_auth::{PresentedAuthorization, authenticate_client, parse_basic};
+use self::common::Issuer;
+pub(crate) use self::common::{Form, OAuthError};
 use crate::discovery::{realm_not_found, request_issuer};
 use crate::protocol::{JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT};
 use crate::state::{RecordedRequest, Shared};
@@ -105,7 +106,7 @@ fn no_store(mut builder: actix_web::HttpResponseBuilder) -> actix_web::HttpRespo
     builder
 }
 
-fn error_response(e: &OAuthError) -> (HttpResponse, u16, Value) {
+pub(crate) fn error_response(e: &OAuthError) -> (HttpResponse, u16, Value) {
     let mut builder = no_store(HttpResponse::build(e.status));
     if let Some(challenge) = &e.challenge {
         builder.insert_header((header::WWW_AUTHENTICATE, challenge.as_str()));
@@ -118,7 +119,7 @@ fn error_response(e: &OAuthError) -> (HttpResponse, u16, Value) {
 /// Keycloak's default `sslRequired=external`: plain HTTP is fine from loopback and private
 /// addresses (Java's `isLoopbackAddress`/`isSiteLocalAddress`/`isAnyLocalAddress`; for IPv6
 /// we also accept unique-local `fc00::/7`).
-fn is_local(ip: IpAddr) -> bool {
+pub(crate) fn is_local(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_unspecified(),
         IpAddr::V6(v6) => {

@@ -48,10 +48,7 @@ pub(super) fn password_grant(
     let auth_time = now_secs();
     st.sessions.insert(
         sid.clone(),
-        UserSession {
-            user_id: user.id.clone(),
-            auth_time,
-        },
+        UserSession::new(&user.id, auth_time, issuer.issuer, &client.client_id),
     );
     let subject = Subject::User(user);
     let aud = audiences(client, &scopes.optional);

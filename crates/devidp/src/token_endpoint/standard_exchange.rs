@@ -199,6 +199,9 @@ pub(super) fn standard_exchange_grant(
     if let Some(sid) = sid {
         body.insert("session_state".into(), json!(sid));
     }
+    // The requester gets a transient client session only: it does not join the user session,
+    // so a logout of that session is not sent to it (observed on Keycloak 26.7.3: after an
+    // exchange the admin API lists only the login client in the session).
     if let Some(fault) = st.exchange_fault {
         apply_fault(issuer, &mut body, fault);
     }

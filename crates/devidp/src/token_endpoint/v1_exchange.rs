@@ -132,10 +132,7 @@ pub(super) fn v1_exchange(
     let auth_time = now_secs();
     st.sessions.insert(
         sid.clone(),
-        UserSession {
-            user_id: user.id.clone(),
-            auth_time,
-        },
+        UserSession::new(&user.id, auth_time, issuer.issuer, &requester.client_id),
     );
     let subject = Subject::User(user);
     let lifespan = issuer.lifespan_secs(&target);
