@@ -182,6 +182,9 @@ pub async fn start_with_clock(
 ) -> Result<RunningBroker, StartError> {
     let config = Arc::new(config);
     let kc = &config.keycloak;
+    for w in crate::config::warnings(&config) {
+        tracing::warn!(warning = %w, "configuration");
+    }
     // One registry per broker, handed to every layer that records (no global instance).
     let metrics = Metrics::new();
     let outbound = Arc::new(
@@ -197,6 +200,7 @@ pub async fn start_with_clock(
             UserClaimRules {
                 client_id: config.keycloak.client_id.clone(),
                 match_claim: config.user_token.match_claim.clone(),
+                token_type_check: config.user_token.token_type_check,
             },
         ),
     );

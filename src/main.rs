@@ -65,6 +65,9 @@ fn main() -> ExitCode {
                     c.targets.len(),
                     c.targets.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
+                for w in token_broker::config::warnings(&c) {
+                    println!("warning: {w}");
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -65,6 +65,10 @@ impl IdpClient {
     /// GETs the discovery document (OpenID Connect Discovery 1.0 §4) and checks that its
     /// `issuer` is exactly the configured one (§4.3), as `openidconnect`'s own discovery does.
     async fn fetch_metadata(&self, issuer: &IssuerUrl) -> Result<CoreProviderMetadata, IdpError> {
+        // OIDC Discovery 1.0 §4: `{issuer}/.well-known/openid-configuration`, where a
+        // terminating `/` of the issuer is not doubled (`IssuerUrl::join` appends the suffix
+        // directly after a trailing `/`): `https://idp.example.com/` and
+        // `https://idp.example.com` are fetched at the same URL but are different issuers.
         let url = issuer
             .join(".well-known/openid-configuration")
             .map_err(|e| IdpError::Discovery(e.to_string()))?;
@@ -94,7 +98,8 @@ impl IdpClient {
         }
         let meta: CoreProviderMetadata = serde_json::from_slice(&answer.body)
             .map_err(|_| IdpError::Discovery("the discovery document is not valid".into()))?;
-        if meta.issuer() != issuer {
+        // Byte for byte (§4.3): no trailing-slash or case leniency.
+        if meta.issuer().as_str() != issuer.as_str() {
             return Err(IdpError::Discovery(format!(
                 "unexpected issuer URI `{}` (expected `{}`)",
                 meta.issuer().as_str(),

@@ -57,7 +57,8 @@ pub struct IdpClient {
 impl IdpClient {
     pub fn new(cfg: &KeycloakConfig, outbound: Arc<Outbound>, jwks: Arc<JwksCache>) -> Self {
         IdpClient {
-            issuer: cfg.issuer.as_str().trim_end_matches('/').to_owned(),
+            // Exactly as configured: `iss` is compared byte for byte (RFC 8414 §3.3, OIDC Core §3.1.3.7).
+            issuer: cfg.issuer_id.clone(),
             client_id: cfg.client_id.clone(),
             client_secret: RwLock::new(cfg.client_secret.clone()),
             auth_method: cfg.client_auth_method,

@@ -2,10 +2,11 @@
 //!
 //! The realm's checks of any of its tokens (size, JWS shape, known `kid`, `alg` from the key,
 //! signature, `iss`, `exp`/`nbf` with zero leeway) are [`crate::idp::realm_token`]'s; this module
-//! adds what an access token of a user needs: `sub` present and the Keycloak `typ` claim
-//! `Bearer` (an ID or refresh token is not an access token: Keycloak would answer `Invalid
-//! token`, docs/reference/keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches
-//! Keycloak.
+//! adds what an access token of a user needs: `sub` present and the token typed as an access
+//! token by the deployment's rule (`userToken.tokenTypeCheck`: the Keycloak `typ` claim
+//! `Bearer` — an ID or refresh token is not an access token, Keycloak would answer `Invalid
+//! token`, docs/reference/keycloak-token-exchange.md §3.4 step 2 — or RFC 9068's header
+//! `typ: at+jwt`, or either of those or no type at all). Junk therefore never reaches the IdP.
 //!
 //! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
 //! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`). The cache
@@ -23,6 +24,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
+use crate::config::TokenTypeCheck;
 use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::jwks::JwksCache;
 use crate::idp::realm_token::RealmTokenVerifier;
@@ -87,6 +89,8 @@ pub struct UserClaimRules {
     pub client_id: String,
     /// `userToken.matchClaim`: the one claim kept for the Backstage identity match.
     pub match_claim: String,
+    /// `userToken.tokenTypeCheck`: how the token shows it is an access token.
+    pub token_type_check: TokenTypeCheck,
 }
 
 /// The claims read from a user token, straight into the types checked; everything else in
@@ -203,7 +207,8 @@ impl OidcVerifier {
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<UserClaims, OidcError> {
-        let (payload, kid) = self.realm.verify::<serde_json::Value>(token).await?;
+        let (payload, kid, header_typ) =
+            self.realm.verify_typed::<serde_json::Value>(token).await?;
         // The match claim is read from the payload before it is narrowed to `Claims`.
         let match_value = payload
             .get(self.rules.match_claim.as_str())
@@ -215,11 +220,11 @@ impl OidcVerifier {
             .filter(|s| !s.is_empty())
             .ok_or(OidcError::MissingClaim("sub"))?;
         let exp = c.exp.ok_or(OidcError::MissingClaim("exp"))?;
-        match c.typ.as_deref() {
-            // Keycloak's TokenVerifier compares the type case-insensitively.
-            Some(t) if t.eq_ignore_ascii_case("Bearer") => {}
-            _ => return Err(OidcError::NotAccessToken),
-        }
+        check_token_type(
+            self.rules.token_type_check,
+            header_typ.as_deref(),
+            c.typ.as_deref(),
+        )?;
         let service_account = is_service_account(
             c.client_id.as_ref().or(c.client_id_legacy.as_ref()),
             c.preferred_username.as_deref(),
@@ -239,9 +244,79 @@ impl OidcVerifier {
     }
 }
 
+/// Is this JWT an access token, by the deployment's rule (`userToken.tokenTypeCheck`)? An ID
+/// or refresh token must never be exchanged as the user's access token.
+fn check_token_type(
+    rule: TokenTypeCheck,
+    header_typ: Option<&str>,
+    claim_typ: Option<&str>,
+) -> Result<(), OidcError> {
+    // RFC 9068 §4: `at+jwt`, or the full media type `application/at+jwt`; media types compare
+    // case-insensitively (RFC 7515 §4.1.9).
+    let at_jwt =
+        |t: &str| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt");
+    match rule {
+        // Keycloak's private claim; its TokenVerifier compares it case-insensitively.
+        TokenTypeCheck::KeycloakClaim => match claim_typ {
+            Some(t) if t.eq_ignore_ascii_case("Bearer") => Ok(()),
+            _ => Err(OidcError::NotAccessToken),
+        },
+        TokenTypeCheck::AtJwt => match header_typ {
+            Some(t) if at_jwt(t) => Ok(()),
+            _ => Err(OidcError::NotAccessTokenJwt),
+        },
+        TokenTypeCheck::Jwt => {
+            let header_ok = match header_typ {
+                None => true,
+                Some(t) => at_jwt(t) || t.eq_ignore_ascii_case("JWT"),
+            };
+            // A `typ` claim other than Bearer marks Keycloak's ID and refresh tokens.
+            let claim_ok = claim_typ.is_none_or(|t| t.eq_ignore_ascii_case("Bearer"));
+            if header_ok && claim_ok {
+                Ok(())
+            } else {
+                Err(OidcError::NotAccessTokenJwt)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three rules of `userToken.tokenTypeCheck` over the token shapes seen in the field:
+    /// Keycloak (header JWT, claim Bearer/ID/Refresh), RFC 9068 (header at+jwt, no claim),
+    /// and IdPs that type nothing.
+    #[test]
+    fn token_type_rules() {
+        use TokenTypeCheck::*;
+        let cases: &[(TokenTypeCheck, Option<&str>, Option<&str>, bool)] = &[
+            (KeycloakClaim, Some("JWT"), Some("Bearer"), true),
+            (KeycloakClaim, Some("JWT"), Some("bearer"), true),
+            (KeycloakClaim, Some("at+jwt"), None, false),
+            (KeycloakClaim, None, None, false),
+            (KeycloakClaim, Some("JWT"), Some("ID"), false),
+            (AtJwt, Some("at+jwt"), None, true),
+            (AtJwt, Some("application/AT+JWT"), None, true),
+            (AtJwt, Some("JWT"), Some("Bearer"), false),
+            (AtJwt, None, None, false),
+            (Jwt, Some("at+jwt"), None, true),
+            (Jwt, Some("JWT"), None, true),
+            (Jwt, None, None, true),
+            (Jwt, Some("JWT"), Some("Bearer"), true),
+            (Jwt, Some("JWT"), Some("ID"), false),
+            (Jwt, Some("JWT"), Some("Refresh"), false),
+            (Jwt, Some("dpop+jwt"), None, false),
+        ];
+        for (rule, header, claim, ok) in cases {
+            assert_eq!(
+                check_token_type(*rule, *header, *claim).is_ok(),
+                *ok,
+                "{rule:?} {header:?} {claim:?}"
+            );
+        }
+    }
 
     /// The verified-credential cache keeps a few short claims per token, not the ~1.2 KB
     /// token and its claim set (issue 9 §5: ~5.9 KB per entry before, measured).

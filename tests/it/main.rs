@@ -25,6 +25,7 @@ mod cache;
 mod cli;
 mod exchange;
 mod fallback;
+mod generic_idp;
 mod idp_errors;
 mod keycloak_real;
 mod logs;

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use self::client_auth::{PresentedAuthorization, authenticate_client, parse_basic};
 use self::common::{Form, Issuer, OAuthError};
-use crate::discovery::{realm_not_found, request_issuer};
+use crate::discovery::{realm_issuer, realm_not_found};
 use crate::protocol::{JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT};
 use crate::state::{RecordedRequest, Shared};
 
@@ -74,7 +74,7 @@ pub async fn token(
         )
     } else {
         let ctx = RequestCtx {
-            issuer: request_issuer(&req, &realm),
+            issuer: realm_issuer(&req, &idp),
             peer: req.peer_addr().map(|a| a.ip()),
             authorization: PresentedAuthorization {
                 present: authorization_present,
@@ -193,6 +193,7 @@ fn process(
     let issued = Issuer {
         idp,
         issuer: &ctx.issuer,
+        generic: st.generic.clone(),
     };
     match grant {
         Grant::Password => password::password_grant(&issued, &mut st, &client, form),

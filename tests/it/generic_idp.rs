@@ -1,0 +1,291 @@
+//! Issue 12: a standards-compliant IdP that is not Keycloak. The dev IdP's generic test mode
+//! publishes an issuer that ends in `/` and has no realm path, and issues tokens without
+//! Keycloak's `typ` claim (RFC 9068 header typing instead); the broker, configured with that
+//! issuer exactly and `keycloak.profile: generic`, exchanges such tokens end to end. The
+//! Keycloak profile keeps refusing tokens without Keycloak's claim.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use base64::Engine;
+use token_broker_devidp::{self as devidp, GenericMode};
+
+use crate::support::*;
+
+/// The JOSE header of a JWT (test inspection only).
+fn jose_header(jwt: &str) -> serde_json::Value {
+    let h = jwt.split('.').next().unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(h)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Starts the dev IdP (generic mode with `issuer_of(addr)` when `typ` is `Some`), then a broker
+/// whose YAML is the usual test config with `keycloak.issuer` set to `broker_issuer(addr)` and
+/// then rewritten by `edit`.
+pub async fn start_generic(
+    typ: Option<Option<&str>>,
+    issuer_of: impl Fn(&str) -> String,
+    broker_issuer: impl Fn(&str) -> String,
+    edit: impl FnOnce(String) -> String,
+) -> Env {
+    let o = Opts::default();
+    let idp = devidp::start(o.idp.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("dev IdP starts");
+    let addr = idp.addr().to_string();
+    if let Some(t) = typ {
+        idp.set_generic(Some(GenericMode {
+            issuer: issuer_of(&addr),
+            access_token_typ: t.map(str::to_owned),
+        }));
+    }
+    let yaml = config_yaml(&idp.issuer(), &o).replace(
+        &format!("  issuer: {}\n", idp.issuer()),
+        &format!("  issuer: \"{}\"\n", broker_issuer(&addr)),
+    );
+    let yaml = edit(yaml);
+    let env: HashMap<String, String> =
+        HashMap::from([("BROKER_SECRET".to_owned(), o.client_secret.clone())]);
+    let cfg = token_broker::config::load_str(&yaml, &env, std::path::Path::new("."))
+        .unwrap_or_else(|e| panic!("test config invalid:\n{e}"));
+    let broker = token_broker::app::start(cfg).await.expect("broker starts");
+    let url = broker.public_url();
+    Env {
+        idp,
+        broker,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        url,
+    }
+}
+
+pub fn generic_profile(yaml: String) -> String {
+    yaml.replacen(
+        "  clientId: token-broker\n",
+        "  clientId: token-broker\n  profile: generic\n",
+        1,
+    )
+}
+
+fn root_slash(addr: &str) -> String {
+    format!("http://{addr}/")
+}
+
+/// The issue's "done when": issuer `http://HOST/` (trailing slash, no realm path), user tokens
+/// with header `typ: at+jwt` and no Keycloak claim, exchanged with configuration only; the
+/// issued token carries that issuer byte for byte and is checked as usual.
+#[actix_web::test]
+async fn exchanges_at_an_issuer_with_trailing_slash_and_no_realm_path() {
+    let env = start_generic(
+        Some(Some("at+jwt")),
+        root_slash,
+        root_slash,
+        generic_profile,
+    )
+    .await;
+    let user = env.login("alice").await;
+    assert_eq!(jose_header(&user)["typ"], "at+jwt");
+    let c = claims(&user);
+    assert!(c.get("typ").is_none(), "{c}");
+    assert_eq!(c["iss"], format!("http://{}/", env.idp.addr()));
+
+    let (status, id, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(id, "user");
+    let issued = claims(body["access_token"].as_str().unwrap());
+    assert_eq!(issued["iss"], format!("http://{}/", env.idp.addr()));
+    assert_eq!(issued["sub"], c["sub"]);
+    assert_eq!(env.exchanges(), 1);
+    // The IdP's own errors pass through (an audience it does not know).
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "ghost").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_client", "{body}");
+    env.stop().await;
+}
+
+/// Tokens with no `typ` at all (neither header nor claim) are access tokens under the generic
+/// profile's default rule; the same IdP and issuer under the keycloak profile refuse them
+/// before anything reaches the IdP.
+#[actix_web::test]
+async fn untyped_tokens_pass_under_generic_and_fail_under_keycloak() {
+    let env = start_generic(Some(None), root_slash, root_slash, generic_profile).await;
+    let user = env.login("alice").await;
+    assert!(jose_header(&user).get("typ").is_none());
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    env.stop().await;
+
+    let env = start_generic(Some(None), root_slash, root_slash, |y| y).await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not an access token"),
+        "{body}"
+    );
+    assert_eq!(env.exchanges(), 0);
+    env.stop().await;
+
+    // RFC 9068's header alone is not Keycloak's claim either.
+    let env = start_generic(Some(Some("at+jwt")), root_slash, root_slash, |y| y).await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(env.exchanges(), 0);
+    env.stop().await;
+}
+
+/// Keycloak's own tokens (header `JWT`, claim `typ: Bearer`) pass under both profiles; its ID
+/// token (claim `typ: ID`) is refused under both; `tokenTypeCheck: at+jwt` refuses Keycloak's
+/// access token.
+#[actix_web::test]
+async fn keycloak_tokens_under_both_profiles() {
+    for edit in [(|y| y) as fn(String) -> String, generic_profile] {
+        let env = start_default_with(edit).await;
+        let user = env.login("alice").await;
+        let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+        assert_eq!(status, 200, "{body}");
+        let id_token = env.id_token("alice").await;
+        let (status, _, _, body) = parts(env.exchange(Some(&id_token), "kagenti").await).await;
+        assert_eq!(status, 400, "{body}");
+        env.stop().await;
+    }
+    let env = start_default_with(|y| {
+        generic_profile(y).replacen("userToken:\n", "userToken:\n  tokenTypeCheck: at+jwt\n", 1)
+    })
+    .await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(env.exchanges(), 0);
+    env.stop().await;
+}
+
+/// The issuer is compared byte for byte: configured without the IdP's trailing slash,
+/// discovery (same URL) names another issuer and nothing is exchanged.
+#[actix_web::test]
+async fn an_issuer_differing_by_a_trailing_slash_is_refused() {
+    let env = start_generic(
+        Some(Some("at+jwt")),
+        root_slash,
+        |a| format!("http://{a}"),
+        generic_profile,
+    )
+    .await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_ne!(status, 200, "{body}");
+    assert_eq!(env.exchanges(), 0);
+    env.stop().await;
+}
+
+/// A deep issuer path ending in `/` (e.g. authentik's `/application/o/app/`): discovery at
+/// `{issuer}.well-known/openid-configuration`, tokens verified against it.
+#[actix_web::test]
+async fn a_deep_issuer_path_with_trailing_slash_works() {
+    let deep = |a: &str| format!("http://{a}/application/o/app/");
+    let env = start_generic(Some(Some("at+jwt")), deep, deep, generic_profile).await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    env.stop().await;
+}
+
+/// The usual test environment (Keycloak mode, realm issuer) with the YAML rewritten by `edit`.
+async fn start_default_with(edit: fn(String) -> String) -> Env {
+    start_with_yaml(Opts::default(), edit).await
+}
+
+impl Env {
+    /// An ID token of `user` (password grant with `openid`).
+    async fn id_token(&self, user: &str) -> String {
+        let r = self
+            .http
+            .post(self.idp.token_endpoint())
+            .form(&[
+                ("grant_type", "password"),
+                ("client_id", "dev-frontend"),
+                ("username", user),
+                ("password", user),
+                ("scope", "openid"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["id_token"].as_str().unwrap().to_owned()
+    }
+}
+
+/// POST /admin/exchange (the exchange tester) as the admin.
+async fn tester(env: &Env, target: &str, subject: &str) -> serde_json::Value {
+    let r = env
+        .http
+        .post(format!(
+            "http://{}/admin/exchange",
+            env.broker.admin_addr.unwrap()
+        ))
+        .bearer_auth("test-admin-token")
+        .json(&serde_json::json!({"target": target, "subject_token": subject}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+/// Under the generic profile the IdP's errors pass through without Keycloak's hints, and the
+/// tester's checklist has no Keycloak console steps; under the keycloak profile both stay.
+#[actix_web::test]
+async fn keycloak_hints_and_checklist_only_under_the_keycloak_profile() {
+    let env = start_generic(
+        Some(Some("at+jwt")),
+        root_slash,
+        root_slash,
+        generic_profile,
+    )
+    .await;
+    let user = env.login("alice").await;
+    // `unmapped-api`: the IdP answers "Requested audience not available" (a Keycloak text).
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "unmapped").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.get("hint").is_none(), "{body}");
+    let report = tester(&env, "unmapped", &user).await;
+    assert!(report["hint"].is_null(), "{report}");
+    let text = report["checks"].to_string();
+    assert!(
+        !text.contains("Keycloak") && !text.contains("Audience mapper"),
+        "{text}"
+    );
+    assert!(text.contains("The IdP issued a token"), "{text}");
+    assert!(
+        report["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("The IdP refused"),
+        "{report}"
+    );
+    env.stop().await;
+
+    let env = start_default().await;
+    let user = env.login("alice").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "unmapped").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["hint"].as_str().unwrap().contains("Audience mapper"),
+        "{body}"
+    );
+    let report = tester(&env, "unmapped", &user).await;
+    assert!(
+        report["checks"].to_string().contains("Audience mapper"),
+        "{report}"
+    );
+    env.stop().await;
+}
