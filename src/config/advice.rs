@@ -3,7 +3,7 @@
 //! is accepted silently: `check-config` prints each line and `serve` logs each as a warning at
 //! start.
 
-use super::model::{Config, IdpProfile};
+use super::model::{Config, IdpProfile, IssuedAudience, IssuedFormat};
 
 /// The warnings of a valid configuration, one sentence each, in a stable order.
 pub fn warnings(c: &Config) -> Vec<String> {
@@ -14,6 +14,33 @@ pub fn warnings(c: &Config) -> Vec<String> {
             "keycloak.issuer `{}` has no Keycloak realm path (/realms/NAME, no trailing /): Keycloak issues tokens with iss = https://HOST/realms/NAME; for another IdP set keycloak.profile: generic",
             kc.issuer_id
         ));
+    }
+    for (name, t) in &c.targets {
+        if t.issued_token_audience == IssuedAudience::MayBeAbsent {
+            out.push(format!(
+                "targets.{name}.issuedTokenAudience: may_be_absent relaxes a check: a token the IdP issues for '{name}' without aud is accepted (one with aud must still contain '{}', and a user's token must still carry the user's sub)",
+                t.audience
+            ));
+        }
+        if t.issued_token_format == IssuedFormat::Opaque {
+            out.push(format!(
+                "targets.{name}.issuedTokenFormat: opaque relaxes checks: tokens the IdP issues for '{name}' are not decoded, so their signature, aud and sub are not checked; their lifetime is the answer's expires_in"
+            ));
+        }
+    }
+    out
+}
+
+/// The relaxed checks of one target's issued tokens, for the tester's checklist.
+pub fn relaxed_checks(t: &super::model::TargetConfig) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if t.issued_token_audience == IssuedAudience::MayBeAbsent {
+        out.push("aud may be absent (issuedTokenAudience: may_be_absent)");
+    }
+    if t.issued_token_format == IssuedFormat::Opaque {
+        out.push(
+            "the token is opaque: signature, aud and sub not checked (issuedTokenFormat: opaque)",
+        );
     }
     out
 }

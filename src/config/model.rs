@@ -76,6 +76,29 @@ pub enum TokenTypeCheck {
     Jwt,
 }
 
+/// `targets.<name>.issuedTokenAudience`: what `aud` a token the IdP issues for the target needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IssuedAudience {
+    /// `required` (default): `aud` contains the target's audience.
+    #[default]
+    Required,
+    /// `may_be_absent`: the IdP omits `aud`; a token without it is accepted (a token *with* an
+    /// `aud` must still contain the audience, and a user's token must still carry the user's
+    /// `sub`). Logged as a warning at start.
+    MayBeAbsent,
+}
+
+/// `targets.<name>.issuedTokenFormat`: what a token the IdP issues for the target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IssuedFormat {
+    /// `jwt` (default): a JWT signed by a key of the issuer's JWKS, all checks applied.
+    #[default]
+    Jwt,
+    /// `opaque`: not decoded, so its signature, `aud` and `sub` are not checked; its lifetime
+    /// is the answer's `expires_in` (required), capped like any other. Logged at start.
+    Opaque,
+}
+
 /// What a target does when no user token can be exchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallbackPolicy {
@@ -302,6 +325,11 @@ pub struct TargetConfig {
     /// `targets.<name>.userMapping`: how a Backstage user without a Keycloak token is mapped to
     /// a Keycloak user; `None` = the target's fallback policy applies.
     pub user_mapping: Option<UserMapping>,
+    /// `targets.<name>.issuedTokenAudience`, default `required`.
+    pub issued_token_audience: IssuedAudience,
+    /// `targets.<name>.issuedTokenFormat`, default `jwt`. `opaque` is refused with a
+    /// `userMapping` (whose answer must be shown to be the user's) and with an ID token.
+    pub issued_token_format: IssuedFormat,
 }
 
 /// Proxy mode of one target: where `/v1/proxy/<name>/...` forwards to and how the token goes.

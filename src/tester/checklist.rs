@@ -80,7 +80,9 @@ impl Tester<'_> {
         local: Option<&OidcError>,
     ) -> Vec<Check> {
         if !self.keycloak_profile() {
-            return self.generic_checks(tcfg, report, reached, local);
+            let mut out = self.generic_checks(tcfg, report, reached, local);
+            out.extend(relaxed_check(tcfg));
+            return out;
         }
         let client = self.idp.client_id();
         let issuer = self.idp.issuer();
@@ -203,8 +205,21 @@ impl Tester<'_> {
             detail: "informational: the user's Keycloak token is exchanged directly; mapping Backstage users (JWT authorization grant) applies once Backstage callers are supported".into(),
             fix: "for the JWT authorization grant route see docs/keycloak-setup.md".into(),
         });
+        out.extend(relaxed_check(tcfg));
         out
     }
+}
+
+/// The checks of the issued token this target relaxes, named (never accepted silently).
+fn relaxed_check(tcfg: &TargetConfig) -> Option<Check> {
+    let relaxed = crate::config::advice::relaxed_checks(tcfg);
+    (!relaxed.is_empty()).then(|| Check {
+        name: "Relaxed checks of the issued token",
+        ok: None,
+        status: "n/a",
+        detail: format!("this target relaxes: {}", relaxed.join("; ")),
+        fix: "only if the IdP really issues such tokens for this audience; otherwise remove issuedTokenAudience / issuedTokenFormat from the target".into(),
+    })
 }
 
 impl Tester<'_> {

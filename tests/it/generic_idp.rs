@@ -289,3 +289,95 @@ async fn keycloak_hints_and_checklist_only_under_the_keycloak_profile() {
     );
     env.stop().await;
 }
+
+const KAGENTI: &str = "    audience: kagenti-api\n    fallback: service_account";
+
+fn kagenti_with(extra: &'static str) -> impl FnOnce(String) -> String {
+    move |y: String| y.replacen(KAGENTI, &format!("{KAGENTI}\n    {extra}"), 1)
+}
+
+/// An issued token without `aud` is refused by default (502), and accepted only on the target
+/// that declares `issuedTokenAudience: may_be_absent`; `sub` must still match there.
+#[actix_web::test]
+async fn missing_aud_is_refused_unless_the_target_allows_it() {
+    use token_broker_devidp::ExchangeFault;
+    let env = start_default().await;
+    let user = env.login("alice").await;
+    env.idp
+        .set_exchange_fault(Some(ExchangeFault::OmitAudience));
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body["error_description"].as_str().unwrap().contains("aud"),
+        "{body}"
+    );
+    env.stop().await;
+
+    let env = start_with_yaml(
+        Opts::default(),
+        kagenti_with("issuedTokenAudience: may_be_absent"),
+    )
+    .await;
+    let user = env.login("alice").await;
+    env.idp
+        .set_exchange_fault(Some(ExchangeFault::OmitAudience));
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    let issued = claims(body["access_token"].as_str().unwrap());
+    assert!(issued.get("aud").is_none(), "{issued}");
+    assert_eq!(issued["sub"], claims(&user)["sub"]);
+    // Another target keeps the strict default.
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "sonataflow").await).await;
+    assert_eq!(status, 502, "{body}");
+    // A present aud must still name the audience, and sub must always match.
+    for fault in [ExchangeFault::WrongAudience, ExchangeFault::WrongSubject] {
+        let other = env.login("bob").await;
+        env.idp.set_exchange_fault(Some(fault));
+        let (status, _, _, body) = parts(env.exchange(Some(&other), "kagenti").await).await;
+        assert_eq!(status, 502, "{fault:?}: {body}");
+        env.idp.set_exchange_fault(None);
+    }
+    env.stop().await;
+}
+
+/// An opaque issued token is a 502 by default and served only where the target declares
+/// `issuedTokenFormat: opaque`, with its lifetime from `expires_in` (then cached).
+#[actix_web::test]
+async fn opaque_issued_tokens_are_served_only_where_configured() {
+    use token_broker_devidp::ExchangeFault;
+    let env = start_default().await;
+    let user = env.login("alice").await;
+    env.idp.set_exchange_fault(Some(ExchangeFault::Opaque));
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 502, "{body}");
+    env.stop().await;
+
+    let env = start_with_yaml(Opts::default(), kagenti_with("issuedTokenFormat: opaque")).await;
+    let user = env.login("alice").await;
+    env.idp.set_exchange_fault(Some(ExchangeFault::Opaque));
+    let (status, id, cache, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(id, "user");
+    assert_eq!(cache, "miss");
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("opaque-"), "{body}");
+    let ei = body["expires_in"].as_u64().unwrap();
+    assert!(ei > 0 && ei <= 300, "{body}");
+    let (status, _, cache, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cache, "hit");
+    assert_eq!(body["access_token"], token.as_str());
+    assert_eq!(env.exchanges(), 1);
+    // The strict default elsewhere.
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "sonataflow").await).await;
+    assert_eq!(status, 502, "{body}");
+    // The tester names the relaxed check.
+    let report = tester(&env, "kagenti", &user).await;
+    assert!(
+        report["checks"]
+            .to_string()
+            .contains("Relaxed checks of the issued token"),
+        "{report}"
+    );
+    env.stop().await;
+}
