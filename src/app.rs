@@ -51,6 +51,30 @@ impl RunningBroker {
         format!("http://{}", self.public_addr)
     }
 
+    /// `serve`'s start-up check (issue 12): asks the IdP once whether it accepts the broker's
+    /// client authentication (a side-effect-free probe, `idp::probe`). A refusal is an error
+    /// log and `token_broker_idp_client_auth_ok 0`, not a silent ready state in which every
+    /// request would fail; 1 when accepted; -1 when it could not be determined.
+    pub async fn probe_client_auth(&self) -> crate::idp::probe::Probe {
+        use crate::idp::probe::Verdict;
+        let p = self.state.idp.probe_client_auth().await;
+        match p.verdict {
+            Verdict::Ok => {
+                self.state.metrics.idp_client_auth(Some(true));
+                tracing::info!(detail = %p.detail, "IdP accepted the broker's client authentication");
+            }
+            Verdict::Failed => {
+                self.state.metrics.idp_client_auth(Some(false));
+                tracing::error!(detail = %p.detail, fix = %p.fix, "IdP REFUSED the broker's client authentication: every exchange will fail");
+            }
+            Verdict::Unknown => {
+                self.state.metrics.idp_client_auth(None);
+                tracing::warn!(detail = %p.detail, fix = %p.fix, "IdP client authentication could not be checked at start");
+            }
+        }
+        p
+    }
+
     /// Stops both listeners, letting in-flight requests finish.
     pub async fn stop(&self) {
         for h in &self.handles {

@@ -4,7 +4,8 @@
 //! grant goes through, and the answer parser), the grants ([`exchange`], [`client_credentials`],
 //! [`user_mapping`]), [`jwks`] (the realm keys), [`realm_token`] (verifying a realm's JWT),
 //! [`answer`] and [`claims`] (checks of the tokens Keycloak issues), [`hints`] (Keycloak error
-//! hints) and [`error`] (why a call failed).
+//! hints), [`probe`] (side-effect-free checks of discovery, keys, client authentication and
+//! audiences) and [`error`] (why a call failed).
 //!
 //! Every call goes through the outbound layer (`crate::outbound`): no redirects (a redirected
 //! token request would carry the broker's client secret to wherever the redirect points: an
@@ -21,6 +22,7 @@ pub mod error;
 pub mod exchange;
 pub mod hints;
 pub mod jwks;
+pub mod probe;
 pub mod realm_token;
 pub mod token_endpoint;
 pub mod user_mapping;

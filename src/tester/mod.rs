@@ -13,6 +13,7 @@ pub mod checklist;
 pub mod cli;
 #[cfg(feature = "dev")]
 pub mod dev_login;
+pub mod online;
 pub mod redact;
 pub mod view;
 

@@ -30,6 +30,7 @@ mod idp_errors;
 mod keycloak_real;
 mod logs;
 mod no_leak;
+mod online;
 mod proxy;
 mod reliability;
 mod security_backstage;
