@@ -272,6 +272,21 @@ async fn keycloak_hints_and_checklist_only_under_the_keycloak_profile() {
             .starts_with("The IdP refused"),
         "{report}"
     );
+    // The broker's own acceptance rule (broker in aud): a neutral hint, no Keycloak console.
+    let no_aud = env
+        .login_at(
+            token_broker::tester::dev_login::DEV_NO_AUDIENCE_CLIENT,
+            "alice",
+            "alice",
+        )
+        .await;
+    let (status, _, _, body) = parts(env.exchange(Some(&no_aud), "kagenti").await).await;
+    assert_eq!(status, 400, "{body}");
+    let hint = body["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("configure the IdP") && !hint.contains("Audience mapper"),
+        "{body}"
+    );
     env.stop().await;
 
     let env = start_default().await;
@@ -286,6 +301,18 @@ async fn keycloak_hints_and_checklist_only_under_the_keycloak_profile() {
     assert!(
         report["checks"].to_string().contains("Audience mapper"),
         "{report}"
+    );
+    let no_aud = env
+        .login_at(
+            token_broker::tester::dev_login::DEV_NO_AUDIENCE_CLIENT,
+            "alice",
+            "alice",
+        )
+        .await;
+    let (_, _, _, body) = parts(env.exchange(Some(&no_aud), "kagenti").await).await;
+    assert!(
+        body["hint"].as_str().unwrap().contains("Audience mapper"),
+        "{body}"
     );
     env.stop().await;
 }

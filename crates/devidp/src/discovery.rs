@@ -179,7 +179,8 @@ pub async fn openid_configuration(
 
 /// Any path outside `/realms/{realm}`: in the generic test mode, the discovery document at
 /// `{issuer}/.well-known/openid-configuration` (OIDC Discovery §4: a terminating `/` of the
-/// issuer is removed before the suffix is appended); otherwise Keycloak's 404.
+/// issuer is removed before the suffix is appended); otherwise an empty 404, exactly what the
+/// server answered before the generic mode existed.
 pub async fn outside_realm(req: HttpRequest, idp: web::Data<Shared>) -> HttpResponse {
     let generic = idp.state().generic.clone();
     if let Some(g) = generic
@@ -201,10 +202,8 @@ pub async fn outside_realm(req: HttpRequest, idp: web::Data<Shared>) -> HttpResp
         let base = request_issuer(&req, &idp.realm);
         return HttpResponse::Ok().json(discovery_document_at(&g.issuer, &base, te, jwt));
     }
-    HttpResponse::NotFound().json(json!({
-        "error": "Unable to find matching target resource method",
-        "error_description": "For more on this error consult the server log."
-    }))
+    // What actix answers without a default service: an empty 404, as before this handler.
+    HttpResponse::NotFound().finish()
 }
 
 /// `GET /realms/{realm}/protocol/openid-connect/certs`. Keycloak serves it with
