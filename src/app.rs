@@ -219,15 +219,17 @@ pub async fn start_with_clock(
         kc.jwks_min_refresh_interval,
     ));
     let idp = Arc::new(IdpClient::new(kc, outbound.clone(), jwks.clone()));
-    let verifier = Arc::new(
-        OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
-            UserClaimRules {
-                client_id: config.keycloak.client_id.clone(),
-                match_claim: config.user_token.match_claim.clone(),
-                token_type_check: config.user_token.token_type_check,
-            },
-        ),
+    let verifier = OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
+        UserClaimRules {
+            client_id: config.keycloak.client_id.clone(),
+            match_claim: config.user_token.match_claim.clone(),
+            token_type_check: config.user_token.token_type_check,
+        },
     );
+    let verifier = Arc::new(match config.user_token.verify {
+        crate::config::UserTokenVerify::Jwks => verifier,
+        crate::config::UserTokenVerify::Introspection => verifier.with_introspection(idp.clone()),
+    });
     if let Err(e) = idp.discover().await {
         tracing::warn!(error = %e, "IdP discovery failed at start-up; retrying on demand");
     }

@@ -63,16 +63,18 @@ label_values!(
         OtherGrant => "other_grant",
         Jwks => "jwks",
         Discovery => "discovery",
+        Introspection => "introspection",
     }
 );
 
 impl IdpRequest {
-    const ALL: [IdpRequest; 5] = [
+    const ALL: [IdpRequest; 6] = [
         IdpRequest::TokenExchange,
         IdpRequest::ClientCredentials,
         IdpRequest::OtherGrant,
         IdpRequest::Jwks,
         IdpRequest::Discovery,
+        IdpRequest::Introspection,
     ];
 
     /// The label for a token-endpoint form with this `grant_type`.

@@ -99,6 +99,18 @@ pub enum IssuedFormat {
     Opaque,
 }
 
+/// `userToken.verify`: how the broker verifies a user's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserTokenVerify {
+    /// `jwks` (default): locally, against the issuer's JWKS.
+    #[default]
+    Jwks,
+    /// `introspection`: RFC 7662 token introspection at the IdP's `introspection_endpoint`
+    /// (from discovery), for opaque or foreign user tokens; a positive answer is remembered no
+    /// longer than the token's `exp`.
+    Introspection,
+}
+
 /// What a target does when no user token can be exchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallbackPolicy {
@@ -234,6 +246,8 @@ pub struct UserTokenConfig {
     /// `userToken.tokenTypeCheck`, default `keycloak` under the keycloak profile, `jwt` under
     /// the generic one ([`TokenTypeCheck`]).
     pub token_type_check: TokenTypeCheck,
+    /// `userToken.verify`, default `jwks` ([`UserTokenVerify`]).
+    pub verify: UserTokenVerify,
 }
 
 /// One entry of YAML `backend.auth.externalAccess` (Backstage's shape).

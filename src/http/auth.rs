@@ -150,6 +150,12 @@ fn oidc_error_answer(e: &OidcError, caller_is_user: bool) -> ApiError {
             "the IdP's signing keys could not be loaded; try again shortly",
         );
     }
+    if let OidcError::IntrospectionUnavailable(_) = e {
+        return ApiError::request(
+            ErrorCode::TemporarilyUnavailable,
+            "the IdP's token introspection could not be reached; try again shortly",
+        );
+    }
     let description = format!("the user's token was rejected: {e}");
     if caller_is_user {
         ApiError::unauthenticated(description, Some(ErrorCode::InvalidToken))

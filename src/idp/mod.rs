@@ -21,6 +21,7 @@ pub mod discovery;
 pub mod error;
 pub mod exchange;
 pub mod hints;
+pub mod introspection;
 pub mod jwks;
 pub mod probe;
 pub mod realm_token;

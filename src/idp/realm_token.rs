@@ -52,6 +52,10 @@ pub enum RealmTokenError {
     MissingClaim(&'static str),
     #[error("the issuer's key set is unavailable: {0}")]
     KeysUnavailable(#[from] JwksError),
+    #[error("the IdP's introspection says the token is not active")]
+    Inactive,
+    #[error("the IdP's introspection is unavailable: {0}")]
+    IntrospectionUnavailable(String),
 }
 
 impl RealmTokenError {
@@ -72,6 +76,8 @@ impl RealmTokenError {
             }
             RealmTokenError::MissingClaim(_) => "missing_claim",
             RealmTokenError::KeysUnavailable(_) => "keys_unavailable",
+            RealmTokenError::Inactive => "inactive",
+            RealmTokenError::IntrospectionUnavailable(_) => "introspection_unavailable",
         }
     }
 }

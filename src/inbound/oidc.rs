@@ -113,6 +113,8 @@ struct Claims {
 /// Verifies Keycloak access tokens of one realm.
 pub struct OidcVerifier {
     realm: Arc<RealmTokenVerifier>,
+    /// `userToken.verify: introspection`: the IdP client that introspects (RFC 7662).
+    introspector: Option<Arc<crate::idp::IdpClient>>,
     clock: Arc<dyn Clock>,
     verified: VerifiedCache,
     rules: UserClaimRules,
@@ -162,6 +164,7 @@ impl OidcVerifier {
         };
         OidcVerifier {
             realm: Arc::new(RealmTokenVerifier::new(issuer, jwks, clock.clone())),
+            introspector: None,
             clock,
             verified,
             rules: UserClaimRules::default(),
@@ -171,6 +174,12 @@ impl OidcVerifier {
     /// Sets the broker's client id and the `userToken.matchClaim` recorded for each token.
     pub fn with_rules(mut self, rules: UserClaimRules) -> Self {
         self.rules = rules;
+        self
+    }
+
+    /// Verifies users' tokens by RFC 7662 introspection at `idp` instead of the JWKS.
+    pub fn with_introspection(mut self, idp: Arc<crate::idp::IdpClient>) -> Self {
+        self.introspector = Some(idp);
         self
     }
 
@@ -195,15 +204,68 @@ impl OidcVerifier {
         }
         let digest = crate::digest::sha256(token.as_bytes());
         if let Some(v) = self.verified.inner.get(&digest) {
-            if v.exp > self.clock.now_unix() && self.realm.jwks().has_kid(&v.kid) {
+            // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
+            let key_ok = v.kid.is_empty() || self.realm.jwks().has_kid(&v.kid);
+            if v.exp > self.clock.now_unix() && key_ok {
                 return Ok(v.with_token(token, digest));
             }
             self.verified.inner.invalidate(&digest);
         }
-        let v = self.verify_uncached(token).await?;
+        let v = match &self.introspector {
+            Some(idp) => self.verify_introspected(idp, token).await?,
+            None => self.verify_uncached(token).await?,
+        };
         let out = v.with_token(token, digest);
         self.verified.inner.insert(digest, Arc::new(v));
         Ok(out)
+    }
+
+    /// RFC 7662: the IdP's word instead of a local signature check. The answer is held to the
+    /// same rules as a token's claims: the configured issuer (when named), a `sub`, a future
+    /// `exp` (which bounds how long the verified-credential cache keeps it), and the user-token
+    /// facts (`client_id`/`azp`, `aud`, the match claim). `client_id` is always present in an
+    /// introspection answer, so a service account is recognised by its username only.
+    async fn verify_introspected(
+        &self,
+        idp: &crate::idp::IdpClient,
+        token: &str,
+    ) -> Result<UserClaims, OidcError> {
+        use crate::idp::introspection::Introspected;
+        let doc = match idp.introspect(token).await {
+            Ok(Introspected::Active(doc)) => doc,
+            Ok(Introspected::Inactive) => return Err(OidcError::Inactive),
+            Err(e) => return Err(OidcError::IntrospectionUnavailable(e.to_string())),
+        };
+        let text = |k: &str| doc.get(k).and_then(serde_json::Value::as_str);
+        if let Some(iss) = text("iss")
+            && iss != idp.issuer()
+        {
+            return Err(OidcError::WrongIssuer);
+        }
+        let sub = text("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or(OidcError::MissingClaim("sub"))?;
+        let exp = doc
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(OidcError::MissingClaim("exp"))?;
+        if exp <= self.clock.now_unix() {
+            return Err(OidcError::Expired);
+        }
+        let preferred_username = text("preferred_username").or(text("username"));
+        let azp = text("azp").or(text("client_id"));
+        let broker_in_aud =
+            !self.rules.client_id.is_empty() && aud_contains(doc.get("aud"), &self.rules.client_id);
+        Ok(UserClaims {
+            sub: sub.into(),
+            exp,
+            kid: "".into(),
+            preferred_username: preferred_username.map(Box::from),
+            azp: azp.map(Box::from),
+            match_value: text(self.rules.match_claim.as_str()).map(Box::from),
+            service_account: is_service_account(None, preferred_username),
+            broker_in_aud,
+        })
     }
 
     async fn verify_uncached(&self, token: &str) -> Result<UserClaims, OidcError> {

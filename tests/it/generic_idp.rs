@@ -408,3 +408,93 @@ async fn opaque_issued_tokens_are_served_only_where_configured() {
     );
     env.stop().await;
 }
+
+fn introspections(env: &Env) -> usize {
+    env.idp
+        .requests()
+        .iter()
+        .filter(|r| r.grant_type.is_none() && r.form.iter().any(|(k, _)| k == "token"))
+        .count()
+}
+
+fn introspection(yaml: String) -> String {
+    generic_profile(yaml).replacen("userToken:\n", "userToken:\n  verify: introspection\n", 1)
+}
+
+/// `userToken.verify: introspection` (RFC 7662): an active token is exchanged, and the answer
+/// is remembered (one introspection for repeated requests) but never past the token's `exp`;
+/// an inactive token (its session ended) is refused before any exchange; an unreachable IdP
+/// is 503, never a pass.
+#[actix_web::test]
+async fn introspection_verifies_users_tokens() {
+    // Access tokens of dev-frontend live 3 s here, so the `exp` bound is observable.
+    let mut o = Opts::default();
+    for c in &mut o.idp.clients {
+        if c.client_id == "dev-frontend" {
+            c.access_token_lifespan = Some(Duration::from_secs(3));
+        }
+    }
+    let idp = devidp::start(o.idp.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let addr = idp.addr().to_string();
+    idp.set_generic(Some(GenericMode {
+        issuer: root_slash(&addr),
+        access_token_typ: Some("at+jwt".into()),
+    }));
+    let yaml = introspection(config_yaml(&idp.issuer(), &o).replace(
+        &format!("  issuer: {}\n", idp.issuer()),
+        &format!("  issuer: \"{}\"\n", root_slash(&addr)),
+    ));
+    let env_map: HashMap<String, String> =
+        HashMap::from([("BROKER_SECRET".to_owned(), o.client_secret.clone())]);
+    let cfg = token_broker::config::load_str(&yaml, &env_map, std::path::Path::new(".")).unwrap();
+    assert_eq!(
+        cfg.user_token.verify,
+        token_broker::config::UserTokenVerify::Introspection
+    );
+    let broker = token_broker::app::start(cfg).await.unwrap();
+    let env = Env {
+        url: broker.public_url(),
+        idp,
+        broker,
+        http: reqwest::Client::new(),
+    };
+
+    let user = env.login("alice").await;
+    let exp = claims(&user)["exp"].as_u64().unwrap();
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "kagenti").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(introspections(&env), 1);
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "sonataflow").await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(introspections(&env), 1, "the positive answer is remembered");
+    // Past `exp` the remembered answer is gone: the token is refused, not served from memory.
+    sleep_until_unix(exp + 1).await;
+    let (status, _, _, body) = parts(env.exchange(Some(&user), "jobs").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(introspections(&env), 2, "asked again after exp");
+
+    // Inactive: the user's session ended at the IdP.
+    let bob = env.login("bob").await;
+    env.idp.logout_user("bob");
+    let before = env.exchanges();
+    let (status, _, _, body) = parts(env.exchange(Some(&bob), "kagenti").await).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("not active"),
+        "{body}"
+    );
+    assert_eq!(env.exchanges(), before);
+
+    // The IdP down: 503, fail closed.
+    let carol = env.login("alice").await;
+    env.idp.stop().await;
+    let (status, _, _, body) = parts(env.exchange(Some(&carol), "sonataflow").await).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable", "{body}");
+    env.broker.stop().await;
+}

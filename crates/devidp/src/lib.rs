@@ -111,6 +111,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 "/protocol/openid-connect/token",
                 web::post().to(token_endpoint::token),
             )
+            .route(
+                "/protocol/openid-connect/token/introspect",
+                web::route().to(token_endpoint::introspect),
+            )
             .default_service(web::to(discovery::not_found)),
     )
     .default_service(web::to(discovery::outside_realm));

@@ -1772,6 +1772,20 @@ async fn generic_mode_serves_discovery_at_the_issuer_and_is_off_by_default() {
     let idp = start_contract().await;
     let client = http();
     let root = format!("http://{}/.well-known/openid-configuration", idp.addr());
+    // Introspection is not emulated outside the generic mode: Keycloak's unserved-path 404.
+    let introspect = format!("{}/protocol/openid-connect/token/introspect", idp.issuer());
+    let r = client
+        .post(&introspect)
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "Unable to find matching target resource method"
+    );
     let r = client.get(&root).send().await.unwrap();
     assert_eq!(r.status(), 404);
     assert!(r.headers().get("content-type").is_none());

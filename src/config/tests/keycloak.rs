@@ -130,3 +130,23 @@ fn profile_defaults_and_keycloak_only_features() {
         "needs keycloak.profile: keycloak",
     );
 }
+
+/// `userToken.verify`: jwks by default, introspection (RFC 7662) on request.
+#[test]
+fn user_token_verification_mode() {
+    assert_eq!(
+        load(MINIMAL).unwrap().user_token.verify,
+        UserTokenVerify::Jwks
+    );
+    let y = format!("{MINIMAL}userToken:\n  verify: introspection\n");
+    assert_eq!(
+        load(&y).unwrap().user_token.verify,
+        UserTokenVerify::Introspection
+    );
+    let y = format!("{MINIMAL}userToken:\n  verify: both\n");
+    assert_issue(
+        &errors(&y),
+        "userToken.verify",
+        "must be one of: jwks, introspection",
+    );
+}

@@ -4,7 +4,7 @@
 use super::rules::{entity_template, is_tchar, section};
 use crate::config::backstage::match_template_is_unambiguous;
 use crate::config::error::Issues;
-use crate::config::model::{IdpProfile, TokenTypeCheck, UserTokenConfig};
+use crate::config::model::{IdpProfile, TokenTypeCheck, UserTokenConfig, UserTokenVerify};
 use crate::config::walk::{Field, Obj};
 
 pub(super) fn user_token(
@@ -21,6 +21,7 @@ pub(super) fn user_token(
             "allowedClients",
             "allowWithoutCaller",
             "tokenTypeCheck",
+            "verify",
         ],
         issues,
     )?;
@@ -68,6 +69,14 @@ pub(super) fn user_token(
         ],
         issues,
     );
+    let verify = obj.field("verify").enum_or(
+        UserTokenVerify::Jwks,
+        &[
+            ("jwks", UserTokenVerify::Jwks),
+            ("introspection", UserTokenVerify::Introspection),
+        ],
+        issues,
+    );
     let (match_claim, match_value) = matching?;
     let allowed_clients = allowed_clients?.unwrap_or_default();
     let allow_without_caller = allow_without_caller?;
@@ -86,6 +95,7 @@ pub(super) fn user_token(
         allowed_clients,
         allow_without_caller,
         token_type_check: token_type_check?,
+        verify: verify?,
     })
 }
 

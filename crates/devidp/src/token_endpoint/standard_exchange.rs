@@ -251,6 +251,11 @@ fn apply_fault(issuer: &Issuer<'_>, body: &mut Map<String, Value>, fault: Exchan
     }
 }
 
+/// Whether a token's claims pass §3.4 step 2 (the generic test mode's introspection).
+pub(super) fn subject_is_valid(st: &RealmState, claims: &Value, issuer: &str) -> bool {
+    validate_subject(st, claims, issuer).is_ok()
+}
+
 /// A subject token that passed §3.4 step 2.
 struct ValidatedSubject {
     subject: Subject,
