@@ -10,10 +10,10 @@ pub fn warnings(c: &Config) -> Vec<String> {
     let mut out = Vec::new();
     let kc = &c.keycloak;
     if kc.profile == IdpProfile::Keycloak && !is_keycloak_realm_issuer(kc.issuer.path()) {
-        out.push(format!(
-            "keycloak.issuer `{}` has no Keycloak realm path (/realms/NAME, no trailing /): Keycloak issues tokens with iss = https://HOST/realms/NAME; for another IdP set keycloak.profile: generic",
-            kc.issuer_id
-        ));
+        // No configured value is printed (substitution can put a secret into any key).
+        out.push(
+            "keycloak.issuer has no Keycloak realm path (/realms/NAME, no trailing /): Keycloak issues tokens with iss = https://HOST/realms/NAME; for another IdP set keycloak.profile: generic".to_owned(),
+        );
     }
     for (name, t) in &c.targets {
         if t.issued_token_audience == IssuedAudience::MayBeAbsent {

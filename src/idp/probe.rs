@@ -68,8 +68,7 @@ impl IdpClient {
                 "discovery",
                 Verdict::Ok,
                 format!(
-                    "issuer `{}` matches; token endpoint {}",
-                    self.issuer(),
+                    "the document's issuer equals keycloak.issuer; token endpoint {}",
                     ep.token
                 ),
                 "",

@@ -16,10 +16,9 @@ use crate::outbound::{Outbound, OutboundConfig};
 /// Runs every probe against the configured IdP and prints one line per probe to stdout.
 pub async fn run(cfg: &Config) -> ExitCode {
     let probes = probes(cfg).await;
-    println!(
-        "online check of keycloak.issuer {}:",
-        cfg.keycloak.issuer_id
-    );
+    // The configured issuer is not echoed (no configured value is printed: substitution can
+    // put a secret into any key); the probes name what the IdP published.
+    println!("online check of the IdP at keycloak.issuer:");
     for p in &probes {
         println!("{}", line(p));
     }

@@ -88,7 +88,7 @@ async fn check_config_online_reports_each_probe() {
     let (code, out) = check_online(ok).await;
     assert_eq!(code, Some(0), "{out}");
     for line in [
-        "ok       discovery: issuer",
+        "ok       discovery: the document's issuer equals keycloak.issuer",
         "ok       jwks: ",
         "ok       client authentication: client 'token-broker' authenticated",
         // Keycloak judges the (dummy) subject token before the audience: it cannot tell.

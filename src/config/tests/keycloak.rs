@@ -78,7 +78,7 @@ fn realm_path_is_a_warning_under_the_keycloak_profile_only() {
         let w = warnings(&c);
         assert!(
             w.iter()
-                .any(|w| w.contains("no Keycloak realm path") && w.contains(issuer)),
+                .any(|w| w.contains("no Keycloak realm path") && !w.contains(issuer)),
             "{issuer}: {w:?}"
         );
         let generic = yaml.replace("  clientId:", "  profile: generic\n  clientId:");
