@@ -51,6 +51,30 @@ impl RunningBroker {
         format!("http://{}", self.public_addr)
     }
 
+    /// `serve`'s start-up check (issue 12): asks the IdP once whether it accepts the broker's
+    /// client authentication (a side-effect-free probe, `idp::probe`). A refusal is an error
+    /// log and `token_broker_idp_client_auth_ok 0`, not a silent ready state in which every
+    /// request would fail; 1 when accepted; -1 when it could not be determined.
+    pub async fn probe_client_auth(&self) -> crate::idp::probe::Probe {
+        use crate::idp::probe::Verdict;
+        let p = self.state.idp.probe_client_auth().await;
+        match p.verdict {
+            Verdict::Ok => {
+                self.state.metrics.idp_client_auth(Some(true));
+                tracing::info!(detail = %p.detail, "IdP accepted the broker's client authentication");
+            }
+            Verdict::Failed => {
+                self.state.metrics.idp_client_auth(Some(false));
+                tracing::error!(detail = %p.detail, fix = %p.fix, "IdP REFUSED the broker's client authentication: every exchange will fail");
+            }
+            Verdict::Unknown => {
+                self.state.metrics.idp_client_auth(None);
+                tracing::warn!(detail = %p.detail, fix = %p.fix, "IdP client authentication could not be checked at start");
+            }
+        }
+        p
+    }
+
     /// Stops both listeners, letting in-flight requests finish.
     pub async fn stop(&self) {
         for h in &self.handles {
@@ -182,6 +206,9 @@ pub async fn start_with_clock(
 ) -> Result<RunningBroker, StartError> {
     let config = Arc::new(config);
     let kc = &config.keycloak;
+    for w in crate::config::warnings(&config) {
+        tracing::warn!(warning = %w, "configuration");
+    }
     // One registry per broker, handed to every layer that records (no global instance).
     let metrics = Metrics::new();
     let outbound = Arc::new(
@@ -192,14 +219,17 @@ pub async fn start_with_clock(
         kc.jwks_min_refresh_interval,
     ));
     let idp = Arc::new(IdpClient::new(kc, outbound.clone(), jwks.clone()));
-    let verifier = Arc::new(
-        OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
-            UserClaimRules {
-                client_id: config.keycloak.client_id.clone(),
-                match_claim: config.user_token.match_claim.clone(),
-            },
-        ),
+    let verifier = OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
+        UserClaimRules {
+            client_id: config.keycloak.client_id.clone(),
+            match_claim: config.user_token.match_claim.clone(),
+            token_type_check: config.user_token.token_type_check,
+        },
     );
+    let verifier = Arc::new(match config.user_token.verify {
+        crate::config::UserTokenVerify::Jwks => verifier,
+        crate::config::UserTokenVerify::Introspection => verifier.with_introspection(idp.clone()),
+    });
     if let Err(e) = idp.discover().await {
         tracing::warn!(error = %e, "IdP discovery failed at start-up; retrying on demand");
     }

@@ -28,6 +28,10 @@ enum Command {
     CheckConfig {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
+        /// Also contact the IdP: discovery, JWKS, the broker's client authentication and each
+        /// target's audience, each ok or failed with the fix (side-effect free).
+        #[arg(long)]
+        online: bool,
     },
     /// One token exchange at Keycloak, without the cache: the decoded result, or Keycloak's
     /// error and the hint; `--explain` adds the request sent and the checklist.
@@ -57,7 +61,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => match token_broker::config::load_file(&config) {
+        Command::CheckConfig { config, online } => match token_broker::config::load_file(&config) {
             Ok(c) => {
                 println!(
                     "{}: OK ({} target(s): {})",
@@ -65,6 +69,13 @@ fn main() -> ExitCode {
                     c.targets.len(),
                     c.targets.keys().cloned().collect::<Vec<_>>().join(", ")
                 );
+                for w in token_broker::config::warnings(&c) {
+                    println!("warning: {w}");
+                }
+                if online {
+                    return actix_web::rt::System::new()
+                        .block_on(token_broker::tester::online::run(&c));
+                }
                 ExitCode::SUCCESS
             }
             Err(errors) => {
@@ -88,6 +99,7 @@ fn main() -> ExitCode {
                 let broker = token_broker::app::start(cfg)
                     .await
                     .map_err(|e| e.to_string())?;
+                broker.probe_client_auth().await;
                 token_broker::app::serve_signals(&broker, &path).await;
                 broker.shutdown().await;
                 Ok(())

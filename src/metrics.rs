@@ -63,16 +63,18 @@ label_values!(
         OtherGrant => "other_grant",
         Jwks => "jwks",
         Discovery => "discovery",
+        Introspection => "introspection",
     }
 );
 
 impl IdpRequest {
-    const ALL: [IdpRequest; 5] = [
+    const ALL: [IdpRequest; 6] = [
         IdpRequest::TokenExchange,
         IdpRequest::ClientCredentials,
         IdpRequest::OtherGrant,
         IdpRequest::Jwks,
         IdpRequest::Discovery,
+        IdpRequest::Introspection,
     ];
 
     /// The label for a token-endpoint form with this `grant_type`.
@@ -261,6 +263,7 @@ struct Inner {
     cache_entries: Family<CacheEntriesLabel, Gauge<i64, AtomicI64>>,
     ready: Gauge<i64, AtomicI64>,
     targets: Gauge<i64, AtomicI64>,
+    client_auth_ok: Gauge<i64, AtomicI64>,
     token_requests: Family<TokenRequestLabels, Counter>,
     cache_requests: Family<CacheLabels, Counter>,
     cache_evictions: Family<EvictionLabels, Counter>,
@@ -309,6 +312,14 @@ impl Metrics {
             "token_broker_targets",
             "Configured targets",
             targets.clone(),
+        );
+        // -1 until `serve`'s start-up probe has decided (never probed under other entry points).
+        let client_auth_ok = Gauge::default();
+        client_auth_ok.set(-1);
+        registry.register(
+            "token_broker_idp_client_auth_ok",
+            "1 when the IdP accepted the broker's client authentication at start, 0 when it refused it, -1 when not determined",
+            client_auth_ok.clone(),
         );
         // Counters: registered without `_total`; the exposition appends it to every series
         // (OpenMetrics: the family is `x`, its samples `x_total`).
@@ -405,6 +416,7 @@ impl Metrics {
             cache_entries,
             ready,
             targets,
+            client_auth_ok,
             token_requests,
             cache_requests,
             cache_evictions,
@@ -415,6 +427,15 @@ impl Metrics {
             tester_runs,
             idp_latency,
         }))
+    }
+
+    /// The start-up client-authentication probe's verdict (`None`: not determined).
+    pub fn idp_client_auth(&self, ok: Option<bool>) {
+        self.0.client_auth_ok.set(match ok {
+            Some(true) => 1,
+            Some(false) => 0,
+            None => -1,
+        });
     }
 
     /// One request that reached the token service (`/v1/token`, or a proxied call): `target`

@@ -505,7 +505,7 @@ impl TokenService {
                 .map_err(FetchError::Idp)?;
             self.check_answer(
                 answer,
-                &target.audience,
+                target,
                 Some(token_type),
                 Expected::Sub(&user.sub),
                 cap,
@@ -569,7 +569,7 @@ impl TokenService {
                 Ok(a) => {
                     me.check_answer(
                         a,
-                        &target.audience,
+                        &target,
                         Some(token_type),
                         Expected::Sub(&user.sub),
                         cap,
@@ -611,16 +611,9 @@ impl TokenService {
                 .client_credentials(scopes)
                 .await
                 .map_err(FetchError::Idp)?;
-            self.check_answer(
-                answer,
-                &target.audience,
-                None,
-                Expected::Service,
-                None,
-                None,
-            )
-            .await
-            .map_err(FetchError::Invalid)
+            self.check_answer(answer, target, None, Expected::Service, None, None)
+                .await
+                .map_err(FetchError::Invalid)
         };
         match self.service_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
@@ -645,7 +638,7 @@ impl TokenService {
     async fn check_answer(
         &self,
         answer: TokenResponse,
-        audience: &str,
+        target: &TargetConfig,
         requested: Option<TokenType>,
         expected: Expected<'_>,
         cap_at: Option<u64>,
@@ -654,13 +647,21 @@ impl TokenService {
         let answer = crate::idp::answer::check(
             &self.verifier,
             answer,
-            audience,
+            crate::idp::answer::Expect {
+                audience: &target.audience,
+                aud_rule: target.issued_token_audience,
+                format: target.issued_token_format,
+            },
             requested,
             &self.config.user_token.match_claim,
+            self.clock.now_unix(),
         )
         .await?;
         match expected {
             Expected::Service => {}
+            // An opaque token has no `sub` to compare: the target declared so
+            // (`issuedTokenFormat: opaque`, warned at start). Never for a user mapping (config).
+            Expected::Sub(_) if answer.opaque => {}
             Expected::Sub(subject) => {
                 if answer.sub.as_deref() != Some(subject) {
                     return Err(

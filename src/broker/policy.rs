@@ -170,6 +170,8 @@ mod tests {
             allowed_callers: None,
             upstream: None,
             user_mapping: None,
+            issued_token_audience: Default::default(),
+            issued_token_format: Default::default(),
         }
     }
 

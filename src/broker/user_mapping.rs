@@ -61,7 +61,7 @@ impl TokenService {
             };
             self.check_answer(
                 answer,
-                &target.audience,
+                target,
                 requested,
                 Expected::Person(&principal.name),
                 Some(bs.expires_at),

@@ -7,6 +7,7 @@
 //!    `TOKEN_BROKER_CONFIG_*` overrides (Backstage's `APP_CONFIG_` convention);
 //! 3. [`validate`]: the tree to [`Config`], with defaults. Key reference: docs/configuration.md.
 
+pub mod advice;
 pub mod backstage;
 mod env;
 mod error;
@@ -21,6 +22,7 @@ mod tests;
 
 use std::path::Path;
 
+pub use advice::warnings;
 pub use env::{EnvLookup, ProcessEnv};
 pub use error::{ConfigErrors, ConfigIssue, ROOT_PATH};
 pub use model::*;

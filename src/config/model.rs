@@ -49,6 +49,68 @@ pub enum ClientAuthMethod {
     ClientSecretPost,
 }
 
+/// `keycloak.profile`: which IdP dialect the broker speaks (docs/configuration.md "IdP profile").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpProfile {
+    /// Keycloak (default): its `typ: Bearer` claim on access tokens, its error hints and tester
+    /// checklist, its V1 impersonation; a warning when the issuer has no realm path.
+    Keycloak,
+    /// Any RFC 8693 authorization server: RFC 9068 token typing, no Keycloak-only texts or
+    /// features.
+    Generic,
+}
+
+/// `userToken.tokenTypeCheck`: how a user's JWT shows it is an access token (not an ID or
+/// refresh token), checked before anything is sent to the IdP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TokenTypeCheck {
+    #[default]
+    /// `keycloak` (default of the keycloak profile): Keycloak's private claim `typ` equals
+    /// `Bearer` (case-insensitive, as Keycloak compares it).
+    KeycloakClaim,
+    /// `at+jwt`: the JOSE header `typ` is `at+jwt` or `application/at+jwt` (RFC 9068 §2.1, §4).
+    AtJwt,
+    /// `jwt` (default of the generic profile): the header `typ` is `at+jwt`,
+    /// `application/at+jwt`, `JWT` or absent, and a `typ` claim, if present, is `Bearer` (so a
+    /// Keycloak ID or refresh token is still refused).
+    Jwt,
+}
+
+/// `targets.<name>.issuedTokenAudience`: what `aud` a token the IdP issues for the target needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IssuedAudience {
+    /// `required` (default): `aud` contains the target's audience.
+    #[default]
+    Required,
+    /// `may_be_absent`: the IdP omits `aud`; a token without it is accepted (a token *with* an
+    /// `aud` must still contain the audience, and a user's token must still carry the user's
+    /// `sub`). Logged as a warning at start.
+    MayBeAbsent,
+}
+
+/// `targets.<name>.issuedTokenFormat`: what a token the IdP issues for the target is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IssuedFormat {
+    /// `jwt` (default): a JWT signed by a key of the issuer's JWKS, all checks applied.
+    #[default]
+    Jwt,
+    /// `opaque`: not decoded, so its signature, `aud` and `sub` are not checked; its lifetime
+    /// is the answer's `expires_in` (required), capped like any other. Logged at start.
+    Opaque,
+}
+
+/// `userToken.verify`: how the broker verifies a user's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UserTokenVerify {
+    /// `jwks` (default): locally, against the issuer's JWKS.
+    #[default]
+    Jwks,
+    /// `introspection`: RFC 7662 token introspection at the IdP's `introspection_endpoint`
+    /// (from discovery), for opaque or foreign user tokens; a positive answer is remembered no
+    /// longer than the token's `exp`.
+    Introspection,
+}
+
 /// What a target does when no user token can be exchanged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FallbackPolicy {
@@ -130,9 +192,14 @@ pub struct AdminConfig {
 /// YAML `keycloak`.
 #[derive(Debug, Clone)]
 pub struct KeycloakConfig {
-    /// `keycloak.issuer` (required): realm issuer, e.g. `https://kc.example.com/realms/rhdh`,
-    /// no trailing slash; must equal the discovery document's `issuer` exactly.
+    /// `keycloak.issuer` (required), parsed: the IdP's issuer, e.g.
+    /// `https://kc.example.com/realms/rhdh` or `https://idp.example.com/`.
     pub issuer: Url,
+    /// `keycloak.issuer` exactly as written (a trailing `/` kept, none added): what the
+    /// discovery document's `issuer` and every token's `iss` must equal byte for byte.
+    pub issuer_id: String,
+    /// `keycloak.profile`, default `keycloak`: the IdP dialect ([`IdpProfile`]).
+    pub profile: IdpProfile,
     /// `keycloak.clientId` (required): the broker's confidential client.
     pub client_id: String,
     /// `keycloak.clientSecret` (required, secret).
@@ -176,6 +243,11 @@ pub struct UserTokenConfig {
     /// caller credential is the user calling through a trusted proxy (oauth2-proxy), principal
     /// `oidc:<sub>`. Off = such a request is 401. On requires `allowed_clients` non-empty.
     pub allow_without_caller: bool,
+    /// `userToken.tokenTypeCheck`, default `keycloak` under the keycloak profile, `jwt` under
+    /// the generic one ([`TokenTypeCheck`]).
+    pub token_type_check: TokenTypeCheck,
+    /// `userToken.verify`, default `jwks` ([`UserTokenVerify`]).
+    pub verify: UserTokenVerify,
 }
 
 /// One entry of YAML `backend.auth.externalAccess` (Backstage's shape).
@@ -282,6 +354,11 @@ pub struct TargetConfig {
     /// `targets.<name>.userMapping`: how a Backstage user without a Keycloak token is mapped to
     /// a Keycloak user; `None` = the target's fallback policy applies.
     pub user_mapping: Option<UserMapping>,
+    /// `targets.<name>.issuedTokenAudience`, default `required`.
+    pub issued_token_audience: IssuedAudience,
+    /// `targets.<name>.issuedTokenFormat`, default `jwt`. `opaque` is refused with a
+    /// `userMapping` (whose answer must be shown to be the user's) and with an ID token.
+    pub issued_token_format: IssuedFormat,
 }
 
 /// Proxy mode of one target: where `/v1/proxy/<name>/...` forwards to and how the token goes.

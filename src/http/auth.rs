@@ -13,9 +13,10 @@ use actix_web::HttpRequest;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
-use crate::inbound::AuthError;
+use crate::config::IdpProfile;
 pub use crate::inbound::Authenticated;
 use crate::inbound::oidc::{MAX_TOKEN_LEN, OidcError};
+use crate::inbound::{AuthError, Refusal};
 use crate::metrics::AuthKind;
 
 /// Authenticates `req` from its headers alone: the caller credential and the user-token
@@ -107,7 +108,14 @@ async fn run(
         }
         AuthError::NotAUserToken(r) => {
             metrics.auth_failure(AuthKind::UserToken, r.kind());
-            ApiError::invalid_request(r.to_string()).with_hint(r.hint())
+            // Keycloak's console steps only under its profile (issue 12).
+            let hint = match (&r, state.config.keycloak.profile) {
+                (Refusal::NotInAudience(c), IdpProfile::Generic) => format!(
+                    "the user's token must carry the broker's client '{c}' in aud: configure the IdP to add it to the tokens of the client the user logs in with"
+                ),
+                _ => r.hint(),
+            };
+            ApiError::invalid_request(r.to_string()).with_hint(hint)
         }
     })
 }
@@ -140,6 +148,12 @@ fn oidc_error_answer(e: &OidcError, caller_is_user: bool) -> ApiError {
         return ApiError::request(
             ErrorCode::TemporarilyUnavailable,
             "the IdP's signing keys could not be loaded; try again shortly",
+        );
+    }
+    if let OidcError::IntrospectionUnavailable(_) = e {
+        return ApiError::request(
+            ErrorCode::TemporarilyUnavailable,
+            "the IdP's token introspection could not be reached; try again shortly",
         );
     }
     let description = format!("the user's token was rejected: {e}");

@@ -238,7 +238,7 @@ impl ResponseError for ApiError {
 /// Maps a Keycloak refusal: Keycloak's code passes through unchanged; the status follows
 /// [`Cause::IdpRefused`] (400 and 403 pass, a 401 and anything else become 502, with
 /// `idp_status`).
-pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
+pub fn from_idp_rejection(e: &IdpError, hint_client: Option<&str>) -> ApiError {
     match e {
         IdpError::Rejected {
             status,
@@ -255,7 +255,8 @@ pub fn from_idp_rejection(e: &IdpError, client_id: &str) -> ApiError {
                     .unwrap_or_else(|| "Keycloak gave no description".into()),
             );
             api.idp_status = *status;
-            api.hint = keycloak_hint(error, description.as_deref(), client_id);
+            // Keycloak's texts only under the keycloak profile (`hint_client` is `None` else).
+            api.hint = hint_client.and_then(|c| keycloak_hint(error, description.as_deref(), c));
             api
         }
         // An answer about the request that is not an OAuth error (an HTML 403/404 from a
@@ -291,7 +292,7 @@ fn idp_unavailable(e: &IdpError) -> ApiError {
 }
 
 /// The answer for a [`BrokerError`].
-pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
+pub fn from_broker(e: &BrokerError, hint_client: Option<&str>) -> ApiError {
     match e {
         BrokerError::UnknownTarget(t) => ApiError::request(
             // RFC 8693 §2.2.2: the audience is unknown or unacceptable.
@@ -323,16 +324,16 @@ pub fn from_broker(e: &BrokerError, client_id: &str) -> ApiError {
         }
         BrokerError::ExchangeFailed { source, .. } => {
             let mut api = match source {
-                IdpError::Rejected { .. } => from_idp_rejection(source, client_id),
+                IdpError::Rejected { .. } => from_idp_rejection(source, hint_client),
                 other => idp_unavailable(other),
             };
             // The fallback could not cover it: whatever Keycloak said, the IdP failed.
             api.cause = Cause::Unavailable(Failure::of(source));
             api
         }
-        BrokerError::ExchangeRejected(source) => from_idp_rejection(source, client_id),
+        BrokerError::ExchangeRejected(source) => from_idp_rejection(source, hint_client),
         BrokerError::ServiceAccountFailed { source, .. } => {
-            let mut api = from_idp_rejection(source, client_id);
+            let mut api = from_idp_rejection(source, hint_client);
             // The caller cannot fix the broker's service account: always a gateway error.
             if api.status().is_client_error() {
                 api.cause = Cause::BrokerRefused;
@@ -464,7 +465,7 @@ mod tests {
             error: "invalid_request".into(),
             description: Some("Invalid token".into()),
         };
-        let (status, _, body) = answer(&from_idp_rejection(&keycloak, "broker"));
+        let (status, _, body) = answer(&from_idp_rejection(&keycloak, Some("broker")));
         assert_eq!(status, 400);
         assert_eq!(body["error"], "invalid_request");
         assert_eq!(body["error_description"], "Invalid token");

@@ -201,7 +201,7 @@ async fn handle(
     };
     let min_life = cfg.min_stream_token_lifetime;
     let issue = |r| obtain(&state.service, r, streaming.then_some(min_life));
-    let client_id = &state.config.keycloak.client_id;
+    let client_id = crate::idp::hints::hint_client(&state.config.keycloak);
     let result = issue(token_req).await;
     record::issued(rec, &state.metrics, true, &result);
     let mut issued: Issued = result.map_err(|e| from_broker(&e, client_id))?;

@@ -147,7 +147,10 @@ async fn handle(
     );
     match result {
         Ok(issued) => Ok(answer(&issued, state.clock.now_unix())),
-        Err(e) => Err(from_broker(&e, &state.config.keycloak.client_id)),
+        Err(e) => Err(from_broker(
+            &e,
+            crate::idp::hints::hint_client(&state.config.keycloak),
+        )),
     }
 }
 

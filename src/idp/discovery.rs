@@ -25,6 +25,8 @@ pub const DISCOVERY_RETRY: Duration = Duration::from_secs(2);
 pub struct Endpoints {
     pub token: url::Url,
     pub jwks: url::Url,
+    /// `introspection_endpoint` (RFC 8414 §2, RFC 7662), when the document names one.
+    pub introspection: Option<url::Url>,
 }
 
 impl IdpClient {
@@ -46,13 +48,17 @@ impl IdpClient {
         // library's own discovery would fetch the key set a second time).
         let issuer =
             IssuerUrl::new(self.issuer.clone()).map_err(|e| IdpError::Discovery(e.to_string()))?;
-        let meta = self.fetch_metadata(&issuer).await?;
+        let (meta, introspection) = self.fetch_metadata(&issuer).await?;
         let token = meta
             .token_endpoint()
             .map(|t| t.url().clone())
             .ok_or_else(|| IdpError::Discovery("no token_endpoint".into()))?;
         let jwks = meta.jwks_uri().url().clone();
-        let ep = Arc::new(Endpoints { token, jwks });
+        let ep = Arc::new(Endpoints {
+            token,
+            jwks,
+            introspection,
+        });
         self.jwks.set_url(ep.jwks.clone());
         *self.endpoints.write() = Some(ep.clone());
         if let Err(e) = self.jwks.refresh().await {
@@ -64,7 +70,14 @@ impl IdpClient {
 
     /// GETs the discovery document (OpenID Connect Discovery 1.0 §4) and checks that its
     /// `issuer` is exactly the configured one (§4.3), as `openidconnect`'s own discovery does.
-    async fn fetch_metadata(&self, issuer: &IssuerUrl) -> Result<CoreProviderMetadata, IdpError> {
+    async fn fetch_metadata(
+        &self,
+        issuer: &IssuerUrl,
+    ) -> Result<(CoreProviderMetadata, Option<url::Url>), IdpError> {
+        // OIDC Discovery 1.0 §4: `{issuer}/.well-known/openid-configuration`, where a
+        // terminating `/` of the issuer is not doubled (`IssuerUrl::join` appends the suffix
+        // directly after a trailing `/`): `https://idp.example.com/` and
+        // `https://idp.example.com` are fetched at the same URL but are different issuers.
         let url = issuer
             .join(".well-known/openid-configuration")
             .map_err(|e| IdpError::Discovery(e.to_string()))?;
@@ -94,14 +107,24 @@ impl IdpClient {
         }
         let meta: CoreProviderMetadata = serde_json::from_slice(&answer.body)
             .map_err(|_| IdpError::Discovery("the discovery document is not valid".into()))?;
-        if meta.issuer() != issuer {
+        // Byte for byte (§4.3): no trailing-slash or case leniency.
+        if meta.issuer().as_str() != issuer.as_str() {
             return Err(IdpError::Discovery(format!(
                 "unexpected issuer URI `{}` (expected `{}`)",
                 meta.issuer().as_str(),
                 issuer.as_str()
             )));
         }
-        Ok(meta)
+        // Not part of `CoreProviderMetadata`: read from the same document.
+        let introspection = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|d| {
+                d.get("introspection_endpoint")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(|u| url::Url::parse(u).ok())
+            })
+            .filter(|u| matches!(u.scheme(), "http" | "https"));
+        Ok((meta, introspection))
     }
 
     /// The discovered endpoints; if discovery has not succeeded yet, retries it (at most every

@@ -2,6 +2,12 @@
 //! (its `error` and `error_description`). The HTTP edge adds them to error answers as `hint`;
 //! the exchange tester and the caller check of the user's token show them too.
 
+/// The broker's client id for [`keycloak_hint`] under the keycloak profile; `None` under the
+/// generic one, whose IdP's errors carry no Keycloak advice (they pass through as they are).
+pub fn hint_client(kc: &crate::config::KeycloakConfig) -> Option<&str> {
+    (kc.profile == crate::config::IdpProfile::Keycloak).then_some(kc.client_id.as_str())
+}
+
 /// A short hint for a Keycloak error, keyed on Keycloak's own texts
 /// (the descriptions Keycloak 26 sends from its token-exchange and client checks).
 pub fn keycloak_hint(error: &str, description: Option<&str>, client_id: &str) -> Option<String> {

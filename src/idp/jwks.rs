@@ -91,6 +91,11 @@ impl JwksCache {
         !self.snapshot().by_kid.is_empty()
     }
 
+    /// Usable keys in the current set.
+    pub fn key_count(&self) -> usize {
+        self.snapshot().by_kid.len()
+    }
+
     fn snapshot(&self) -> Arc<KeySet> {
         self.keys.read().clone()
     }

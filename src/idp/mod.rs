@@ -5,7 +5,8 @@
 //! [`user_mapping`]), [`jwks`] (the realm keys), [`realm_token`] (verifying a realm's JWT),
 //! [`logout_token`] (back-channel logout tokens),
 //! [`answer`] and [`claims`] (checks of the tokens Keycloak issues), [`hints`] (Keycloak error
-//! hints) and [`error`] (why a call failed).
+//! hints), [`probe`] (side-effect-free checks of discovery, keys, client authentication and
+//! audiences) and [`error`] (why a call failed).
 //!
 //! Every call goes through the outbound layer (`crate::outbound`): no redirects (a redirected
 //! token request would carry the broker's client secret to wherever the redirect points: an
@@ -21,8 +22,10 @@ pub mod discovery;
 pub mod error;
 pub mod exchange;
 pub mod hints;
+pub mod introspection;
 pub mod jwks;
 pub mod logout_token;
+pub mod probe;
 pub mod realm_token;
 pub mod token_endpoint;
 pub mod user_mapping;
@@ -59,7 +62,8 @@ pub struct IdpClient {
 impl IdpClient {
     pub fn new(cfg: &KeycloakConfig, outbound: Arc<Outbound>, jwks: Arc<JwksCache>) -> Self {
         IdpClient {
-            issuer: cfg.issuer.as_str().trim_end_matches('/').to_owned(),
+            // Exactly as configured: `iss` is compared byte for byte (RFC 8414 §3.3, OIDC Core §3.1.3.7).
+            issuer: cfg.issuer_id.clone(),
             client_id: cfg.client_id.clone(),
             client_secret: RwLock::new(cfg.client_secret.clone()),
             auth_method: cfg.client_auth_method,

@@ -44,10 +44,18 @@ pub enum RealmTokenError {
     WrongIssuer,
     #[error("the token is not an access token (typ is not Bearer)")]
     NotAccessToken,
+    #[error(
+        "the token is not an access token (its header typ is not at+jwt or JWT, or its typ claim is not Bearer)"
+    )]
+    NotAccessTokenJwt,
     #[error("the token lacks the required claim `{0}`")]
     MissingClaim(&'static str),
     #[error("the issuer's key set is unavailable: {0}")]
     KeysUnavailable(#[from] JwksError),
+    #[error("the IdP's introspection says the token is not active")]
+    Inactive,
+    #[error("the IdP's introspection is unavailable: {0}")]
+    IntrospectionUnavailable(String),
 }
 
 impl RealmTokenError {
@@ -63,9 +71,13 @@ impl RealmTokenError {
             RealmTokenError::Expired => "expired",
             RealmTokenError::NotYetValid => "not_yet_valid",
             RealmTokenError::WrongIssuer => "wrong_issuer",
-            RealmTokenError::NotAccessToken => "not_access_token",
+            RealmTokenError::NotAccessToken | RealmTokenError::NotAccessTokenJwt => {
+                "not_access_token"
+            }
             RealmTokenError::MissingClaim(_) => "missing_claim",
             RealmTokenError::KeysUnavailable(_) => "keys_unavailable",
+            RealmTokenError::Inactive => "inactive",
+            RealmTokenError::IntrospectionUnavailable(_) => "introspection_unavailable",
         }
     }
 }
@@ -97,12 +109,22 @@ impl RealmTokenVerifier {
         &self,
         token: &str,
     ) -> Result<(T, String), RealmTokenError> {
+        self.verify_typed(token).await.map(|(c, kid, _)| (c, kid))
+    }
+
+    /// [`Self::verify`], also returning the JOSE header's `typ` (RFC 7515 §4.1.9), which
+    /// RFC 9068 §2.1 uses to mark access tokens (`at+jwt`).
+    pub async fn verify_typed<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+    ) -> Result<(T, String, Option<String>), RealmTokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(RealmTokenError::TooLarge);
         }
         // decode_header refuses `alg: none` and unknown algorithms: those are malformed here.
         let header = decode_header(token).map_err(|_| RealmTokenError::Malformed)?;
         let kid = header.kid.ok_or(RealmTokenError::MissingKid)?;
+        let typ = header.typ;
         let key = self
             .jwks
             .key(&kid)
@@ -134,7 +156,7 @@ impl RealmTokenVerifier {
         }
         let claims =
             serde_json::from_value::<T>(data.claims).map_err(|_| RealmTokenError::Malformed)?;
-        Ok((claims, kid))
+        Ok((claims, kid, typ))
     }
 }
 

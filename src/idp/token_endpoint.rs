@@ -87,7 +87,7 @@ impl IdpClient {
     /// outbound layer with the concurrency bound, connect retries and metrics.
     pub(crate) async fn post_token_form_raw(
         &self,
-        mut form: Vec<(&'static str, String)>,
+        form: Vec<(&'static str, String)>,
     ) -> Result<RawAnswer, IdpError> {
         let ep = self.endpoints().await?;
         let metric = IdpRequest::for_grant(
@@ -95,6 +95,17 @@ impl IdpClient {
                 .find(|(k, _)| *k == "grant_type")
                 .map(|(_, v)| v.as_str()),
         );
+        self.post_form_raw(ep.token.clone(), form, metric).await
+    }
+
+    /// POSTs a form with the configured client authentication to `url` (the token or the
+    /// introspection endpoint, both from discovery), through the outbound layer.
+    pub(crate) async fn post_form_raw(
+        &self,
+        url: url::Url,
+        mut form: Vec<(&'static str, String)>,
+        metric: IdpRequest,
+    ) -> Result<RawAnswer, IdpError> {
         let mut headers = vec![
             (
                 "content-type",
@@ -124,7 +135,7 @@ impl IdpClient {
             .outbound
             .send(Request {
                 method: reqwest::Method::POST,
-                url: ep.token.clone(),
+                url,
                 headers,
                 body: Some(body),
                 limit: MAX_RESPONSE_BYTES,

@@ -2,10 +2,11 @@
 //!
 //! The realm's checks of any of its tokens (size, JWS shape, known `kid`, `alg` from the key,
 //! signature, `iss`, `exp`/`nbf` with zero leeway) are [`crate::idp::realm_token`]'s; this module
-//! adds what an access token of a user needs: `sub` present and the Keycloak `typ` claim
-//! `Bearer` (an ID or refresh token is not an access token: Keycloak would answer `Invalid
-//! token`, docs/reference/keycloak-token-exchange.md §3.4 step 2). Junk therefore never reaches
-//! Keycloak.
+//! adds what an access token of a user needs: `sub` present and the token typed as an access
+//! token by the deployment's rule (`userToken.tokenTypeCheck`: the Keycloak `typ` claim
+//! `Bearer` — an ID or refresh token is not an access token, Keycloak would answer `Invalid
+//! token`, docs/reference/keycloak-token-exchange.md §3.4 step 2 — or RFC 9068's header
+//! `typ: at+jwt`, or either of those or no type at all). Junk therefore never reaches the IdP.
 //!
 //! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
 //! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`). The cache
@@ -23,6 +24,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
+use crate::config::TokenTypeCheck;
 use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::jwks::JwksCache;
 use crate::idp::realm_token::RealmTokenVerifier;
@@ -90,6 +92,8 @@ pub struct UserClaimRules {
     pub client_id: String,
     /// `userToken.matchClaim`: the one claim kept for the Backstage identity match.
     pub match_claim: String,
+    /// `userToken.tokenTypeCheck`: how the token shows it is an access token.
+    pub token_type_check: TokenTypeCheck,
 }
 
 /// The claims read from a user token, straight into the types checked; everything else in
@@ -113,6 +117,8 @@ struct Claims {
 /// Verifies Keycloak access tokens of one realm.
 pub struct OidcVerifier {
     realm: Arc<RealmTokenVerifier>,
+    /// `userToken.verify: introspection`: the IdP client that introspects (RFC 7662).
+    introspector: Option<Arc<crate::idp::IdpClient>>,
     clock: Arc<dyn Clock>,
     verified: VerifiedCache,
     rules: UserClaimRules,
@@ -162,6 +168,7 @@ impl OidcVerifier {
         };
         OidcVerifier {
             realm: Arc::new(RealmTokenVerifier::new(issuer, jwks, clock.clone())),
+            introspector: None,
             clock,
             verified,
             rules: UserClaimRules::default(),
@@ -171,6 +178,12 @@ impl OidcVerifier {
     /// Sets the broker's client id and the `userToken.matchClaim` recorded for each token.
     pub fn with_rules(mut self, rules: UserClaimRules) -> Self {
         self.rules = rules;
+        self
+    }
+
+    /// Verifies users' tokens by RFC 7662 introspection at `idp` instead of the JWKS.
+    pub fn with_introspection(mut self, idp: Arc<crate::idp::IdpClient>) -> Self {
+        self.introspector = Some(idp);
         self
     }
 
@@ -195,19 +208,75 @@ impl OidcVerifier {
         }
         let digest = crate::digest::sha256(token.as_bytes());
         if let Some(v) = self.verified.inner.get(&digest) {
-            if v.exp > self.clock.now_unix() && self.realm.jwks().has_kid(&v.kid) {
+            // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
+            let key_ok = v.kid.is_empty() || self.realm.jwks().has_kid(&v.kid);
+            if v.exp > self.clock.now_unix() && key_ok {
                 return Ok(v.with_token(token, digest));
             }
             self.verified.inner.invalidate(&digest);
         }
-        let v = self.verify_uncached(token).await?;
+        let v = match &self.introspector {
+            Some(idp) => self.verify_introspected(idp, token).await?,
+            None => self.verify_uncached(token).await?,
+        };
         let out = v.with_token(token, digest);
         self.verified.inner.insert(digest, Arc::new(v));
         Ok(out)
     }
 
+    /// RFC 7662: the IdP's word instead of a local signature check. The answer is held to the
+    /// same rules as a token's claims: the configured issuer (when named), a `sub`, a future
+    /// `exp` (which bounds how long the verified-credential cache keeps it), and the user-token
+    /// facts (`client_id`/`azp`, `aud`, the match claim). `client_id` is always present in an
+    /// introspection answer, so a service account is recognised by its username only.
+    async fn verify_introspected(
+        &self,
+        idp: &crate::idp::IdpClient,
+        token: &str,
+    ) -> Result<UserClaims, OidcError> {
+        use crate::idp::introspection::Introspected;
+        let doc = match idp.introspect(token).await {
+            Ok(Introspected::Active(doc)) => doc,
+            Ok(Introspected::Inactive) => return Err(OidcError::Inactive),
+            Err(e) => return Err(OidcError::IntrospectionUnavailable(e.to_string())),
+        };
+        let text = |k: &str| doc.get(k).and_then(serde_json::Value::as_str);
+        if let Some(iss) = text("iss")
+            && iss != idp.issuer()
+        {
+            return Err(OidcError::WrongIssuer);
+        }
+        let sub = text("sub")
+            .filter(|s| !s.is_empty())
+            .ok_or(OidcError::MissingClaim("sub"))?;
+        let exp = doc
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .ok_or(OidcError::MissingClaim("exp"))?;
+        if exp <= self.clock.now_unix() {
+            return Err(OidcError::Expired);
+        }
+        let preferred_username = text("preferred_username").or(text("username"));
+        let azp = text("azp").or(text("client_id"));
+        let broker_in_aud =
+            !self.rules.client_id.is_empty() && aud_contains(doc.get("aud"), &self.rules.client_id);
+        Ok(UserClaims {
+            sub: sub.into(),
+            exp,
+            kid: "".into(),
+            preferred_username: preferred_username.map(Box::from),
+            azp: azp.map(Box::from),
+            match_value: text(self.rules.match_claim.as_str()).map(Box::from),
+            // RFC 7662 §2.2 lists no `sid`; Keycloak's introspection answer carries it.
+            sid: text("sid").filter(|s| !s.is_empty()).map(Box::from),
+            service_account: is_service_account(None, preferred_username),
+            broker_in_aud,
+        })
+    }
+
     async fn verify_uncached(&self, token: &str) -> Result<UserClaims, OidcError> {
-        let (payload, kid) = self.realm.verify::<serde_json::Value>(token).await?;
+        let (payload, kid, header_typ) =
+            self.realm.verify_typed::<serde_json::Value>(token).await?;
         // The match claim is read from the payload before it is narrowed to `Claims`.
         let match_value = payload
             .get(self.rules.match_claim.as_str())
@@ -219,11 +288,11 @@ impl OidcVerifier {
             .filter(|s| !s.is_empty())
             .ok_or(OidcError::MissingClaim("sub"))?;
         let exp = c.exp.ok_or(OidcError::MissingClaim("exp"))?;
-        match c.typ.as_deref() {
-            // Keycloak's TokenVerifier compares the type case-insensitively.
-            Some(t) if t.eq_ignore_ascii_case("Bearer") => {}
-            _ => return Err(OidcError::NotAccessToken),
-        }
+        check_token_type(
+            self.rules.token_type_check,
+            header_typ.as_deref(),
+            c.typ.as_deref(),
+        )?;
         let service_account = is_service_account(
             c.client_id.as_ref().or(c.client_id_legacy.as_ref()),
             c.preferred_username.as_deref(),
@@ -244,9 +313,79 @@ impl OidcVerifier {
     }
 }
 
+/// Is this JWT an access token, by the deployment's rule (`userToken.tokenTypeCheck`)? An ID
+/// or refresh token must never be exchanged as the user's access token.
+fn check_token_type(
+    rule: TokenTypeCheck,
+    header_typ: Option<&str>,
+    claim_typ: Option<&str>,
+) -> Result<(), OidcError> {
+    // RFC 9068 §4: `at+jwt`, or the full media type `application/at+jwt`; media types compare
+    // case-insensitively (RFC 7515 §4.1.9).
+    let at_jwt =
+        |t: &str| t.eq_ignore_ascii_case("at+jwt") || t.eq_ignore_ascii_case("application/at+jwt");
+    match rule {
+        // Keycloak's private claim; its TokenVerifier compares it case-insensitively.
+        TokenTypeCheck::KeycloakClaim => match claim_typ {
+            Some(t) if t.eq_ignore_ascii_case("Bearer") => Ok(()),
+            _ => Err(OidcError::NotAccessToken),
+        },
+        TokenTypeCheck::AtJwt => match header_typ {
+            Some(t) if at_jwt(t) => Ok(()),
+            _ => Err(OidcError::NotAccessTokenJwt),
+        },
+        TokenTypeCheck::Jwt => {
+            let header_ok = match header_typ {
+                None => true,
+                Some(t) => at_jwt(t) || t.eq_ignore_ascii_case("JWT"),
+            };
+            // A `typ` claim other than Bearer marks Keycloak's ID and refresh tokens.
+            let claim_ok = claim_typ.is_none_or(|t| t.eq_ignore_ascii_case("Bearer"));
+            if header_ok && claim_ok {
+                Ok(())
+            } else {
+                Err(OidcError::NotAccessTokenJwt)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The three rules of `userToken.tokenTypeCheck` over the token shapes seen in the field:
+    /// Keycloak (header JWT, claim Bearer/ID/Refresh), RFC 9068 (header at+jwt, no claim),
+    /// and IdPs that type nothing.
+    #[test]
+    fn token_type_rules() {
+        use TokenTypeCheck::*;
+        let cases: &[(TokenTypeCheck, Option<&str>, Option<&str>, bool)] = &[
+            (KeycloakClaim, Some("JWT"), Some("Bearer"), true),
+            (KeycloakClaim, Some("JWT"), Some("bearer"), true),
+            (KeycloakClaim, Some("at+jwt"), None, false),
+            (KeycloakClaim, None, None, false),
+            (KeycloakClaim, Some("JWT"), Some("ID"), false),
+            (AtJwt, Some("at+jwt"), None, true),
+            (AtJwt, Some("application/AT+JWT"), None, true),
+            (AtJwt, Some("JWT"), Some("Bearer"), false),
+            (AtJwt, None, None, false),
+            (Jwt, Some("at+jwt"), None, true),
+            (Jwt, Some("JWT"), None, true),
+            (Jwt, None, None, true),
+            (Jwt, Some("JWT"), Some("Bearer"), true),
+            (Jwt, Some("JWT"), Some("ID"), false),
+            (Jwt, Some("JWT"), Some("Refresh"), false),
+            (Jwt, Some("dpop+jwt"), None, false),
+        ];
+        for (rule, header, claim, ok) in cases {
+            assert_eq!(
+                check_token_type(*rule, *header, *claim).is_ok(),
+                *ok,
+                "{rule:?} {header:?} {claim:?}"
+            );
+        }
+    }
 
     /// The verified-credential cache keeps a few short claims per token, not the ~1.2 KB
     /// token and its claim set (issue 9 §5: ~5.9 KB per entry before, measured).

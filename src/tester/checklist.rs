@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::{Report, Tester};
-use crate::config::TargetConfig;
+use crate::config::{IdpProfile, TargetConfig};
 use crate::idp::claims::aud_contains;
 use crate::inbound::oidc::OidcError;
 
@@ -79,6 +79,11 @@ impl Tester<'_> {
         token_url: Option<&str>,
         local: Option<&OidcError>,
     ) -> Vec<Check> {
+        if !self.keycloak_profile() {
+            let mut out = self.generic_checks(tcfg, report, reached, local);
+            out.extend(relaxed_check(tcfg));
+            return out;
+        }
         let client = self.idp.client_id();
         let issuer = self.idp.issuer();
         let claims = report.subject_claims.as_ref().map(|d| &d.claims);
@@ -200,6 +205,94 @@ impl Tester<'_> {
             detail: "informational: the user's Keycloak token is exchanged directly; mapping Backstage users (JWT authorization grant) applies once Backstage callers are supported".into(),
             fix: "for the JWT authorization grant route see docs/keycloak-setup.md".into(),
         });
+        out.extend(relaxed_check(tcfg));
+        out
+    }
+}
+
+/// The checks of the issued token this target relaxes, named (never accepted silently).
+fn relaxed_check(tcfg: &TargetConfig) -> Option<Check> {
+    let relaxed = crate::config::advice::relaxed_checks(tcfg);
+    (!relaxed.is_empty()).then(|| Check {
+        name: "Relaxed checks of the issued token",
+        ok: None,
+        status: "n/a",
+        detail: format!("this target relaxes: {}", relaxed.join("; ")),
+        fix: "only if the IdP really issues such tokens for this audience; otherwise remove issuedTokenAudience / issuedTokenFormat from the target".into(),
+    })
+}
+
+impl Tester<'_> {
+    pub(super) fn keycloak_profile(&self) -> bool {
+        self.config.keycloak.profile == IdpProfile::Keycloak
+    }
+
+    /// The checklist under `keycloak.profile: generic`: only what holds for any RFC 8693
+    /// server (no Keycloak console steps, no stages inferred from Keycloak's texts); the IdP's
+    /// own error is the answer's `error` / `error_description`.
+    fn generic_checks(
+        &self,
+        tcfg: &TargetConfig,
+        report: &Report,
+        reached: u8,
+        local: Option<&OidcError>,
+    ) -> Vec<Check> {
+        let issuer = self.idp.issuer();
+        let claims = report.subject_claims.as_ref().map(|d| &d.claims);
+        let mut out = Vec::new();
+        out.push(check(
+            "Subject token verifies locally (signature, iss, access-token type)",
+            Some(local.is_none()),
+            match local {
+                None => "signature by a key of the issuer's JWKS, iss, exp/nbf and the access-token type check out".into(),
+                Some(e) => format!("rejected: {e}"),
+            },
+            "the subject must be an access token of the configured issuer (not an ID or refresh token), signed by a key in its JWKS; userToken.tokenTypeCheck says how it must be typed".into(),
+        ));
+        let subject_iss = claims.and_then(|c| c.get("iss")).and_then(Value::as_str);
+        out.push(check(
+            "Subject token's iss is keycloak.issuer, byte for byte",
+            subject_iss.map(|i| i == issuer),
+            format!(
+                "subject iss = {}, keycloak.issuer = {issuer}",
+                subject_iss.unwrap_or("(none)")
+            ),
+            "set keycloak.issuer to exactly the iss of users' tokens, including or excluding a trailing /".into(),
+        ));
+        let exp = claims.and_then(|c| c.get("exp")).and_then(Value::as_u64);
+        out.push(check(
+            "Subject token not expired",
+            exp.map(|e| e > self.now),
+            match exp {
+                Some(e) if e > self.now => format!("expires in {} s", e - self.now),
+                Some(e) => format!("expired {} s ago", self.now.saturating_sub(e)),
+                None => "no exp claim".into(),
+            },
+            "get a fresh access token (log in again)".into(),
+        ));
+        out.push(check(
+            "The IdP issued a token (RFC 8693)",
+            match (reached, report.response.is_some()) {
+                (SUCCESS, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            },
+            match (&report.error, &report.error_description) {
+                (Some(e), d) => format!("the IdP answered {e}: {}", d.as_deref().unwrap_or("")),
+                (None, _) => report.summary.clone(),
+            },
+            "the error is the IdP's own: check in its documentation that token exchange is enabled for the broker's client and that it may issue tokens for the target's audience".into(),
+        ));
+        let result_aud = report
+            .result_claims
+            .as_ref()
+            .map(|d| aud_contains(d.claims.get("aud"), &tcfg.audience));
+        out.push(check(
+            "Issued token's aud contains the target audience",
+            result_aud,
+            format!("target audience '{}'", tcfg.audience),
+            "the IdP must put the target's audience into the tokens it issues for it".into(),
+        ));
         out
     }
 }

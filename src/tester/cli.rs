@@ -53,7 +53,12 @@ pub async fn run(config: &Path, target: &str, token_file: &Path, explain: bool) 
     ));
     let idp = IdpClient::new(kc, outbound, jwks.clone());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let verifier = OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone());
+    let verifier = OidcVerifier::new(idp.issuer().to_owned(), jwks, clock.clone()).with_rules(
+        crate::inbound::oidc::UserClaimRules {
+            token_type_check: cfg.user_token.token_type_check,
+            ..Default::default()
+        },
+    );
     if let Err(e) = idp.discover().await {
         eprintln!("token-broker exchange: {e}");
     }

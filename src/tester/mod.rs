@@ -13,6 +13,7 @@ pub mod checklist;
 pub mod cli;
 #[cfg(feature = "dev")]
 pub mod dev_login;
+pub mod online;
 pub mod redact;
 pub mod view;
 
@@ -79,7 +80,12 @@ impl Tester<'_> {
         if subject_token.is_empty() || subject_token.len() > 16 * 1024 {
             return Err(TesterError::BadToken);
         }
-        let client_id = self.idp.client_id().to_owned();
+        // Summaries name Keycloak only under its profile.
+        let who = if self.keycloak_profile() {
+            "Keycloak"
+        } else {
+            "The IdP"
+        };
         let subject = decode_jwt(subject_token);
         let local = self.verifier.verify(subject_token).await.err();
 
@@ -130,7 +136,7 @@ impl Tester<'_> {
         let endpoints = match self.idp.endpoints().await {
             Ok(ep) => ep,
             Err(e) => {
-                report.summary = format!("Keycloak could not be reached: {e}");
+                report.summary = format!("{who} could not be reached: {e}");
                 report.checks = self.checks(tcfg, &report, 0, None, local.as_ref());
                 return Ok(report);
             }
@@ -145,7 +151,7 @@ impl Tester<'_> {
         let raw = match self.idp.post_token_form_raw(form).await {
             Ok(r) => r,
             Err(e) => {
-                report.summary = format!("Keycloak could not be reached: {e}");
+                report.summary = format!("{who} could not be reached: {e}");
                 report.checks = self.checks(tcfg, &report, 0, Some(&token_url), local.as_ref());
                 return Ok(report);
             }
@@ -159,7 +165,7 @@ impl Tester<'_> {
                 report.outcome = "success";
                 report.result_claims = decode_jwt(&answer.access_token);
                 report.summary = format!(
-                    "Keycloak issued a token for target '{target}' (audience '{}')",
+                    "{who} issued a token for target '{target}' (audience '{}')",
                     tcfg.audience
                 );
                 SUCCESS
@@ -171,19 +177,25 @@ impl Tester<'_> {
             }) => {
                 report.outcome = "keycloak_error";
                 let d = description.clone().unwrap_or_default();
-                report.hint = keycloak_hint(&error, description.as_deref(), &client_id);
+                report.hint = crate::idp::hints::hint_client(&self.config.keycloak)
+                    .and_then(|c| keycloak_hint(&error, description.as_deref(), c));
                 report.summary = format!(
-                    "Keycloak refused the exchange: HTTP {} {error}: {d}",
+                    "{who} refused the exchange: HTTP {} {error}: {d}",
                     status.unwrap_or(raw.status)
                 );
-                let s = stage(raw.status, &error, &d);
+                // Keycloak's pipeline stages are recognised from its texts: keycloak profile only.
+                let s = if self.keycloak_profile() {
+                    stage(raw.status, &error, &d)
+                } else {
+                    0
+                };
                 report.error = Some(error);
                 report.error_description = description;
                 s
             }
             Err(e) => {
                 report.outcome = "keycloak_error";
-                report.summary = format!("Keycloak answered unexpectedly: {e}");
+                report.summary = format!("{who} answered unexpectedly: {e}");
                 0
             }
         };

@@ -41,7 +41,7 @@ fn check_config_lists_all_errors_with_paths_and_no_secrets() {
 server:
   listen: not-an-address
 keycloak:
-  issuer: http://kc.example.com/realms/dev/
+  issuer: http://KC.example.com/realms/dev
   clientId: token-broker
   clientSecret: 12345-very-secret-value
   clientAuthMethod: client_secret_jwt

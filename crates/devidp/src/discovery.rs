@@ -25,6 +25,15 @@ pub fn request_issuer(req: &HttpRequest, realm: &str) -> String {
     format!("http://{host}/realms/{realm}")
 }
 
+/// The realm's issuer for this request: [`request_issuer`], or in the generic test mode
+/// (`crate::realm::GenericMode`) the configured issuer, exactly.
+pub fn realm_issuer(req: &HttpRequest, idp: &Shared) -> String {
+    match &idp.state().generic {
+        Some(g) => g.issuer.clone(),
+        None => request_issuer(req, &idp.realm),
+    }
+}
+
 /// 404 for an unknown realm, as Keycloak's realm resource answers.
 pub fn realm_not_found() -> HttpResponse {
     HttpResponse::NotFound().json(json!({ "error": "Realm does not exist" }))
@@ -54,8 +63,12 @@ fn grant_types_supported(token_exchange: bool, jwt_grant: bool) -> Vec<&'static 
     grants
 }
 
-/// The discovery document with Keycloak's field set (§1), built for the request's issuer.
-pub fn discovery_document(issuer: &str, token_exchange: bool, jwt_grant: bool) -> Value {
+/// The discovery document with Keycloak's field set (§1), built for the request's issuer:
+/// naming `issuer` and the endpoints under `base` (the same in Keycloak; they differ in the
+/// generic test mode).
+fn discovery_document_at(issuer: &str, base: &str, token_exchange: bool, jwt_grant: bool) -> Value {
+    let issuer_claim = issuer;
+    let issuer = base;
     let oidc = format!("{issuer}/protocol/openid-connect");
     let algs = json!([
         "PS384", "RS384", "EdDSA", "ES384", "HS256", "HS512", "ES256", "RS256", "HS384", "ES512",
@@ -69,7 +82,7 @@ pub fn discovery_document(issuer: &str, token_exchange: bool, jwt_grant: bool) -
         "client_secret_jwt"
     ]);
     let mut doc = json!({
-        "issuer": issuer,
+        "issuer": issuer_claim,
         "authorization_endpoint": format!("{oidc}/auth"),
         "token_endpoint": format!("{oidc}/token"),
         "introspection_endpoint": format!("{oidc}/token/introspect"),
@@ -155,7 +168,42 @@ pub async fn openid_configuration(
             st.jwt_authorization_grant_enabled,
         )
     };
-    HttpResponse::Ok().json(discovery_document(&request_issuer(&req, &realm), te, jwt))
+    let base = request_issuer(&req, &realm);
+    HttpResponse::Ok().json(discovery_document_at(
+        &realm_issuer(&req, &idp),
+        &base,
+        te,
+        jwt,
+    ))
+}
+
+/// Any path outside `/realms/{realm}`: in the generic test mode, the discovery document at
+/// `{issuer}/.well-known/openid-configuration` (OIDC Discovery §4: a terminating `/` of the
+/// issuer is removed before the suffix is appended); otherwise an empty 404, exactly what the
+/// server answered before the generic mode existed.
+pub async fn outside_realm(req: HttpRequest, idp: web::Data<Shared>) -> HttpResponse {
+    let generic = idp.state().generic.clone();
+    if let Some(g) = generic
+        && req.method() == actix_web::http::Method::GET
+        && let Ok(url) = url::Url::parse(&g.issuer)
+        && req.path()
+            == format!(
+                "{}/.well-known/openid-configuration",
+                url.path().trim_end_matches('/')
+            )
+    {
+        let (te, jwt) = {
+            let st = idp.state();
+            (
+                st.token_exchange_enabled,
+                st.jwt_authorization_grant_enabled,
+            )
+        };
+        let base = request_issuer(&req, &idp.realm);
+        return HttpResponse::Ok().json(discovery_document_at(&g.issuer, &base, te, jwt));
+    }
+    // What actix answers without a default service: an empty 404, as before this handler.
+    HttpResponse::NotFound().finish()
 }
 
 /// `GET /realms/{realm}/protocol/openid-connect/certs`. Keycloak serves it with

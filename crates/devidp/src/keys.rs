@@ -121,6 +121,20 @@ impl RealmKeys {
     /// (docs/reference/keycloak-token-exchange.md §4).
     pub fn sign(&self, claims: &Value) -> String {
         let header = json!({ "alg": "RS256", "typ": "JWT", "kid": self.sig.kid });
+        self.sign_with_header(&header, claims)
+    }
+
+    /// Signs with the JOSE header `typ` given (`None`: no `typ`), for the generic mode's
+    /// RFC 9068 access tokens (not Keycloak's shape).
+    pub fn sign_typed(&self, typ: Option<&str>, claims: &Value) -> String {
+        let header = match typ {
+            Some(t) => json!({ "alg": "RS256", "typ": t, "kid": self.sig.kid }),
+            None => json!({ "alg": "RS256", "kid": self.sig.kid }),
+        };
+        self.sign_with_header(&header, claims)
+    }
+
+    fn sign_with_header(&self, header: &Value, claims: &Value) -> String {
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -217,6 +231,10 @@ impl KeyRing {
 
     pub fn sign(&self, claims: &Value) -> String {
         self.get().sign(claims)
+    }
+
+    pub fn sign_typed(&self, typ: Option<&str>, claims: &Value) -> String {
+        self.get().sign_typed(typ, claims)
     }
 
     pub fn verify(&self, token: &str) -> Result<Value, VerifyError> {

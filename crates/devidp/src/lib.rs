@@ -38,6 +38,7 @@ use actix_web::{App, HttpServer, web};
 pub use logout::{BACKCHANNEL_LOGOUT_EVENT, BackchannelDelivery};
 pub use realm::{
     DevClient, DevIdentityProvider, DevIdpConfig, DevUser, ExchangeFault, FederatedIdentity,
+    GenericMode,
 };
 pub use state::RecordedRequest;
 
@@ -121,12 +122,17 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 "/protocol/openid-connect/logout",
                 web::post().to(logout::logout_endpoint),
             )
+            .route(
+                "/protocol/openid-connect/token/introspect",
+                web::route().to(token_endpoint::introspect),
+            )
             .default_service(web::to(discovery::not_found)),
     )
     .route(
         "/admin/realms/{realm}/users/{id}/logout",
         web::post().to(logout::admin_user_logout),
-    );
+    )
+    .default_service(web::to(discovery::outside_realm));
 }
 
 impl DevIdpHandle {
@@ -276,6 +282,21 @@ impl DevIdpHandle {
     /// restores normal answers). Not Keycloak behaviour.
     pub fn set_exchange_fault(&self, fault: Option<ExchangeFault>) {
         self.shared.state().exchange_fault = fault;
+    }
+
+    /// Test mode: act as a generic RFC 8693 server ([`GenericMode`]: any issuer form, no
+    /// Keycloak `typ` claim, RFC 9068 header typing); `None` restores Keycloak's behaviour.
+    /// Not Keycloak behaviour.
+    pub fn set_generic(&self, mode: Option<GenericMode>) {
+        self.shared.state().generic = mode;
+    }
+
+    /// The realm's current issuer: the generic mode's, else [`Self::issuer`].
+    pub fn current_issuer(&self) -> String {
+        match &self.shared.state().generic {
+            Some(g) => g.issuer.clone(),
+            None => self.issuer(),
+        }
     }
 
     /// Signs arbitrary claims with the realm's current signing key (RS256, its `kid`).

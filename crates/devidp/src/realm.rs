@@ -364,6 +364,20 @@ pub struct RealmState {
     pub token_endpoint_delay: Duration,
     /// Test fault: corrupt successful exchange answers (never set by `token-broker dev`).
     pub exchange_fault: Option<ExchangeFault>,
+    /// Test mode: behave as a generic (non-Keycloak) RFC 8693 server. `None`: Keycloak.
+    pub generic: Option<GenericMode>,
+}
+
+/// A generic, standards-only IdP instead of Keycloak's dialect (a test mode, never set by
+/// `token-broker dev`): the issuer is `issuer` exactly (any form: trailing `/`, no realm path),
+/// with discovery at `{issuer}/.well-known/openid-configuration` (OIDC Discovery §4: a
+/// terminating `/` is not doubled) and the endpoints still under `/realms/{realm}`; access
+/// tokens carry no Keycloak `typ` claim and the JOSE header `typ` given here (RFC 9068 §2.1:
+/// `at+jwt`; `None`: no `typ`); subject tokens need no `typ` claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenericMode {
+    pub issuer: String,
+    pub access_token_typ: Option<String>,
 }
 
 /// A deliberate defect in a successful token-exchange answer, so tests can prove the broker
@@ -380,6 +394,10 @@ pub enum ExchangeFault {
     WrongTokenType,
     /// The token is signed by a key that is not in the realm's JWKS.
     ForeignSignature,
+    /// The minted token has no `aud` (some IdPs omit it).
+    OmitAudience,
+    /// The access token is opaque: a random string, not a JWT.
+    Opaque,
 }
 
 impl RealmState {
@@ -395,6 +413,7 @@ impl RealmState {
             used_assertions: HashMap::new(),
             token_endpoint_delay: Duration::ZERO,
             exchange_fault: None,
+            generic: None,
         }
     }
 

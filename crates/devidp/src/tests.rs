@@ -1771,3 +1771,51 @@ async fn keycloak_conformance_details() {
     );
     idp.stop().await;
 }
+
+/// The generic test mode (issue 12): discovery at `{issuer}/.well-known/openid-configuration`
+/// for an issuer with a trailing `/` and no realm path, naming that issuer exactly, endpoints
+/// still under the realm; without the mode a path outside the realm is the same empty 404 as
+/// before.
+#[actix_web::test]
+async fn generic_mode_serves_discovery_at_the_issuer_and_is_off_by_default() {
+    let idp = start_contract().await;
+    let client = http();
+    let root = format!("http://{}/.well-known/openid-configuration", idp.addr());
+    // Introspection is not emulated outside the generic mode: Keycloak's unserved-path 404.
+    let introspect = format!("{}/protocol/openid-connect/token/introspect", idp.issuer());
+    let r = client
+        .post(&introspect)
+        .form(&[("token", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["error"],
+        "Unable to find matching target resource method"
+    );
+    let r = client.get(&root).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers().get("content-type").is_none());
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    let issuer = format!("http://{}/", idp.addr());
+    idp.set_generic(Some(crate::GenericMode {
+        issuer: issuer.clone(),
+        access_token_typ: Some("at+jwt".into()),
+    }));
+    let doc: Value = client
+        .get(&root)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(doc["issuer"], issuer.as_str());
+    assert_eq!(doc["token_endpoint"], idp.token_endpoint().as_str());
+    assert_eq!(idp.current_issuer(), issuer);
+    idp.set_generic(None);
+    assert_eq!(client.get(&root).send().await.unwrap().status(), 404);
+}

@@ -315,7 +315,7 @@ fn several_errors_at_once() {
 server:
   listen: nope
 keycloak:
-  issuer: https://kc.example.com/realms/x/
+  issuer: https://kc.example.com/realms/x?a=b
   clientId: token-broker
   clientSecret: abc
 targets:

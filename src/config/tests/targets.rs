@@ -70,3 +70,54 @@ fn scopes_dedupe_and_split() {
     assert_eq!(c.targets["kagenti"].scopes, vec!["a", "b"]);
     assert_eq!(c.targets["kagenti"].allowed_scopes, vec!["a", "b"]);
 }
+
+/// Issue 12: the issued-token checks a target relaxes, each named in the warnings; opaque is
+/// refused where the answer must be shown to be the mapped user's, and with an ID token.
+#[test]
+fn relaxed_issued_token_checks_are_explicit_and_named() {
+    let c = load(MINIMAL).unwrap();
+    let t = &c.targets["kagenti"];
+    assert_eq!(t.issued_token_audience, IssuedAudience::Required);
+    assert_eq!(t.issued_token_format, IssuedFormat::Jwt);
+    assert!(warnings(&c).is_empty());
+    let c = load(&with_target(
+        "    issuedTokenAudience: may_be_absent\n    issuedTokenFormat: opaque\n",
+    ))
+    .unwrap();
+    let t = &c.targets["kagenti"];
+    assert_eq!(t.issued_token_audience, IssuedAudience::MayBeAbsent);
+    assert_eq!(t.issued_token_format, IssuedFormat::Opaque);
+    let w = warnings(&c).join("\n");
+    assert!(
+        w.contains("targets.kagenti.issuedTokenAudience: may_be_absent"),
+        "{w}"
+    );
+    assert!(
+        w.contains("targets.kagenti.issuedTokenFormat: opaque"),
+        "{w}"
+    );
+    assert_issue(
+        &errors(&with_target("    issuedTokenFormat: jws\n")),
+        "targets.kagenti.issuedTokenFormat",
+        "must be one of: jwt, opaque",
+    );
+    assert_issue(
+        &errors(&with_target("    issuedTokenAudience: none\n")),
+        "targets.kagenti.issuedTokenAudience",
+        "must be one of: required, may_be_absent",
+    );
+    assert_issue(
+        &errors(&with_target(
+            "    issuedTokenFormat: opaque\n    userMapping:\n      type: impersonation\n",
+        )),
+        "targets.kagenti.issuedTokenFormat",
+        "cannot be combined with userMapping",
+    );
+    assert_issue(
+        &errors(&with_target(
+            "    issuedTokenFormat: opaque\n    requestedTokenType: urn:ietf:params:oauth:token-type:id_token\n",
+        )),
+        "targets.kagenti.issuedTokenFormat",
+        "requestedTokenType id_token",
+    );
+}

@@ -1,5 +1,6 @@
-//! `keycloak`: the realm's issuer, the broker's own client and the limits of every call to
-//! Keycloak (timeouts, JWKS refresh floor, concurrency bound, retries).
+//! `keycloak`: the IdP section (Keycloak or, with `profile: generic`, any RFC 8693 server): the
+//! issuer, the dialect, the broker's own client and the limits of every call to the IdP
+//! (timeouts, JWKS refresh floor, concurrency bound, retries).
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use url::Url;
 
 use super::rules::{UrlRule, http_url, section};
 use crate::config::error::Issues;
-use crate::config::model::{ClientAuthMethod, KeycloakConfig};
+use crate::config::model::{ClientAuthMethod, IdpProfile, KeycloakConfig};
 use crate::config::walk::Field;
 
 pub(super) fn keycloak(field: &Field<'_>, issues: &mut Issues) -> Option<KeycloakConfig> {
@@ -24,10 +25,19 @@ pub(super) fn keycloak(field: &Field<'_>, issues: &mut Issues) -> Option<Keycloa
             "jwksMinRefreshInterval",
             "maxConcurrentRequests",
             "retries",
+            "profile",
         ],
         issues,
     )?;
     let issuer = issuer(&obj.field("issuer"), issues);
+    let profile = obj.field("profile").enum_or(
+        IdpProfile::Keycloak,
+        &[
+            ("keycloak", IdpProfile::Keycloak),
+            ("generic", IdpProfile::Generic),
+        ],
+        issues,
+    );
     let client_id = vschar_string(&obj.field("clientId"), "A.1", issues).map(str::to_owned);
     let client_secret = vschar_string(&obj.field("clientSecret"), "A.2", issues)
         .map(|s| SecretString::from(s.to_owned()));
@@ -61,7 +71,9 @@ pub(super) fn keycloak(field: &Field<'_>, issues: &mut Issues) -> Option<Keycloa
     Some(KeycloakConfig {
         max_concurrent_requests: usize::try_from(max_concurrent_requests?).unwrap_or(usize::MAX),
         retries: u32::try_from(retries?.min(5)).unwrap_or(5),
-        issuer: issuer?,
+        issuer_id: issuer.as_ref()?.1.clone(),
+        issuer: issuer?.0,
+        profile: profile?,
         client_id: client_id?,
         client_secret: client_secret?,
         client_auth_method: client_auth_method?,
@@ -89,31 +101,27 @@ fn vschar_string<'v>(field: &Field<'v>, section: &str, issues: &mut Issues) -> O
     }
 }
 
-/// The issuer must compare equal, character for character, to the discovery document's
-/// `issuer` (OpenID Connect Discovery 1.0 §4.3) and to the `iss` of tokens, so it is required
-/// in the exact form `Url` serialises it to.
-fn issuer(field: &Field<'_>, issues: &mut Issues) -> Option<Url> {
+/// The issuer is kept exactly as written: it must compare equal, byte for byte, to the discovery
+/// document's `issuer` (OpenID Connect Discovery 1.0 §4.3) and to the `iss` of tokens, so
+/// nothing is trimmed or added (`https://idp.example.com/` and `https://idp.example.com` are two
+/// different issuers). It must be in the form `Url` serialises it to (lowercase scheme and host,
+/// no default port, percent-encoded path), apart from the `/` `Url` adds to an empty path, so
+/// that what the broker compares is what the IdP writes.
+fn issuer(field: &Field<'_>, issues: &mut Issues) -> Option<(Url, String)> {
     let raw = field.req_str(issues)?;
     let path = &field.path;
     // OIDC Discovery §3: the issuer has no query or fragment component.
     let example = "https://keycloak.example.com/realms/NAME";
     let url = http_url(field, raw, UrlRule::Base { example }, issues)?;
-    let problem = if raw.ends_with('/') {
-        Some("must not end with / (the issuer is compared exactly with the token's iss)")
-    } else if url.path() == "/" {
-        Some("must include the realm path, e.g. https://keycloak.example.com/realms/NAME")
-    } else if url.as_str() != raw {
-        Some(
-            "must be in normalised form (lowercase scheme and host, no default port, percent-encoded path), because it is compared exactly with the token's iss",
-        )
+    let normalised =
+        url.as_str() == raw || (url.path() == "/" && format!("{raw}/") == url.as_str());
+    if normalised {
+        Some((url, raw.to_owned()))
     } else {
+        issues.push(
+            path,
+            "must be in normalised form (lowercase scheme and host, no default port, percent-encoded path), because it is compared exactly with the token's iss",
+        );
         None
-    };
-    match problem {
-        Some(msg) => {
-            issues.push(path, msg);
-            None
-        }
-        None => Some(url),
     }
 }

@@ -51,7 +51,10 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         issues,
     );
     let keycloak = keycloak::keycloak(&top.field("keycloak"), issues);
-    let user_token = user_token::user_token(&top.field("userToken"), issues);
+    let profile = keycloak
+        .as_ref()
+        .map_or(IdpProfile::Keycloak, |k| k.profile);
+    let user_token = user_token::user_token(&top.field("userToken"), profile, issues);
     let backend = backstage::backend(&top.field("backend"), issues);
     let backstage = backstage::backstage_section(&top.field("backstage"), issues);
     let endpoints = backstage::discovery(&top.field("discovery"), issues);
@@ -71,6 +74,21 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         issues.push(
             &assertion_field.path,
             format!("is required: target '{name}' uses userMapping jwt_authorization_grant"),
+        );
+        return None;
+    }
+    if let (Some(kc), Some(t)) = (&keycloak, &targets)
+        && kc.profile == IdpProfile::Generic
+        && let Some((name, _)) = t.iter().find(|(_, t)| {
+            t.user_mapping
+                .as_ref()
+                .is_some_and(|m| m.kind == UserMappingKind::Impersonation)
+        })
+    {
+        // Keycloak's legacy V1 `requested_subject`: no standard, no other IdP has it.
+        issues.push(
+            top.field("targets").path.key(name).key("userMapping"),
+            "impersonation is Keycloak's legacy token exchange V1 and needs keycloak.profile: keycloak (use jwt_authorization_grant with another IdP)",
         );
         return None;
     }

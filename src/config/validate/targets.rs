@@ -26,6 +26,8 @@ const TARGET_KEYS: &[&str] = &[
     "forwardHeaders",
     "allowMatrixParams",
     "userMapping",
+    "issuedTokenAudience",
+    "issuedTokenFormat",
 ];
 
 pub(super) fn targets(
@@ -136,7 +138,41 @@ fn target(field: &Field<'_>, issues: &mut Issues) -> Option<TargetConfig> {
         });
     let upstream = target_upstream(&obj, issues);
     let user_mapping = user_mapping(&obj.field("userMapping"), issues);
+    let issued_token_audience = obj.field("issuedTokenAudience").enum_or(
+        IssuedAudience::Required,
+        &[
+            ("required", IssuedAudience::Required),
+            ("may_be_absent", IssuedAudience::MayBeAbsent),
+        ],
+        issues,
+    );
+    let format_field = obj.field("issuedTokenFormat");
+    let issued_token_format = format_field.enum_or(
+        IssuedFormat::Jwt,
+        &[("jwt", IssuedFormat::Jwt), ("opaque", IssuedFormat::Opaque)],
+        issues,
+    );
+    if issued_token_format == Some(IssuedFormat::Opaque) {
+        // An opaque answer has no claims: nothing would show a mapped user's token is that
+        // user's, and an ID token is always a JWT.
+        if matches!(user_mapping, Some(Some(_))) {
+            issues.push(
+                &format_field.path,
+                "opaque cannot be combined with userMapping: the broker must see that the answer is the mapped user's token",
+            );
+            return None;
+        }
+        if requested_token_type == Some(TokenType::IdToken) {
+            issues.push(
+                &format_field.path,
+                "opaque cannot be combined with requestedTokenType id_token: an ID token is a JWT",
+            );
+            return None;
+        }
+    }
     Some(TargetConfig {
+        issued_token_audience: issued_token_audience?,
+        issued_token_format: issued_token_format?,
         upstream: upstream?,
         user_mapping: user_mapping?,
         audience: audience?,

@@ -4,10 +4,14 @@
 use super::rules::{entity_template, is_tchar, section};
 use crate::config::backstage::match_template_is_unambiguous;
 use crate::config::error::Issues;
-use crate::config::model::UserTokenConfig;
+use crate::config::model::{IdpProfile, TokenTypeCheck, UserTokenConfig, UserTokenVerify};
 use crate::config::walk::{Field, Obj};
 
-pub(super) fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserTokenConfig> {
+pub(super) fn user_token(
+    field: &Field<'_>,
+    profile: IdpProfile,
+    issues: &mut Issues,
+) -> Option<UserTokenConfig> {
     let obj = section(
         field,
         &[
@@ -16,6 +20,8 @@ pub(super) fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserT
             "matchValue",
             "allowedClients",
             "allowWithoutCaller",
+            "tokenTypeCheck",
+            "verify",
         ],
         issues,
     )?;
@@ -51,6 +57,26 @@ pub(super) fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserT
     );
     let alone_field = obj.field("allowWithoutCaller");
     let allow_without_caller = alone_field.bool_or(false, issues);
+    let token_type_check = obj.field("tokenTypeCheck").enum_or(
+        match profile {
+            IdpProfile::Keycloak => TokenTypeCheck::KeycloakClaim,
+            IdpProfile::Generic => TokenTypeCheck::Jwt,
+        },
+        &[
+            ("keycloak", TokenTypeCheck::KeycloakClaim),
+            ("at+jwt", TokenTypeCheck::AtJwt),
+            ("jwt", TokenTypeCheck::Jwt),
+        ],
+        issues,
+    );
+    let verify = obj.field("verify").enum_or(
+        UserTokenVerify::Jwks,
+        &[
+            ("jwks", UserTokenVerify::Jwks),
+            ("introspection", UserTokenVerify::Introspection),
+        ],
+        issues,
+    );
     let (match_claim, match_value) = matching?;
     let allowed_clients = allowed_clients?.unwrap_or_default();
     let allow_without_caller = allow_without_caller?;
@@ -68,6 +94,8 @@ pub(super) fn user_token(field: &Field<'_>, issues: &mut Issues) -> Option<UserT
         match_value,
         allowed_clients,
         allow_without_caller,
+        token_type_check: token_type_check?,
+        verify: verify?,
     })
 }
 

@@ -7,7 +7,9 @@ use actix_web::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use crate::claims::{self, TokenKind, TokenSpec};
-use crate::realm::{BUILTIN_OPTIONAL_SCOPES, DEFAULT_ROLES_CLIENT, DEFAULT_SCOPES, DevClient};
+use crate::realm::{
+    BUILTIN_OPTIONAL_SCOPES, DEFAULT_ROLES_CLIENT, DEFAULT_SCOPES, DevClient, GenericMode,
+};
 use crate::state::Shared;
 
 /// An OAuth error answer (RFC 6749 §5.2), turned into HTTP by the endpoint.
@@ -72,6 +74,8 @@ impl Form<'_> {
 pub(crate) struct Issuer<'a> {
     pub(crate) idp: &'a Shared,
     pub(crate) issuer: &'a str,
+    /// The generic test mode, read under the realm lock by the pipeline.
+    pub(crate) generic: Option<GenericMode>,
 }
 
 impl Issuer<'_> {
@@ -83,7 +87,27 @@ impl Issuer<'_> {
     }
 
     pub(crate) fn mint(&self, spec: &TokenSpec<'_>, kind: TokenKind) -> String {
-        self.idp.keys.sign(&claims::build(spec, kind))
+        let claims = claims::build(spec, kind);
+        if kind == TokenKind::Access {
+            self.sign_access(&claims)
+        } else {
+            self.idp.keys.sign(&claims)
+        }
+    }
+
+    /// Signs access-token claims: Keycloak's shape, or in the generic test mode without the
+    /// `typ` claim and with the mode's JOSE header `typ`.
+    pub(crate) fn sign_access(&self, claims: &serde_json::Value) -> String {
+        match &self.generic {
+            None => self.idp.keys.sign(claims),
+            Some(g) => {
+                let mut c = claims.clone();
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("typ");
+                }
+                self.idp.keys.sign_typed(g.access_token_typ.as_deref(), &c)
+            }
+        }
     }
 }
 

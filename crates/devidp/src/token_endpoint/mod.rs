@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 pub(crate) use self::client_auth::{PresentedAuthorization, authenticate_client, parse_basic};
 use self::common::Issuer;
 pub(crate) use self::common::{Form, OAuthError};
-use crate::discovery::{realm_not_found, request_issuer};
+use crate::discovery::{realm_issuer, realm_not_found};
 use crate::protocol::{JWT_BEARER_GRANT, TOKEN_EXCHANGE_GRANT};
 use crate::state::{RecordedRequest, Shared};
 
@@ -75,7 +75,7 @@ pub async fn token(
         )
     } else {
         let ctx = RequestCtx {
-            issuer: request_issuer(&req, &realm),
+            issuer: realm_issuer(&req, &idp),
             peer: req.peer_addr().map(|a| a.ip()),
             authorization: PresentedAuthorization {
                 present: authorization_present,
@@ -94,6 +94,67 @@ pub async fn token(
         basic_auth_client_id: basic.map(|(id, _)| id),
         status,
         body: recorded_body,
+    });
+    response
+}
+
+/// `POST /realms/{realm}/protocol/openid-connect/token/introspect` (RFC 7662), in the generic
+/// test mode only (`crate::realm::GenericMode`); otherwise, and for other methods, the realm's
+/// 404 exactly as before. The client authenticates as at the token endpoint; a token is
+/// `active` when it is a realm-signed JWT that passes the exchange's subject checks (issuer,
+/// type, time, user enabled, session alive). Recorded like token requests (no `grant_type`).
+pub async fn introspect(
+    req: HttpRequest,
+    body: web::Bytes,
+    idp: web::Data<Shared>,
+) -> HttpResponse {
+    let generic = idp.state().generic.clone();
+    let Some(generic) = generic.filter(|_| req.method() == actix_web::http::Method::POST) else {
+        return crate::discovery::not_found(req, idp).await;
+    };
+    if req.match_info().get("realm") != Some(idp.realm.as_str()) {
+        return realm_not_found();
+    }
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(&body).into_owned().collect();
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let presented = PresentedAuthorization {
+        present: authorization.is_some(),
+        basic: authorization.and_then(parse_basic),
+    };
+    let (response, status, recorded) = {
+        let st = idp.state();
+        match authenticate_client(&st, &presented, &Form(&form), &idp.realm) {
+            Err(e) => error_response(&e),
+            Ok(_) => {
+                let claims = Form(&form)
+                    .first("token")
+                    .and_then(|t| idp.keys.verify(t).ok())
+                    .filter(|c| standard_exchange::subject_is_valid(&st, c, &generic.issuer));
+                let body = match claims {
+                    Some(Value::Object(mut c)) => {
+                        let azp = c.get("azp").cloned().unwrap_or(Value::Null);
+                        let username = c.get("preferred_username").cloned().unwrap_or(Value::Null);
+                        c.insert("active".into(), json!(true));
+                        c.insert("client_id".into(), azp);
+                        c.insert("username".into(), username);
+                        c.insert("token_type".into(), json!("Bearer"));
+                        Value::Object(c)
+                    }
+                    _ => json!({ "active": false }),
+                };
+                (HttpResponse::Ok().json(&body), 200, body)
+            }
+        }
+    };
+    idp.requests().push(RecordedRequest {
+        grant_type: None,
+        form,
+        basic_auth_client_id: presented.basic.map(|(id, _)| id),
+        status,
+        body: recorded,
     });
     response
 }
@@ -194,6 +255,7 @@ fn process(
     let issued = Issuer {
         idp,
         issuer: &ctx.issuer,
+        generic: st.generic.clone(),
     };
     match grant {
         Grant::Password => password::password_grant(&issued, &mut st, &client, form),
