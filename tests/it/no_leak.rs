@@ -52,6 +52,14 @@ async fn run(session_keys: bool) {
             "  jwksMinRefreshInterval: 1s\n",
             "  jwksMinRefreshInterval: 1s\n  maxConcurrentRequests: 256\n",
         );
+        // No service-account fallback here: under a loaded machine an IdP connection error
+        // would otherwise serve `kagenti`'s service-account token (policy, not a leak) and the
+        // sub check below could not tell the two apart. A refused request is retried instead.
+        let y = y.replacen(
+            "    audience: kagenti-api\n    fallback: service_account",
+            "    audience: kagenti-api\n    fallback: deny",
+            1,
+        );
         if session_keys {
             y.replace("cache:\n", "cache:\n  key: session\n")
         } else {
@@ -92,7 +100,7 @@ async fn run(session_keys: bool) {
         // A different interleaving per pass: rotate the order and alternate the targets.
         let mut order: Vec<usize> = (0..USERS).collect();
         order.rotate_left(pass * 337 % USERS);
-        let results: Vec<(usize, &str, u16, String, serde_json::Value)> =
+        let results: Vec<(usize, &str, u16, String, String, serde_json::Value)> =
             futures_util::stream::iter(order.into_iter().flat_map(|i| {
                 let t = if (i + pass) % 2 == 0 {
                     "sonataflow"
@@ -105,24 +113,40 @@ async fn run(session_keys: bool) {
                 let (name, token) = &tokens[i];
                 let token = if second_token { &refreshed[i] } else { token };
                 async move {
-                    let r = envr.exchange(Some(token), target).await;
-                    let (status, _, cache, body) = parts(r).await;
-                    let _ = name;
-                    (i, target, status, cache, body)
+                    // IdP trouble under load (a 5xx) is not what this test is about: retry it a
+                    // few times; every 200 is still checked below.
+                    let mut attempt = 0;
+                    loop {
+                        let r = envr.exchange(Some(token), target).await;
+                        let (status, identity, cache, body) = parts(r).await;
+                        attempt += 1;
+                        if status >= 500 && attempt < 5 {
+                            eprintln!("no_leak: {name} on {target}: {status} {body}, retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            continue;
+                        }
+                        break (i, target, status, identity, cache, body);
+                    }
                 }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        for (i, target, status, cache, body) in results {
+        for (i, target, status, identity, cache, body) in results {
             let (name, _) = &tokens[i];
             assert_eq!(status, 200, "{name} on {target}: {body}");
-            *statuses.entry(cache).or_default() += 1;
+            assert_eq!(
+                identity, "user",
+                "{name} on {target}: not a user token ({cache})"
+            );
+            *statuses.entry(cache.clone()).or_default() += 1;
             let got = claims(body["access_token"].as_str().unwrap());
             assert_eq!(
                 got["sub"].as_str(),
                 Some(ids[name].as_str()),
-                "{name} on {target} received another user's token"
+                "{name} on {target} received another user's token ({cache}; got {} / {})",
+                got["sub"],
+                got["preferred_username"]
             );
             assert_eq!(got["preferred_username"].as_str(), Some(name.as_str()));
             checked += 1;
