@@ -28,6 +28,8 @@ pub enum CacheStatus {
     Hit,
     Miss,
     Coalesced,
+    /// Not in this replica's cache, found in the shared cache (`cache.shared`, Redis).
+    Shared,
 }
 
 impl CacheStatus {
@@ -36,6 +38,7 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Shared => "shared",
         }
     }
 }

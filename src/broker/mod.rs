@@ -41,6 +41,7 @@ mod negative;
 pub mod policy;
 pub mod principal;
 mod refresh;
+pub mod shared;
 mod user_mapping;
 
 use std::sync::Arc;
@@ -191,6 +192,8 @@ pub struct TokenService {
     negative: Option<NegativeCache>,
     /// Rate limit on dropping an entry because a target refused its token.
     forced_refresh: ForcedRefreshLimiter,
+    /// `cache.shared`: the second level in Redis and the cluster-wide single-flight.
+    shared: Option<Arc<shared::SharedCache>>,
 }
 
 impl TokenService {
@@ -216,7 +219,19 @@ impl TokenService {
             verifier,
             clock,
             assertion: None,
+            shared: None,
         }
+    }
+
+    /// Sets the shared second-level cache (`cache.shared`).
+    pub fn with_shared_cache(mut self, shared: Option<Arc<shared::SharedCache>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared cache, when configured (for the eviction broadcast).
+    pub fn shared_cache(&self) -> Option<&Arc<shared::SharedCache>> {
+        self.shared.as_ref()
     }
 
     /// Sets the RFC 7523 assertion signer (`userMapping: jwt_authorization_grant`).
@@ -346,6 +361,9 @@ impl TokenService {
         self.cache_of(first.entry)
             .invalidate(&first.entry.key)
             .await;
+        if let Some(s) = &self.shared {
+            s.remove(&first.entry.key).await;
+        }
         let second = self.issue(req).await?;
         if left(&second) < min {
             tracing::debug!(
@@ -384,6 +402,10 @@ impl TokenService {
             return false;
         }
         cache.invalidate(&issued.entry.key).await;
+        if let Some(s) = &self.shared {
+            // The other replicas would serve the refused token again from Redis.
+            s.remove(&issued.entry.key).await;
+        }
         true
     }
 
@@ -404,35 +426,40 @@ impl TokenService {
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
         let key = keys::exchange_key(target_name, target, scopes, token_type, user);
-        let fetch = with_negative(self.negative.as_ref(), key, async {
-            let answer = self
-                .idp
-                .exchange(&ExchangeRequest {
-                    subject_token: &user.raw,
-                    audience: &target.audience,
-                    scopes,
-                    requested_token_type: token_type,
-                })
+        let from_shared = std::sync::atomic::AtomicBool::new(false);
+        let fetch = with_negative(
+            self.negative.as_ref(),
+            key,
+            shared::through(self.shared.as_deref(), key, &from_shared, async {
+                let answer = self
+                    .idp
+                    .exchange(&ExchangeRequest {
+                        subject_token: &user.raw,
+                        audience: &target.audience,
+                        scopes,
+                        requested_token_type: token_type,
+                    })
+                    .await
+                    .map_err(FetchError::Idp)?;
+                self.check_answer(
+                    answer,
+                    &target.audience,
+                    Some(token_type),
+                    Expected::Sub(&user.sub),
+                    Some(user.exp),
+                    Some(&user.kid),
+                )
                 .await
-                .map_err(FetchError::Idp)?;
-            self.check_answer(
-                answer,
-                &target.audience,
-                Some(token_type),
-                Expected::Sub(&user.sub),
-                Some(user.exp),
-                Some(&user.kid),
-            )
-            .await
-            .map_err(FetchError::Invalid)
-        });
+                .map_err(FetchError::Invalid)
+            }),
+        );
         self.user_cache
             .get_or_fetch(key, fetch)
             .await
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
-                cache,
+                cache: shared_status(cache, &from_shared),
                 fallback: None,
                 entry: EntryRef {
                     service: false,
@@ -459,7 +486,8 @@ impl TokenService {
             tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
         }
         let key = keys::service_key(target_name, target, scopes);
-        let fetch = async {
+        let from_shared = std::sync::atomic::AtomicBool::new(false);
+        let fetch = shared::through(self.shared.as_deref(), key, &from_shared, async {
             let answer = self
                 .idp
                 .client_credentials(scopes)
@@ -475,12 +503,12 @@ impl TokenService {
             )
             .await
             .map_err(FetchError::Invalid)
-        };
+        });
         match self.service_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
                 token,
                 identity: Identity::Service,
-                cache,
+                cache: shared_status(cache, &from_shared),
                 fallback: reason,
                 entry: EntryRef { service: true, key },
             }),
@@ -570,4 +598,13 @@ impl TokenService {
 enum FetchOutcome {
     Idp(IdpError),
     Invalid(String),
+}
+
+/// `shared` when this request's first-level miss was served from the shared cache.
+fn shared_status(cache: CacheStatus, from_shared: &std::sync::atomic::AtomicBool) -> CacheStatus {
+    if cache == CacheStatus::Miss && from_shared.load(std::sync::atomic::Ordering::Relaxed) {
+        CacheStatus::Shared
+    } else {
+        cache
+    }
 }
