@@ -483,7 +483,9 @@ where
 {
     match shared {
         None => fetch.await,
-        Some(s) => s.fetch(key, from_shared, fetch).await,
+        // Boxed: the IdP fetch is moved through several awaits here, and unboxed its state
+        // would be copied into each of them (deep futures overflow a worker's stack).
+        Some(s) => Box::pin(s.fetch(key, from_shared, Box::pin(fetch))).await,
     }
 }
 

@@ -107,23 +107,33 @@ impl Client {
         self.target.timeout
     }
 
-    /// Runs one command on an idle or new connection, within the timeout.
+    /// Runs one command on an idle or new connection, within the timeout. A reused
+    /// connection that turns out dead (Redis restarted, an idle connection closed by a proxy)
+    /// empties the pool, since its siblings are as stale, and the command is tried once more on
+    /// a new connection.
     pub(crate) async fn cmd(&self, args: &[&[u8]]) -> Result<Reply, RedisError> {
-        let idle = self.idle.lock().pop();
-        let target = &self.target;
-        let run = async {
-            let mut conn = match idle {
-                Some(c) => c,
-                None => Conn::open(target).await?,
-            };
-            let r = conn.call(args).await;
-            Ok::<_, RedisError>((conn, r))
-        };
         // A timed-out command drops its connection (its reply may still arrive on it).
-        let (conn, result) = tokio::time::timeout(target.timeout, run)
-            .await
-            .map_err(|_| RedisError::Timeout)??;
-        match result {
+        tokio::time::timeout(self.target.timeout, async {
+            let idle = self.idle.lock().pop();
+            let reused = idle.is_some();
+            match self.run(idle, args).await {
+                Err(RedisError::Io(_) | RedisError::Protocol(_)) if reused => {
+                    self.idle.lock().clear();
+                    self.run(None, args).await
+                }
+                r => r,
+            }
+        })
+        .await
+        .map_err(|_| RedisError::Timeout)?
+    }
+
+    async fn run(&self, conn: Option<Conn>, args: &[&[u8]]) -> Result<Reply, RedisError> {
+        let mut conn = match conn {
+            Some(c) => c,
+            None => Conn::open(&self.target).await?,
+        };
+        match conn.call(args).await {
             Ok(reply) => {
                 self.keep(conn);
                 Ok(reply)
