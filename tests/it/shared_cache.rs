@@ -57,6 +57,9 @@ impl Cluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .pool_max_idle_per_host(512)
+                // Well under the broker's 5 s keep-alive: on a loaded machine a connection idle
+                // near it can be closed by the server as the client reuses it.
+                .pool_idle_timeout(Duration::from_secs(2))
                 .build()
                 .unwrap(),
         };
