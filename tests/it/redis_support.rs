@@ -14,6 +14,10 @@ pub struct Redis {
     child: Mutex<Option<Child>>,
     pub port: u16,
     dir: PathBuf,
+    /// Extra server arguments (e.g. ACL users).
+    args: Vec<String>,
+    /// `redis-cli` authentication (`--user`, `--pass`).
+    auth: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -26,6 +30,11 @@ fn free_port() -> u16 {
 
 impl Redis {
     pub fn start() -> Redis {
+        Self::start_with(&[], &[])
+    }
+
+    /// With extra server arguments, and the `redis-cli` arguments that authenticate.
+    pub fn start_with(args: &[&str], auth: &[&str]) -> Redis {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("tb-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -33,6 +42,8 @@ impl Redis {
             child: Mutex::new(None),
             port,
             dir,
+            args: args.iter().map(|s| (*s).to_owned()).collect(),
+            auth: auth.iter().map(|s| (*s).to_owned()).collect(),
         };
         r.restart();
         r
@@ -53,6 +64,7 @@ impl Redis {
                 "--dir",
                 self.dir.to_str().unwrap(),
             ])
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -86,7 +98,15 @@ impl Redis {
     /// `redis-cli --raw` with `args`; its stdout (bytes as received).
     pub fn cli_bytes(&self, args: &[&str]) -> Vec<u8> {
         Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "--raw",
+                "--no-auth-warning",
+            ])
+            .args(&self.auth)
             .args(args)
             .output()
             .map(|o| o.stdout)

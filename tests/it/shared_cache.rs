@@ -34,6 +34,8 @@ fn shared_section(url: &str, keys: &[(&str, &str)]) -> String {
 }
 
 struct Cluster {
+    /// Extra `cache.shared` lines (indented by 4), e.g. the ACL user.
+    extra: String,
     idp: DevIdpHandle,
     redis: Redis,
     opts: Opts,
@@ -44,11 +46,15 @@ struct Cluster {
 
 impl Cluster {
     async fn start(replicas: usize, opts: Opts) -> Cluster {
-        let redis = Redis::start();
+        Self::start_on(Redis::start(), String::new(), replicas, opts).await
+    }
+
+    async fn start_on(redis: Redis, extra: String, replicas: usize, opts: Opts) -> Cluster {
         let idp = devidp::start(opts.idp.clone(), "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
         let mut c = Cluster {
+            extra,
             idp,
             redis,
             opts,
@@ -74,8 +80,9 @@ impl Cluster {
             .replacen(
                 "  negativeTtl: 0s\n",
                 &format!(
-                    "  negativeTtl: 0s\n{}",
-                    shared_section(&self.redis.url(), keys)
+                    "  negativeTtl: 0s\n{}{}",
+                    shared_section(&self.redis.url(), keys),
+                    self.extra
                 ),
                 1,
             )
@@ -642,4 +649,77 @@ async fn a_thousand_users_over_three_replicas_each_only_ever_get_their_own_token
         "{statuses:?}"
     );
     c.stop().await;
+}
+
+/// A Redis with ACLs: the default user off, the broker's user limited to its prefix and
+/// commands (as deploy/redis.example.yaml). The right password shares; a wrong one fails no
+/// request (the replicas cache on their own).
+#[actix_web::test]
+async fn an_acl_user_is_authenticated_and_a_wrong_password_fails_no_request() {
+    let acl = [
+        "--user",
+        "default",
+        "off",
+        "--user",
+        "tb",
+        "on",
+        ">right-password",
+        "~tb-test:*",
+        "&tb-test:*",
+        "-@all",
+        "+get",
+        "+mget",
+        "+set",
+        "+del",
+        "+eval",
+        "+publish",
+        "+subscribe",
+        "+ping",
+        "+auth",
+        "+select",
+        // The test's own user, for `redis-cli --scan`.
+        "--user",
+        "admin",
+        "on",
+        ">admin-password",
+        "~*",
+        "&*",
+        "+@all",
+    ];
+    let redis = Redis::start_with(&acl, &["--user", "admin", "--pass", "admin-password"]);
+    let c = Cluster::start_on(
+        redis,
+        "    username: tb\n    password: right-password\n".into(),
+        2,
+        Opts::default(),
+    )
+    .await;
+    let token = c.login("alice").await;
+    let (_, cache, _) = c.exchange_on(0, &token, "kagenti").await;
+    assert_eq!(cache, "miss");
+    let (_, cache, _) = c.exchange_on(1, &token, "kagenti").await;
+    assert_eq!(cache, "shared");
+    assert!(!c.redis.keys().is_empty());
+
+    let mut wrong = Cluster::start_on(
+        Redis::start_with(&acl, &["--user", "admin", "--pass", "admin-password"]),
+        "    username: tb\n    password: wrong-password\n".into(),
+        0,
+        Opts::default(),
+    )
+    .await;
+    wrong.add_replica(&[("k1", K1)]).await;
+    wrong.add_replica(&[("k1", K1)]).await;
+    let token = wrong.login("alice").await;
+    let (s, cache, _) = wrong.exchange_on(0, &token, "kagenti").await;
+    assert_eq!((s, cache.as_str()), (200, "miss"));
+    let (s, cache, _) = wrong.exchange_on(1, &token, "kagenti").await;
+    assert_eq!(
+        (s, cache.as_str()),
+        (200, "miss"),
+        "no shared cache without AUTH"
+    );
+    assert!(wrong.redis.keys().is_empty());
+    c.stop().await;
+    wrong.stop().await;
 }
