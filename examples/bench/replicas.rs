@@ -174,15 +174,15 @@ logging: {{format: json, level: warn}}
         }
     };
 
-    // Every replica warm (realm keys loaded), with another user.
-    let bob = login("bob").await;
+    // Every replica warm (realm keys loaded), with another login (a new token, a new key).
+    let bob = login("alice").await;
     for b in &bases {
         let (s, _, body) = exchange(b.clone(), bob.clone()).await;
         assert_eq!(s, 200, "warm-up: {body}");
     }
 
     // 1. Cold burst over three replicas.
-    let carol = login("carol").await;
+    let carol = login("alice").await;
     let before = idp.count_grant(TE);
     let started = Instant::now();
     let results: Vec<(u16, String, String)> = futures_util::stream::iter(0..1000usize)
@@ -245,6 +245,19 @@ logging: {{format: json, level: warn}}
     .run();
     let peers_handle = server.handle();
     actix_web::rt::spawn(server);
+    // The server runs once the runtime polls it: wait for it here (wrk below blocks the thread).
+    let bare_url = format!("http://127.0.0.1:{peers_port}/bare");
+    let mut up = false;
+    for _ in 0..100 {
+        if let Ok(r) = http.post(&bare_url).send().await
+            && r.status() == 200
+        {
+            up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(up, "the bare handler did not start");
     let form = format!("grant_type={}&audience=sonataflow", urlenc(TE));
     let hit_lua = tmp.join("hit.lua");
     std::fs::write(
@@ -257,11 +270,7 @@ logging: {{format: json, level: warn}}
     let (mut bare_runs, mut hit_runs) = (Vec::new(), Vec::new());
     for round in 0..a.rounds {
         eprintln!("bench replicas: wrk round {} of {}", round + 1, a.rounds);
-        bare_runs.push(run_wrk(
-            &a,
-            &format!("http://127.0.0.1:{peers_port}/bare"),
-            &hit_lua,
-        ));
+        bare_runs.push(run_wrk(&a, &bare_url, &hit_lua));
         hit_runs.push(run_wrk(&a, &format!("{}/v1/token", bases[0]), &hit_lua));
     }
     let (bare_l, hit_l) = (best(&bare_runs), best(&hit_runs));

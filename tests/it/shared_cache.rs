@@ -199,6 +199,33 @@ async fn a_cold_burst_over_three_replicas_makes_one_exchange() {
     c.stop().await;
 }
 
+/// Without an IdP delay the one exchange ends fast: a replica whose first lookup missed can
+/// take the lock just after the holder released it. It must look again under the lock rather
+/// than exchange a second time.
+#[actix_web::test]
+async fn a_fast_exchange_is_not_repeated_by_a_replica_that_takes_the_lock_after_it() {
+    let c = Cluster::start(3, Opts::default()).await;
+    let warm = c.login("bob").await;
+    for i in 0..3 {
+        assert_eq!(c.exchange_on(i, &warm, "sonataflow").await.0, 200);
+    }
+    let cr = &c;
+    for round in 0..10 {
+        let token = c.login("alice").await;
+        let before = c.exchanges();
+        let tok = token.as_str();
+        let results: Vec<(u16, String, serde_json::Value)> =
+            futures_util::stream::iter(0..150usize)
+                .map(|i| async move { cr.exchange_on(i % 3, tok, "kagenti").await })
+                .buffer_unordered(150)
+                .collect()
+                .await;
+        assert!(results.iter().all(|(s, _, _)| *s == 200));
+        assert_eq!(c.exchanges() - before, 1, "round {round}");
+    }
+    c.stop().await;
+}
+
 #[actix_web::test]
 async fn a_token_cached_by_one_replica_is_served_by_another() {
     let c = Cluster::start(2, Opts::default()).await;

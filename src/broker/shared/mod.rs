@@ -341,7 +341,9 @@ impl SharedCache {
         match self.try_lock(&lock, &owner).await {
             Lock::Acquired => {
                 self.metrics.shared_lock(LockEvent::Acquired);
-                return self.fetch_as_owner(&key, lock, owner, fetch).await;
+                return self
+                    .fetch_as_owner(&key, from_shared, lock, owner, fetch)
+                    .await;
             }
             Lock::Unavailable => return self.fetch_alone(&key, fetch).await,
             Lock::Held => {}
@@ -376,7 +378,9 @@ impl SharedCache {
             match self.try_lock(&lock, &owner).await {
                 Lock::Acquired => {
                     self.metrics.shared_lock(LockEvent::Takeover);
-                    return self.fetch_as_owner(&key, lock, owner, fetch).await;
+                    return self
+                        .fetch_as_owner(&key, from_shared, lock, owner, fetch)
+                        .await;
                 }
                 Lock::Unavailable => return self.fetch_alone(&key, fetch).await,
                 Lock::Held => {}
@@ -406,6 +410,7 @@ impl SharedCache {
     async fn fetch_as_owner<Fut>(
         &self,
         key: &KeyDigest,
+        from_shared: &AtomicBool,
         lock: String,
         owner: String,
         fetch: Fut,
@@ -417,13 +422,25 @@ impl SharedCache {
             client: self.client.clone(),
             lock: Some((lock, owner)),
         };
-        let result = fetch.await;
-        match &result {
-            Ok(t) => self.put(key, t).await,
-            Err(FetchError::Idp(e)) => self.put_failure(key, e).await,
-            // An answer that failed the broker's checks is not shared: a waiter takes over.
-            Err(FetchError::Invalid(_)) => {}
-        }
+        // Look again under the lock: the previous holder may have written the token and
+        // released the lock between this request's first lookup and its `SET NX`.
+        let result = match self.lookup(key, false).await {
+            Found::Token(t) => {
+                from_shared.store(true, Ordering::Relaxed);
+                Ok(t)
+            }
+            _ => {
+                let result = fetch.await;
+                match &result {
+                    Ok(t) => self.put(key, t).await,
+                    Err(FetchError::Idp(e)) => self.put_failure(key, e).await,
+                    // An answer that failed the broker's checks is not shared: a waiter takes
+                    // over.
+                    Err(FetchError::Invalid(_)) => {}
+                }
+                result
+            }
+        };
         if let Some((lock, owner)) = guard.lock.take() {
             self.cmd(
                 "unlock",
