@@ -21,10 +21,13 @@ const K1: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 const K2: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 const LOCK_TTL: Duration = Duration::from_secs(3);
 
-/// `cache.shared` YAML lines (under `cache:`) for `keys` (id, base64), newest first.
+/// `cache.shared` YAML lines (under `cache:`) for `keys` (id, base64), newest first. The
+/// command timeout is 2 s, not 250 ms: on a loaded 2-core machine a debug build's task can
+/// wait longer than 250 ms for its turn, and a timed-out lock command rightly makes that
+/// replica exchange on its own, which the single-flight assertions would count.
 fn shared_section(url: &str, keys: &[(&str, &str)]) -> String {
     let mut s = format!(
-        "  shared:\n    url: {url}\n    keyPrefix: \"tb-test:\"\n    lockTtl: {}s\n    lockWait: 10s\n    encryptionKeys:\n",
+        "  shared:\n    url: {url}\n    keyPrefix: \"tb-test:\"\n    timeout: 2s\n    lockTtl: {}s\n    lockWait: 10s\n    encryptionKeys:\n",
         LOCK_TTL.as_secs()
     );
     for (id, key) in keys {
