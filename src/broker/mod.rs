@@ -30,7 +30,9 @@
 //! and what follows), `user_mapping` (Backstage users without a Keycloak token), `keys` (every
 //! cache key), [`cache`] (the token caches), `negative` (remembered failures), `refresh` (the
 //! forced-refresh limit), [`entity`] (entity refs and the same-person rule), [`principal`] (the
-//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer).
+//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer), [`shared`] (the
+//! second-level cache in Redis shared by replicas, `cache.shared`: entered only on a
+//! first-level miss, inside the first-level cache's fetch).
 
 pub mod assertion;
 pub mod cache;
