@@ -5,7 +5,7 @@
 //! Messages go over Redis pub/sub on `<keyPrefix>evict`, sealed like cached values (the
 //! channel name is the associated data), so a selector naming a user is not readable in Redis
 //! and a forged message is dropped. The subscriber reconnects by itself (after one second)
-//! when its connection fails; a message published while a replica is disconnected is not
+//! when its connection fails or stays silent through two keep-alive `PING`s (30 s apart); a message published while a replica is disconnected is not
 //! delivered to it (pub/sub keeps nothing), which is why evicted entries must also be removed
 //! from Redis by the publisher and why first-level entries are short-lived anyway.
 
@@ -18,6 +18,8 @@ use super::seal::{Keyring, Record};
 
 /// The pause before a failed subscription connects again.
 const RESUBSCRIBE_AFTER: Duration = Duration::from_secs(1);
+/// A quiet subscription sends `PING` this often; two intervals without any answer end it.
+const KEEPALIVE: Duration = Duration::from_secs(30);
 
 /// Publishes evictions and runs this replica's subscriber.
 pub struct EvictionChannel {
@@ -122,23 +124,47 @@ async fn subscribe_once(
         .await
         .map_err(|_| super::resp::RedisError::Timeout)??;
     subscribed.store(true, Ordering::Relaxed);
+    // A connection that silently died (no RST: a partition, a dropped NAT entry) would leave
+    // the subscriber waiting forever: PING every KEEPALIVE and give up after two silent ones.
+    let (reader, mut writer) = conn.split();
+    let mut pending = Box::pin(reader.next());
+    let mut tick = tokio::time::interval(KEEPALIVE);
+    tick.tick().await;
+    let mut last = tokio::time::Instant::now();
     loop {
-        // No timeout: a quiet channel is normal. A dead connection ends with an I/O error.
-        let Reply::Array(Some(items)) = conn.read().await? else {
-            continue;
-        };
-        let mut items = items.into_iter();
-        let (Some(Reply::Bulk(Some(kind))), Some(_), Some(Reply::Bulk(Some(payload)))) =
-            (items.next(), items.next(), items.next())
-        else {
-            continue;
-        };
-        if kind != b"message" {
-            continue;
+        tokio::select! {
+            (reader, reply) = &mut pending => {
+                last = tokio::time::Instant::now();
+                pending = Box::pin(reader.next());
+                handle(reply?, ring, channel, on_evict);
+            }
+            _ = tick.tick() => {
+                if last.elapsed() > KEEPALIVE * 2 {
+                    return Err(super::resp::RedisError::Timeout);
+                }
+                writer.ping().await?;
+            }
         }
-        match ring.open(channel, &payload) {
-            Some(Record::Evict(selector)) => on_evict(&selector),
-            _ => tracing::warn!("dropped an eviction message that did not authenticate"),
-        }
+    }
+}
+
+/// One message on the subscribed connection: an eviction is handed to the callback; a `PING`
+/// answer (`["pong", ""]`) and anything else are ignored.
+fn handle(reply: Reply, ring: &Keyring, channel: &str, on_evict: &(dyn Fn(&str) + Send + Sync)) {
+    let Reply::Array(Some(items)) = reply else {
+        return;
+    };
+    let mut items = items.into_iter();
+    let (Some(Reply::Bulk(Some(kind))), Some(_), Some(Reply::Bulk(Some(payload)))) =
+        (items.next(), items.next(), items.next())
+    else {
+        return;
+    };
+    if kind != b"message" {
+        return;
+    }
+    match ring.open(channel, &payload) {
+        Some(Record::Evict(selector)) => on_evict(&selector),
+        _ => tracing::warn!("dropped an eviction message that did not authenticate"),
     }
 }

@@ -262,6 +262,36 @@ impl Conn {
     pub(crate) async fn read(&mut self) -> Result<Reply, RedisError> {
         read_reply(&mut self.io, 0).await
     }
+
+    /// Splits a subscribed connection: a reader that owns its half (so a pending read is
+    /// never cancelled half-way) and a writer for `PING`s.
+    pub(crate) fn split(self) -> (SubReader, SubWriter) {
+        let (r, w) = tokio::io::split(self.io);
+        (SubReader(tokio::io::BufReader::new(r)), SubWriter(w))
+    }
+}
+
+/// The reading half of a subscribed connection.
+pub(crate) struct SubReader(tokio::io::BufReader<tokio::io::ReadHalf<BufStream<Box<dyn Io>>>>);
+
+/// The writing half of a subscribed connection.
+pub(crate) struct SubWriter(tokio::io::WriteHalf<BufStream<Box<dyn Io>>>);
+
+impl SubReader {
+    /// Reads one reply, giving the reader back with it (the future owns the reader, so it can
+    /// be kept across `select!` rounds without losing a partly read reply).
+    pub(crate) async fn next(mut self) -> (Self, Result<Reply, RedisError>) {
+        let r = read_reply(&mut self.0, 0).await;
+        (self, r)
+    }
+}
+
+impl SubWriter {
+    pub(crate) async fn ping(&mut self) -> Result<(), RedisError> {
+        self.0.write_all(b"*1\r\n$4\r\nPING\r\n").await?;
+        self.0.flush().await?;
+        Ok(())
+    }
 }
 
 async fn read_line<R: AsyncBufReadExt + Unpin>(r: &mut R) -> Result<Vec<u8>, RedisError> {
