@@ -30,6 +30,9 @@
 mod keycloak_bench;
 #[path = "bench/session.rs"]
 mod session_bench;
+// Three replicas sharing Redis (`scripts/bench replicas`, issue 15).
+#[path = "bench/replicas.rs"]
+mod replicas_bench;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -70,6 +73,8 @@ struct Args {
     keycloak_url: String,
     /// `--keycloak-pid`: the process Keycloak runs in (its descendants are counted too).
     keycloak_pid: u32,
+    /// `--replicas N`: instead of the benchmark, the shared-cache figures with N L2-hit pairs.
+    replicas: usize,
 }
 
 fn args() -> Args {
@@ -86,6 +91,7 @@ fn args() -> Args {
         keycloak: 0,
         keycloak_url: "http://127.0.0.1:7180".into(),
         keycloak_pid: 0,
+        replicas: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -103,6 +109,7 @@ fn args() -> Args {
             "--keycloak" => a.keycloak = val.parse().unwrap(),
             "--keycloak-url" => a.keycloak_url = val,
             "--keycloak-pid" => a.keycloak_pid = val.parse().unwrap(),
+            "--replicas" => a.replicas = val.parse().unwrap(),
             "--fill" => {
                 let (n, len) = val.split_once(':').unwrap();
                 a.fill = Some((n.parse().unwrap(), len.parse().unwrap()));
@@ -124,6 +131,11 @@ fn main() -> ExitCode {
             rss_kb(std::process::id()),
             fill.growth_kb
         );
+        return ExitCode::SUCCESS;
+    }
+    if a.replicas > 0 {
+        let n = a.replicas;
+        actix_web::rt::System::new().block_on(replicas_bench::run(a, n));
         return ExitCode::SUCCESS;
     }
     if a.keycloak > 0 {
@@ -757,6 +769,11 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
         md.push_str(section);
         md.push('\n');
     }
+    if let Some(section) = replicas_bench::section_of(&previous) {
+        md.push('\n');
+        md.push_str(section);
+        md.push('\n');
+    }
     if let Err(e) = std::fs::write(&a.out, &md) {
         eprintln!("cannot write {}: {e}", a.out.display());
     }
@@ -857,6 +874,7 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         keycloak: 0,
         keycloak_url: a.keycloak_url.clone(),
         keycloak_pid: 0,
+        replicas: 0,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;

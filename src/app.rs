@@ -30,6 +30,10 @@ pub enum StartError {
     Http(String),
     #[error(transparent)]
     Assertion(#[from] crate::broker::assertion::AssertionError),
+    /// `cache.shared` could not be set up (TLS configuration); never a connection failure:
+    /// Redis is connected on first use and its absence never stops the broker.
+    #[error("shared cache: {0}")]
+    SharedCache(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -196,6 +200,29 @@ pub async fn wait_for_shutdown() {
 
 /// Builds the state, loads discovery (failure is logged and retried on demand), binds and
 /// starts the listeners. Must run inside an actix system.
+/// The shared second-level cache of `cache.shared`, when configured.
+fn shared_cache(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    metrics: &Metrics,
+) -> Result<Option<Arc<crate::broker::shared::SharedCache>>, StartError> {
+    let Some(cfg) = &config.cache.shared else {
+        return Ok(None);
+    };
+    let shared = crate::broker::shared::SharedCache::new(
+        cfg,
+        config.cache.negative_ttl,
+        clock.clone(),
+        metrics.clone(),
+    )
+    .map_err(StartError::SharedCache)?;
+    tracing::info!(
+        key_ids = ?cfg.encryption_keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        "shared cache (Redis) configured; connecting on first use"
+    );
+    Ok(Some(Arc::new(shared)))
+}
+
 pub async fn start(config: Config) -> Result<RunningBroker, StartError> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
@@ -245,6 +272,7 @@ pub async fn start_with_clock(
         metrics.clone(),
     )
     .with_assertion_signer(assertion.clone())
+    .with_shared_cache(shared_cache(&config, &clock, &metrics)?)
     .into_shared();
     {
         // Entries exchanged for subject tokens whose key left the JWKS can never be served

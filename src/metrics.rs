@@ -131,6 +131,7 @@ label_values!(
         Hit => "hit",
         Miss => "miss",
         Coalesced => "coalesced",
+        Shared => "shared",
     }
 );
 
@@ -273,6 +274,7 @@ struct Inner {
     idp_results: Family<IdpLabels, Counter>,
     tester_runs: Family<TesterLabels, Counter>,
     idp_latency: Family<IdpRequestLabel, Histogram, fn() -> Histogram>,
+    shared: SharedCacheMetrics,
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
@@ -388,9 +390,11 @@ impl Metrics {
             (CacheKind::User, CacheResult::Hit),
             (CacheKind::User, CacheResult::Miss),
             (CacheKind::User, CacheResult::Coalesced),
+            (CacheKind::User, CacheResult::Shared),
             (CacheKind::Service, CacheResult::Hit),
             (CacheKind::Service, CacheResult::Miss),
             (CacheKind::Service, CacheResult::Coalesced),
+            (CacheKind::Service, CacheResult::Shared),
             (CacheKind::Negative, CacheResult::Hit),
         ] {
             let _ = cache_requests.get_or_create(&CacheLabels { cache, result });
@@ -411,7 +415,9 @@ impl Metrics {
         for outcome in TESTER_OUTCOMES {
             let _ = tester_runs.get_or_create(&TesterLabels { outcome });
         }
+        let shared = SharedCacheMetrics::register(&mut registry);
         Metrics(Arc::new(Inner {
+            shared,
             registry,
             cache_entries,
             ready,
@@ -542,6 +548,116 @@ impl Metrics {
         // which the scraper rejects (no `# EOF`).
         let _ = prometheus_client::encoding::text::encode(&mut out, &m.registry);
         out
+    }
+}
+
+label_values!(
+    /// Results of shared-cache (Redis) operations (label `result`).
+    SharedResult {
+        Hit => "hit",
+        Miss => "miss",
+        Error => "error",
+        Undecryptable => "undecryptable",
+        WriteError => "write_error",
+    }
+);
+
+label_values!(
+    /// Cluster-wide single-flight events (label `event`).
+    LockEvent {
+        Acquired => "acquired",
+        Waited => "waited",
+        Takeover => "takeover",
+        WaitTimeout => "wait_timeout",
+        SharedError => "shared_error",
+    }
+);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SharedLabels {
+    result: SharedResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct LockLabels {
+    event: LockEvent,
+}
+
+/// The shared cache's series (`cache.shared`, issue 15); registered always, zero without it.
+struct SharedCacheMetrics {
+    requests: Family<SharedLabels, Counter>,
+    latency: Histogram,
+    locks: Family<LockLabels, Counter>,
+}
+
+impl SharedCacheMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let requests = Family::<SharedLabels, Counter>::default();
+        for result in [
+            SharedResult::Hit,
+            SharedResult::Miss,
+            SharedResult::Error,
+            SharedResult::Undecryptable,
+            SharedResult::WriteError,
+        ] {
+            let _ = requests.get_or_create(&SharedLabels { result });
+        }
+        registry.register(
+            "token_broker_shared_cache_requests",
+            "Shared-cache (Redis) lookups and writes by result (error = Redis failed or timed out; undecryptable = a value that did not authenticate)",
+            requests.clone(),
+        );
+        let latency = latency_histogram();
+        registry.register(
+            "token_broker_shared_cache_duration_seconds",
+            "Latency of shared-cache lookups (Redis round trip and decryption)",
+            latency.clone(),
+        );
+        let locks = Family::<LockLabels, Counter>::default();
+        for event in [
+            LockEvent::Acquired,
+            LockEvent::Waited,
+            LockEvent::Takeover,
+            LockEvent::WaitTimeout,
+            LockEvent::SharedError,
+        ] {
+            let _ = locks.get_or_create(&LockLabels { event });
+        }
+        registry.register(
+            "token_broker_shared_lock",
+            "Cluster-wide single-flight: locks acquired, waits served by another replica, takeovers of an expired lock, waits that gave up, shared errors",
+            locks.clone(),
+        );
+        SharedCacheMetrics {
+            requests,
+            latency,
+            locks,
+        }
+    }
+}
+
+impl Metrics {
+    /// One shared-cache operation's result.
+    pub fn shared_cache(&self, result: SharedResult) {
+        self.0
+            .shared
+            .requests
+            .get_or_create(&SharedLabels { result })
+            .inc();
+    }
+
+    /// The latency of one shared-cache lookup.
+    pub fn shared_cache_latency(&self, took: Duration) {
+        self.0.shared.latency.observe(took.as_secs_f64());
+    }
+
+    /// One single-flight event.
+    pub fn shared_lock(&self, event: LockEvent) {
+        self.0
+            .shared
+            .locks
+            .get_or_create(&LockLabels { event })
+            .inc();
     }
 }
 

@@ -34,6 +34,8 @@ pub enum CacheStatus {
     Hit,
     Miss,
     Coalesced,
+    /// Not in this replica's cache, found in the shared cache (`cache.shared`, Redis).
+    Shared,
 }
 
 impl CacheStatus {
@@ -42,6 +44,7 @@ impl CacheStatus {
             CacheStatus::Hit => "hit",
             CacheStatus::Miss => "miss",
             CacheStatus::Coalesced => "coalesced",
+            CacheStatus::Shared => "shared",
         }
     }
 }
@@ -203,14 +206,23 @@ impl TokenCache {
     /// Drops every entry derived from Keycloak session `sid` (a back-channel logout naming it,
     /// `/admin/revoke {sid}`). Takes effect at once: a later read of such an entry misses.
     pub fn evict_session(&self, sid: &str) {
-        let d = session_digest(sid);
+        self.evict_session_digest(session_digest(sid));
+    }
+
+    /// [`Self::evict_session`] by the session's index digest (an eviction relayed by another
+    /// replica carries only the digest).
+    pub fn evict_session_digest(&self, d: KeyDigest) {
         self.evict_if(move |i| i.sid == Some(d));
     }
 
     /// Drops every entry derived from user `sub` (a back-channel logout naming only the user,
     /// `/admin/revoke {sub}`).
     pub fn evict_subject(&self, sub: &str) {
-        let d = subject_digest(sub);
+        self.evict_subject_digest(subject_digest(sub));
+    }
+
+    /// [`Self::evict_subject`] by the user's index digest.
+    pub fn evict_subject_digest(&self, d: KeyDigest) {
         self.evict_if(move |i| i.sub == Some(d));
     }
 

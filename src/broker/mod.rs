@@ -30,7 +30,9 @@
 //! and what follows), `user_mapping` (Backstage users without a Keycloak token), `keys` (every
 //! cache key), [`cache`] (the token caches), `negative` (remembered failures), `refresh` (the
 //! forced-refresh limit), [`entity`] (entity refs and the same-person rule), [`principal`] (the
-//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer).
+//! types the broker acts for), [`assertion`] (the RFC 7523 assertion signer), [`shared`] (the
+//! second-level cache in Redis shared by replicas, `cache.shared`: entered only on a
+//! first-level miss, inside the first-level cache's fetch).
 
 pub mod assertion;
 pub mod cache;
@@ -42,6 +44,7 @@ pub mod policy;
 pub mod principal;
 mod refresh;
 mod refresh_ahead;
+pub mod shared;
 mod user_mapping;
 
 use std::sync::Arc;
@@ -110,6 +113,59 @@ impl std::fmt::Debug for IssuedToken {
             .field("fingerprint", &self.fingerprint)
             .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a logout or `/admin/revoke` evicts, by index digest (never the `sub` / `sid` itself):
+/// the message the eviction broadcast carries between replicas (sealed in Redis).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Eviction {
+    Session(crate::digest::KeyDigest),
+    Subject(crate::digest::KeyDigest),
+}
+
+impl Eviction {
+    fn namespace(&self) -> &'static str {
+        match self {
+            Eviction::Session(_) => shared::REVOKED_SESSION,
+            Eviction::Subject(_) => shared::REVOKED_SUBJECT,
+        }
+    }
+
+    fn digest(&self) -> &crate::digest::KeyDigest {
+        match self {
+            Eviction::Session(d) | Eviction::Subject(d) => d,
+        }
+    }
+
+    fn encode(&self) -> String {
+        use std::fmt::Write as _;
+        let mut s = String::with_capacity(4 + 64);
+        s.push_str(match self {
+            Eviction::Session(_) => "sid:",
+            Eviction::Subject(_) => "sub:",
+        });
+        for b in self.digest() {
+            // Writing to a String cannot fail.
+            let _ = write!(s, "{b:02x}");
+        }
+        s
+    }
+
+    fn decode(s: &str) -> Option<Eviction> {
+        let (kind, hex) = s.split_once(':')?;
+        if hex.len() != 64 || !hex.is_ascii() {
+            return None;
+        }
+        let mut d = [0u8; 32];
+        for (i, out) in d.iter_mut().enumerate() {
+            *out = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        match kind {
+            "sid" => Some(Eviction::Session(d)),
+            "sub" => Some(Eviction::Subject(d)),
+            _ => None,
+        }
     }
 }
 
@@ -205,6 +261,10 @@ pub struct TokenService {
     refresh_ahead: Option<refresh_ahead::RefreshAhead>,
     /// This service, for the background renewals of refresh ahead ([`TokenService::into_shared`]).
     me: std::sync::Weak<TokenService>,
+    /// `cache.shared`: the eviction broadcast to every replica's first-level cache.
+    eviction: Option<Arc<shared::EvictionChannel>>,
+    /// `cache.shared`: the second level in Redis and the cluster-wide single-flight.
+    shared: Option<Arc<shared::SharedCache>>,
 }
 
 impl TokenService {
@@ -243,7 +303,20 @@ impl TokenService {
             verifier,
             clock,
             assertion: None,
+            shared: None,
+            eviction: None,
         }
+    }
+
+    /// Sets the shared second-level cache (`cache.shared`).
+    pub fn with_shared_cache(mut self, shared: Option<Arc<shared::SharedCache>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
+    /// The shared cache, when configured (for the eviction broadcast).
+    pub fn shared_cache(&self) -> Option<&Arc<shared::SharedCache>> {
+        self.shared.as_ref()
     }
 
     /// Sets the RFC 7523 assertion signer (`userMapping: jwt_authorization_grant`).
@@ -261,6 +334,15 @@ impl TokenService {
         Arc::new_cyclic(|me| {
             let mut s = self;
             s.me = me.clone();
+            if let Some(shared) = &s.shared {
+                // Every replica drops its first-level entries of a logout published anywhere.
+                let me = me.clone();
+                s.eviction = Some(shared.eviction_channel(Arc::new(move |selector: &str| {
+                    if let (Some(svc), Some(e)) = (me.upgrade(), Eviction::decode(selector)) {
+                        svc.evict_local(e);
+                    }
+                })));
+            }
             s
         })
     }
@@ -282,21 +364,45 @@ impl TokenService {
     ) -> Result<LogoutSubject, LogoutTokenError> {
         let who = self.logout_tokens.verify(logout_token).await?;
         match (&who.sid, &who.sub) {
-            (Some(sid), _) => self.evict_session(sid),
-            (None, Some(sub)) => self.evict_subject(sub),
+            (Some(sid), _) => self.evict_session(sid).await,
+            (None, Some(sub)) => self.evict_subject(sub).await,
             (None, None) => {}
         }
         Ok(who)
     }
 
-    /// Drops every user-cache entry derived from Keycloak session `sid`.
-    pub fn evict_session(&self, sid: &str) {
-        self.user_cache.evict_session(sid);
+    /// Drops every user-cache entry derived from Keycloak session `sid`: here, in the shared
+    /// cache and (through the eviction broadcast) on every other replica.
+    pub async fn evict_session(&self, sid: &str) {
+        self.evict(Eviction::Session(cache::session_digest(sid)))
+            .await;
     }
 
-    /// Drops every user-cache entry derived from user `sub`.
-    pub fn evict_subject(&self, sub: &str) {
-        self.user_cache.evict_subject(sub);
+    /// Drops every user-cache entry derived from user `sub`, as [`Self::evict_session`].
+    pub async fn evict_subject(&self, sub: &str) {
+        self.evict(Eviction::Subject(cache::subject_digest(sub)))
+            .await;
+    }
+
+    async fn evict(&self, e: Eviction) {
+        self.evict_local(e);
+        if let Some(shared) = &self.shared {
+            // Redis first: a replica that misses the broadcast (pub/sub keeps nothing) still
+            // finds the revocation when it next reads the shared entry.
+            shared.revoke(e.namespace(), e.digest()).await;
+        }
+        if let Some(channel) = &self.eviction
+            && let Err(err) = channel.publish(&e.encode()).await
+        {
+            tracing::warn!(error = %err, "could not broadcast a cache eviction to the other replicas");
+        }
+    }
+
+    fn evict_local(&self, e: Eviction) {
+        match e {
+            Eviction::Session(d) => self.user_cache.evict_session_digest(d),
+            Eviction::Subject(d) => self.user_cache.evict_subject_digest(d),
+        }
     }
 
     pub async fn issue(&self, req: TokenRequest<'_>) -> Result<Issued, BrokerError> {
@@ -409,6 +515,9 @@ impl TokenService {
         self.cache_of(first.entry)
             .invalidate(&first.entry.key)
             .await;
+        if let Some(s) = &self.shared {
+            s.remove(&first.entry.key).await;
+        }
         let second = self.issue(req).await?;
         if left(&second) < min {
             tracing::debug!(
@@ -447,6 +556,10 @@ impl TokenService {
             return false;
         }
         cache.invalidate(&issued.entry.key).await;
+        if let Some(s) = &self.shared {
+            // The other replicas would serve the refused token again from Redis.
+            s.remove(&issued.entry.key).await;
+        }
         true
     }
 
@@ -492,28 +605,33 @@ impl TokenService {
                 Some(user.exp),
             ),
         };
-        let fetch = with_negative(self.negative.as_ref(), key, async {
-            let answer = self
-                .idp
-                .exchange(&ExchangeRequest {
-                    subject_token: &user.raw,
-                    audience: &target.audience,
-                    scopes,
-                    requested_token_type: token_type,
-                })
+        let from_shared = std::sync::atomic::AtomicBool::new(false);
+        let fetch = with_negative(
+            self.negative.as_ref(),
+            key,
+            shared::through(self.shared.as_deref(), key, &from_shared, async {
+                let answer = self
+                    .idp
+                    .exchange(&ExchangeRequest {
+                        subject_token: &user.raw,
+                        audience: &target.audience,
+                        scopes,
+                        requested_token_type: token_type,
+                    })
+                    .await
+                    .map_err(FetchError::Idp)?;
+                self.check_answer(
+                    answer,
+                    target,
+                    Some(token_type),
+                    Expected::Sub(&user.sub),
+                    cap,
+                    Some(user),
+                )
                 .await
-                .map_err(FetchError::Idp)?;
-            self.check_answer(
-                answer,
-                target,
-                Some(token_type),
-                Expected::Sub(&user.sub),
-                cap,
-                Some(user),
-            )
-            .await
-            .map_err(FetchError::Invalid)
-        });
+                .map_err(FetchError::Invalid)
+            }),
+        );
         let served = self.user_cache.get_or_fetch_until(key, until, fetch).await;
         if let (Ok((token, CacheStatus::Hit)), Some(ra)) = (&served, &self.refresh_ahead)
             && ra.claim(&key, token, self.clock.now_unix())
@@ -524,7 +642,7 @@ impl TokenService {
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
-                cache,
+                cache: shared_status(cache, &from_shared),
                 fallback: None,
                 entry: EntryRef {
                     service: false,
@@ -605,7 +723,8 @@ impl TokenService {
             tracing::debug!(caller = %name, target = target_name, "service principal: service-account token");
         }
         let key = keys::service_key(target_name, target, scopes);
-        let fetch = async {
+        let from_shared = std::sync::atomic::AtomicBool::new(false);
+        let fetch = shared::through(self.shared.as_deref(), key, &from_shared, async {
             let answer = self
                 .idp
                 .client_credentials(scopes)
@@ -614,12 +733,12 @@ impl TokenService {
             self.check_answer(answer, target, None, Expected::Service, None, None)
                 .await
                 .map_err(FetchError::Invalid)
-        };
+        });
         match self.service_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
                 token,
                 identity: Identity::Service,
-                cache,
+                cache: shared_status(cache, &from_shared),
                 fallback: reason,
                 entry: EntryRef { service: true, key },
             }),
@@ -728,4 +847,13 @@ impl TokenService {
 enum FetchOutcome {
     Idp(IdpError),
     Invalid(String),
+}
+
+/// `shared` when this request's first-level miss was served from the shared cache.
+fn shared_status(cache: CacheStatus, from_shared: &std::sync::atomic::AtomicBool) -> CacheStatus {
+    if cache == CacheStatus::Miss && from_shared.load(std::sync::atomic::Ordering::Relaxed) {
+        CacheStatus::Shared
+    } else {
+        cache
+    }
 }

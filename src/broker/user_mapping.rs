@@ -36,45 +36,51 @@ impl TokenService {
             token_type,
         );
         let signer = self.assertion.clone();
-        let fetch = with_negative(self.negative.as_ref(), key, async {
-            let answer = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => {
-                    let signer = signer.ok_or_else(|| {
-                        FetchError::Invalid("no assertion signer is configured".into())
-                    })?;
-                    let now = self.clock.now_unix();
-                    let (jwt, _) = signer
-                        .sign(&subject, self.idp.issuer(), now)
-                        .map_err(|e| FetchError::Invalid(e.to_string()))?;
-                    self.idp.jwt_bearer(&jwt, scopes).await
+        let from_shared = std::sync::atomic::AtomicBool::new(false);
+        let shared = self.shared.as_deref();
+        let fetch = with_negative(
+            self.negative.as_ref(),
+            key,
+            super::shared::through(shared, key, &from_shared, async {
+                let answer = match mapping.kind {
+                    UserMappingKind::JwtAuthorizationGrant => {
+                        let signer = signer.ok_or_else(|| {
+                            FetchError::Invalid("no assertion signer is configured".into())
+                        })?;
+                        let now = self.clock.now_unix();
+                        let (jwt, _) = signer
+                            .sign(&subject, self.idp.issuer(), now)
+                            .map_err(|e| FetchError::Invalid(e.to_string()))?;
+                        self.idp.jwt_bearer(&jwt, scopes).await
+                    }
+                    UserMappingKind::Impersonation => {
+                        self.idp
+                            .impersonate(&subject, &target.audience, scopes, token_type)
+                            .await
+                    }
                 }
-                UserMappingKind::Impersonation => {
-                    self.idp
-                        .impersonate(&subject, &target.audience, scopes, token_type)
-                        .await
-                }
-            }
-            .map_err(FetchError::Idp)?;
-            let requested = match mapping.kind {
-                UserMappingKind::JwtAuthorizationGrant => None,
-                UserMappingKind::Impersonation => Some(token_type),
-            };
-            self.check_answer(
-                answer,
-                target,
-                requested,
-                Expected::Person(&principal.name),
-                Some(bs.expires_at),
-                None,
-            )
-            .await
-            .map_err(FetchError::Invalid)
-        });
+                .map_err(FetchError::Idp)?;
+                let requested = match mapping.kind {
+                    UserMappingKind::JwtAuthorizationGrant => None,
+                    UserMappingKind::Impersonation => Some(token_type),
+                };
+                self.check_answer(
+                    answer,
+                    target,
+                    requested,
+                    Expected::Person(&principal.name),
+                    Some(bs.expires_at),
+                    None,
+                )
+                .await
+                .map_err(FetchError::Invalid)
+            }),
+        );
         match self.user_cache.get_or_fetch(key, fetch).await {
             Ok((token, cache)) => Ok(Issued {
                 token,
                 identity: Identity::User,
-                cache,
+                cache: super::shared_status(cache, &from_shared),
                 fallback: None,
                 entry: EntryRef {
                     service: false,

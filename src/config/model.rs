@@ -313,6 +313,9 @@ pub struct CacheConfig {
     /// `cache.refreshAhead`, default off: the last part of an entry's life (percent, 1–50) in
     /// which a read renews it once in the background.
     pub refresh_ahead_percent: Option<u8>,
+    /// `cache.shared`: the second-level cache in Redis shared by every replica; `None` = each
+    /// replica caches on its own.
+    pub shared: Option<SharedCacheConfig>,
 }
 
 /// `cache.key` (issue 13).
@@ -323,6 +326,61 @@ pub enum CacheKeyMode {
     /// The verified `iss`, `sub`, `sid` and `azp`: every token of one Keycloak session shares
     /// the entry; a token without `sid` falls back to `Token`.
     Session,
+}
+
+/// YAML `cache.shared`: Redis (or Valkey) as a second-level cache and cluster-wide
+/// single-flight (docs/operations.md "Several replicas").
+#[derive(Clone)]
+pub struct SharedCacheConfig {
+    /// `cache.shared.url` (required): `redis://host[:port][/db]` or `rediss://` (TLS); no user
+    /// name or password in it (they are `username` / `password`).
+    pub url: Url,
+    /// `cache.shared.username`: the Redis ACL user (`AUTH username password`).
+    pub username: Option<String>,
+    /// `cache.shared.password` (secret).
+    pub password: Option<SecretString>,
+    /// `cache.shared.keyPrefix`, default `token-broker:`.
+    pub key_prefix: String,
+    /// `cache.shared.encryptionKeys` (at least one): newest first; entries are sealed with the
+    /// first, every one still opens entries.
+    pub encryption_keys: Vec<SharedCacheKey>,
+    /// `cache.shared.timeout`, default 250ms: one Redis command, connecting included; past it
+    /// the command counts as failed and the request goes on without Redis.
+    pub timeout: Duration,
+    /// `cache.shared.lockTtl`, default 15s: the single-flight lock's lifetime, after which a
+    /// waiter takes over from a holder that died.
+    pub lock_ttl: Duration,
+    /// `cache.shared.lockWait`, default 15s: the longest a request waits for another
+    /// replica's exchange before it exchanges itself.
+    pub lock_wait: Duration,
+}
+
+impl std::fmt::Debug for SharedCacheConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCacheConfig")
+            .field("url", &self.url.as_str())
+            .field("username", &self.username)
+            .field("key_prefix", &self.key_prefix)
+            .field("encryption_keys", &self.encryption_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One `cache.shared.encryptionKeys` item.
+#[derive(Clone)]
+pub struct SharedCacheKey {
+    /// `id`: 1-32 characters of `[A-Za-z0-9._-]`, unique; stored beside each value.
+    pub id: String,
+    /// `key` (secret): 32 bytes, base64 in the configuration.
+    pub key: std::sync::Arc<secrecy::SecretBox<[u8; 32]>>,
+}
+
+impl std::fmt::Debug for SharedCacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedCacheKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One entry of YAML `targets`.

@@ -243,10 +243,10 @@ pub async fn revoke(
         ));
     }
     if let Some(sid) = &sid {
-        state.service.evict_session(sid);
+        state.service.evict_session(sid).await;
     }
     if let Some(sub) = &sub {
-        state.service.evict_subject(sub);
+        state.service.evict_subject(sub).await;
     }
     tracing::info!(
         sub_fp = sub

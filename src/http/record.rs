@@ -69,6 +69,7 @@ pub fn issued(
                 CacheStatus::Hit => CacheResult::Hit,
                 CacheStatus::Miss => CacheResult::Miss,
                 CacheStatus::Coalesced => CacheResult::Coalesced,
+                CacheStatus::Shared => CacheResult::Shared,
             },
         );
         if let Some(f) = i.fallback {

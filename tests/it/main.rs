@@ -13,6 +13,7 @@
 )]
 
 mod backstage_support;
+mod redis_support;
 mod support;
 
 mod admin;
@@ -40,3 +41,4 @@ mod security_backstage;
 mod security_edge;
 mod security_laundering;
 mod security_misc;
+mod shared_cache;

@@ -5,6 +5,7 @@ mod backstage;
 mod keycloak;
 mod proxy;
 mod server_admin;
+mod shared_cache;
 mod substitution;
 mod targets;
 mod user_token;
