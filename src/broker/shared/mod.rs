@@ -45,6 +45,8 @@ pub const REVOKED_SUBJECT: &str = "ru";
 /// How long a revocation marker stays: longer than any entry the shared cache keeps (an entry
 /// lives at most as long as the token issued for it; Keycloak's access tokens live minutes).
 const REVOCATION_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Attempts at writing a revocation marker.
+const REVOKE_ATTEMPTS: u32 = 3;
 use resp::{Client, RedisError, Reply};
 use seal::{FailedRecord, Keyring, Record, TokenRecord};
 
@@ -262,16 +264,37 @@ impl SharedCache {
     /// index digest) cached up to now is revoked: [`Self::lookup`] treats such an entry as a
     /// miss on every replica, also one that missed the eviction broadcast. The marker's name is
     /// an HMAC like every other name; its value is only the time (Unix seconds).
-    pub(crate) async fn revoke(&self, ns: &'static str, digest: &KeyDigest) {
+    ///
+    /// Unlike cache writes, a revocation is not skipped while Redis is marked unavailable and is
+    /// tried [`REVOKE_ATTEMPTS`] times: losing it would let other replicas serve a logged-out
+    /// session's entry from Redis. Returns whether every marker was written (a failure is
+    /// logged as an error).
+    pub(crate) async fn revoke(&self, ns: &'static str, digest: &KeyDigest) -> bool {
         let at = self.clock.now_unix().to_string();
         let px = REVOCATION_MEMORY.as_millis().to_string();
+        let mut all = true;
         for name in self.ring.names(&self.prefix, ns, digest) {
-            self.cmd(
-                "write",
-                &[b"SET", name.as_bytes(), at.as_bytes(), b"PX", px.as_bytes()],
-            )
-            .await;
+            let args: [&[u8]; 5] = [b"SET", name.as_bytes(), at.as_bytes(), b"PX", px.as_bytes()];
+            let mut written = false;
+            for attempt in 1..=REVOKE_ATTEMPTS {
+                match self.client.cmd(&args).await {
+                    Ok(_) => {
+                        self.health.ok();
+                        written = true;
+                        break;
+                    }
+                    Err(e) if attempt == REVOKE_ATTEMPTS => self.health.failed("write", &e),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            all &= written;
         }
+        if !all {
+            tracing::error!(
+                "could not record a logout/revocation in the shared cache (Redis): other replicas may serve that session's cached entries from Redis until they expire"
+            );
+        }
+        all
     }
 
     /// Whether a logout or `/admin/revoke` since `t` was cached names its session or user.
