@@ -257,13 +257,13 @@ impl TokenService {
                 // target allows service principals (`servicePrincipals`).
                 return match target.service_principals {
                     FallbackPolicy::ServiceAccount => {
-                        self.service_token(
+                        Box::pin(self.service_token(
                             req.target,
                             target,
                             &scopes,
                             Some(&req.principal.name),
                             None,
-                        )
+                        ))
                         .await
                     }
                     FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
@@ -273,17 +273,16 @@ impl TokenService {
             }
             if let (Some(bs), Some(mapping)) = (&req.principal.backstage_user, &target.user_mapping)
             {
-                return self
-                    .mapped_user(
-                        req.target,
-                        target,
-                        &scopes,
-                        token_type,
-                        req.principal,
-                        bs,
-                        mapping,
-                    )
-                    .await;
+                return Box::pin(self.mapped_user(
+                    req.target,
+                    target,
+                    &scopes,
+                    token_type,
+                    req.principal,
+                    bs,
+                    mapping,
+                ))
+                .await;
             }
             return match target.fallback {
                 FallbackPolicy::ServiceAccount => {
@@ -291,13 +290,13 @@ impl TokenService {
                         target = req.target,
                         "no user credential: serving the service-account token"
                     );
-                    self.service_token(
+                    Box::pin(self.service_token(
                         req.target,
                         target,
                         &scopes,
                         None,
                         Some(FallbackReason::NoUserToken),
-                    )
+                    ))
                     .await
                 }
                 FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
@@ -312,7 +311,7 @@ impl TokenService {
         {
             Ok(issued) => Ok(issued),
             Err(FetchOutcome::Idp(e)) => {
-                self.after_idp_failure(
+                Box::pin(self.after_idp_failure(
                     req.target,
                     target,
                     &scopes,
@@ -320,7 +319,7 @@ impl TokenService {
                     FailedPath::Exchange {
                         subject: &user.fingerprint,
                     },
-                )
+                ))
                 .await
             }
             Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
@@ -404,7 +403,22 @@ impl TokenService {
         user: &VerifiedUserToken,
     ) -> Result<Issued, FetchOutcome> {
         let key = keys::exchange_key(target_name, target, scopes, token_type, user);
-        let fetch = with_negative(self.negative.as_ref(), key, async {
+        let entry = EntryRef {
+            service: false,
+            key,
+        };
+        // A hit first, before the miss path's future is even built: that future is large, and
+        // building and moving it on every hit showed up as copies in the hit's profile (issue 16).
+        if let Some(token) = self.user_cache.fresh(&key).await {
+            return Ok(Issued {
+                token,
+                identity: Identity::User,
+                cache: CacheStatus::Hit,
+                fallback: None,
+                entry,
+            });
+        }
+        let fetch = Box::pin(with_negative(self.negative.as_ref(), key, async {
             let answer = self
                 .idp
                 .exchange(&ExchangeRequest {
@@ -425,19 +439,15 @@ impl TokenService {
             )
             .await
             .map_err(FetchError::Invalid)
-        });
-        self.user_cache
-            .get_or_fetch(key, fetch)
+        }));
+        Box::pin(self.user_cache.get_or_fetch(key, fetch))
             .await
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
                 cache,
                 fallback: None,
-                entry: EntryRef {
-                    service: false,
-                    key,
-                },
+                entry,
             })
             .map_err(|e| match &*e {
                 FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),

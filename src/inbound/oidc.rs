@@ -196,7 +196,9 @@ impl OidcVerifier {
             }
             self.verified.inner.invalidate(&digest);
         }
-        let v = self.verify_uncached(token).await?;
+        // Boxed: the full check's future is large and only a first sight of a token needs it
+        // (moving it inline cost every cached verification copies; issue 16).
+        let v = Box::pin(self.verify_uncached(token)).await?;
         let out = v.with_token(token, digest);
         self.verified.inner.insert(digest, Arc::new(v));
         Ok(out)
