@@ -44,14 +44,18 @@ pub async fn with_form_token(
     form_token: Result<Option<&str>, ApiError>,
     subject_fp: &mut String,
 ) -> Result<Authenticated, ApiError> {
-    let header_token = user_token_header(req, &state.config.user_token.header)?;
-    match (header_token, form_token?) {
-        (Some(h), Some(f)) if h != f => Err(ApiError::invalid_request(format!(
+    // No token in the form: what the headers gave stands. The header was read, and any error
+    // of it reported, by `authenticate`; reading the 1-2 KB token again is not needed (issue 16).
+    let Some(f) = form_token? else {
+        return Ok(headers);
+    };
+    match user_token_header(req, &state.config.user_token.header)? {
+        Some(h) if h != f => Err(ApiError::invalid_request(format!(
             "subject_token and the '{}' header carry different tokens",
             state.config.user_token.header
         ))),
-        (None, Some(f)) => run(req, state, Some(f), subject_fp).await,
-        (_, _) => Ok(headers),
+        Some(_) => Ok(headers),
+        None => run(req, state, Some(f), subject_fp).await,
     }
 }
 
