@@ -9,11 +9,14 @@
 //!    credential: a static token plus the user's Keycloak token), then the verify-only handler
 //!    and the broker with a fresh ES256 plugin token per request (a Lua script cycles through a
 //!    pre-minted list), each run bounded in time;
-//! 3. measures the miss path (broker exchange minus a direct token-exchange call to the IdP,
+//! 3. counts the instructions per request of the cache hit and the bare handler under callgrind
+//!    (`bench/callgrind.rs`);
+//! 4. measures the miss path (broker exchange minus a direct token-exchange call to the IdP,
 //!    interleaved, sequential), 1000 concurrent cold requests for one key (IdP calls counted at
-//!    the IdP), and memory (the broker's RSS, plus the growth of a process filling a
-//!    `TokenCache` with 100k entries of the real token size: the bench-only way to fill it);
-//! 4. prints `name=value` lines and writes the table to `docs/benchmarks.md`.
+//!    the IdP), cache hits while the IdP stalls 8 s, proxy mode's tail with a cached token (to
+//!    the dev echo upstream), and memory: the broker's RSS after start-up, and the RSS of a
+//!    broker of its own after 100k distinct users each made one real request (`bench/users.rs`);
+//! 5. prints `name=value` lines and writes the table to `docs/benchmarks.md`.
 //!
 //! Not part of the normal build (an example): `cargo build --release --example bench_peers`.
 
@@ -28,17 +31,25 @@
 // The real-Keycloak figures; not under examples/ directly, where it would be an example itself.
 #[path = "bench/keycloak.rs"]
 mod keycloak_bench;
+// Instructions per request under callgrind (issue 16).
+#[path = "bench/callgrind.rs"]
+mod callgrind;
+// Broker RSS after N distinct users each made a real request (issue 16).
+#[path = "bench/users.rs"]
+mod users;
+// Session keying: token-mode vs session-mode IdP exchanges (issue 13).
 #[path = "bench/session.rs"]
 mod session_bench;
 // Three replicas sharing Redis (`scripts/bench replicas`, issue 15).
 #[path = "bench/replicas.rs"]
 mod replicas_bench;
+// Hooks of other benchmarks go here as further `#[path]` modules, each called from `run` below
+// at the place marked "other figures".
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -53,6 +64,7 @@ const SECRET: &str = "token-broker-dev-secret";
 const TE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const AT: &str = "urn:ietf:params:oauth:token-type:access_token";
 
+#[derive(Clone)]
 struct Args {
     broker_bin: PathBuf,
     out: PathBuf,
@@ -63,9 +75,8 @@ struct Args {
     rounds: u32,
     /// `--soak SECONDS`: instead of the benchmark, a steady-rate soak (`scripts/soak`).
     soak: u64,
-    /// `--fill N:LEN`: only fill a `TokenCache` with N entries of LEN-byte tokens and print
-    /// this process's RSS before and after (run as a separate, minimal process).
-    fill: Option<(u64, usize)>,
+    /// `--users N`: distinct users for the memory figure (0: skip it).
+    users: usize,
     /// `--keycloak N`: instead of the benchmark, the figures against a real Keycloak
     /// (`scripts/bench keycloak`) with N sequential miss-path pairs.
     keycloak: u32,
@@ -75,6 +86,12 @@ struct Args {
     keycloak_pid: u32,
     /// `--replicas N`: instead of the benchmark, the shared-cache figures with N L2-hit pairs.
     replicas: usize,
+    /// `--callgrind N`: requests counted under callgrind per server (0: skip that part).
+    callgrind: u32,
+    /// `--bare-serve PORT:BODYFILE`: only serve the bare handler (run under callgrind).
+    bare_serve: Option<(u16, PathBuf)>,
+    /// `--only-callgrind 1`: only the instruction counts (for iterating on the hit path).
+    only_callgrind: bool,
 }
 
 fn args() -> Args {
@@ -87,11 +104,14 @@ fn args() -> Args {
         threads: 2,
         rounds: 2,
         soak: 0,
-        fill: None,
+        users: 100_000,
         keycloak: 0,
         keycloak_url: "http://127.0.0.1:7180".into(),
         keycloak_pid: 0,
         replicas: 0,
+        callgrind: 2000,
+        bare_serve: None,
+        only_callgrind: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -110,10 +130,13 @@ fn args() -> Args {
             "--keycloak-url" => a.keycloak_url = val,
             "--keycloak-pid" => a.keycloak_pid = val.parse().unwrap(),
             "--replicas" => a.replicas = val.parse().unwrap(),
-            "--fill" => {
-                let (n, len) = val.split_once(':').unwrap();
-                a.fill = Some((n.parse().unwrap(), len.parse().unwrap()));
+            "--callgrind" => a.callgrind = val.parse().unwrap(),
+            "--only-callgrind" => a.only_callgrind = val == "1",
+            "--bare-serve" => {
+                let (port, file) = val.split_once(':').unwrap();
+                a.bare_serve = Some((port.parse().unwrap(), file.into()));
             }
+            "--users" => a.users = val.parse().unwrap(),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -123,14 +146,8 @@ fn args() -> Args {
 
 fn main() -> ExitCode {
     let a = args();
-    if let Some((n, len)) = a.fill {
-        let before = rss_kb(std::process::id());
-        let fill = actix_web::rt::System::new().block_on(fill_cache(n, len));
-        println!(
-            "fill_rss_before_kb={before}\nfill_rss_after_kb={}\nfill_growth_kb={}",
-            rss_kb(std::process::id()),
-            fill.growth_kb
-        );
+    if let Some((port, file)) = &a.bare_serve {
+        actix_web::rt::System::new().block_on(serve_bare(*port, file));
         return ExitCode::SUCCESS;
     }
     if a.replicas > 0 {
@@ -159,6 +176,27 @@ async fn bare(_body: web::Bytes, p: web::Data<Peers>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(p.body.clone())
+}
+
+/// `--bare-serve`: the bare handler alone, as its own process (counted under callgrind).
+async fn serve_bare(port: u16, body_file: &Path) {
+    let peers = web::Data::new(Peers {
+        body: std::fs::read_to_string(body_file).unwrap(),
+        key: DecodingKey::from_secret(b"unused"),
+        validation: Validation::new(Algorithm::HS256),
+        jwks: serde_json::Value::Null,
+    });
+    HttpServer::new(move || {
+        App::new()
+            .app_data(peers.clone())
+            .route("/bare", web::to(bare))
+    })
+    .workers(2)
+    .bind(("127.0.0.1", port))
+    .unwrap()
+    .run()
+    .await
+    .unwrap();
 }
 
 async fn verify(req: HttpRequest, _body: web::Bytes, p: web::Data<Peers>) -> HttpResponse {
@@ -341,11 +379,19 @@ async fn run(a: Args) {
     let kid = "bench-plugin-key";
     let jwk = serde_json::json!({"kty": "EC", "crv": "P-256", "x": x, "y": y, "kid": kid, "alg": "ES256"});
 
+    // The dev echo upstream (proxy mode's target, `/v1/proxy/echo/...`).
+    let echo = token_broker::devupstream::start("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let echo_url = echo.url();
+
     // The broker.
     let peers_port = free_port();
     let (public, admin) = (free_port(), free_port());
-    let cfg = format!(
-        r#"
+    let main_issuer = idp.issuer();
+    let broker_cfg_at = |public: u16, admin: u16, issuer: &str| {
+        format!(
+            r#"
 server: {{listen: "127.0.0.1:{public}", workers: 2}}
 admin: {{listen: "127.0.0.1:{admin}", token: bench-admin-token}}
 keycloak:
@@ -364,10 +410,13 @@ backend:
 cache: {{maxEntries: 200000, safetyMargin: 30s}}
 targets:
   sonataflow: {{audience: sonataflow, fallback: deny, servicePrincipals: service_account}}
+  echo: {{audience: sonataflow, fallback: deny, upstream: "{echo_url}"}}
 logging: {{format: json, level: info}}
-"#,
-        issuer = idp.issuer()
-    );
+"#
+        )
+    };
+    let broker_cfg = |public: u16, admin: u16| broker_cfg_at(public, admin, &main_issuer);
+    let cfg = broker_cfg(public, admin);
     let cfg_file = tmp.join("broker.yaml");
     std::fs::write(&cfg_file, cfg).unwrap();
     let mut broker = Command::new(&a.broker_bin)
@@ -450,10 +499,6 @@ logging: {{format: json, level: info}}
     assert_eq!(s, 200, "warm-up exchange: {body}");
     let (s, cache, hit_body) = exchange(alice.clone()).await;
     assert_eq!((s, cache.as_str()), (200, "hit"));
-    let token_len = serde_json::from_str::<serde_json::Value>(&hit_body).unwrap()["access_token"]
-        .as_str()
-        .unwrap()
-        .len();
     let broker_idle_kb = rss_kb(broker.id());
 
     // The peers.
@@ -570,6 +615,82 @@ end
         return;
     }
 
+    // Instructions per request under callgrind: a second broker and the bare handler, each in
+    // its own process under valgrind, the same request (the wrk hit script's) on both.
+    let mut counted: Vec<(&str, callgrind::Counted)> = Vec::new();
+    if a.callgrind > 0 && callgrind::available() {
+        let (cg_public, cg_admin) = (free_port(), free_port());
+        let cg_cfg = tmp.join("broker-callgrind.yaml");
+        std::fs::write(&cg_cfg, broker_cfg(cg_public, cg_admin)).unwrap();
+        let body_file = tmp.join("bare-body.json");
+        std::fs::write(&body_file, &hit_body).unwrap();
+        let bare_port = free_port();
+        let headers = vec![
+            (
+                "content-type".to_owned(),
+                "application/x-www-form-urlencoded".to_owned(),
+            ),
+            ("authorization".to_owned(), format!("Bearer {STATIC}")),
+            ("x-forwarded-access-token".to_owned(), alice.clone()),
+        ];
+        let form = format!("grant_type={}&audience=sonataflow", urlenc(TE));
+        let me = std::env::current_exe().unwrap();
+        let runs = [
+            (
+                "bare",
+                vec![
+                    me.display().to_string(),
+                    "--bare-serve".into(),
+                    format!("{bare_port}:{}", body_file.display()),
+                ],
+                format!("http://127.0.0.1:{bare_port}/bare"),
+            ),
+            (
+                "hit",
+                vec![
+                    a.broker_bin.display().to_string(),
+                    "serve".into(),
+                    "--config".into(),
+                    cg_cfg.display().to_string(),
+                ],
+                format!("http://127.0.0.1:{cg_public}/v1/token"),
+            ),
+        ];
+        for (label, cmd, url) in runs {
+            eprintln!("bench: callgrind {label} ({} requests)", a.callgrind);
+            let shape = callgrind::Shape {
+                url,
+                body: form.clone(),
+                headers: headers.clone(),
+            };
+            if let Some(c) = callgrind::count(label, &cmd, &tmp, &shape, a.callgrind).await {
+                counted.push((label, c));
+            }
+        }
+    } else if a.callgrind > 0 {
+        eprintln!("bench: valgrind is not installed: no instruction counts");
+    }
+    let instr = |label: &str| {
+        counted
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, c)| c.per_req)
+    };
+    let (hit_instr, bare_instr) = (instr("hit"), instr("bare"));
+    if a.only_callgrind {
+        for (label, c) in &counted {
+            println!("{}", callgrind::table(&[(label, c)]));
+        }
+        println!("hit_instr_per_req={}", fmt_opt(hit_instr));
+        println!("bare_instr_per_req={}", fmt_opt(bare_instr));
+        broker.kill().ok();
+        broker.wait().ok();
+        peers_handle.stop(true).await;
+        idp.stop().await;
+        std::fs::remove_dir_all(&tmp).ok();
+        return;
+    }
+
     // Alternate: bare / broker hit, then verify / broker fresh.
     let (mut bare_runs, mut hit_runs, mut verify_runs, mut fresh_runs) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -646,26 +767,69 @@ end
         *cold_status.entry(format!("{s} {c}")).or_default() += 1;
     }
 
-    // Memory: the broker's RSS now, and the growth of a TokenCache holding 100k entries.
     let broker_rss_kb = rss_kb(broker.id());
-    let me = std::env::current_exe().unwrap();
-    let out = Command::new(me)
-        .args(["--fill", &format!("100000:{token_len}")])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let growth_kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("fill_growth_kb="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let fill = Fill { growth_kb };
-    let rss_100k_mb = (broker_idle_kb + fill.growth_kb) as f64 / 1024.0;
+
+    // Hits while the IdP's token endpoint stalls for 8 s (issue 16 §3): a light load (wrk -t1
+    // -c4, 3 s) of cache hits, first with the IdP answering, then while misses of other users
+    // wait for the stalled IdP; the misses' durations are recorded.
+    let light = Args {
+        threads: 1,
+        connections: 4,
+        duration: 3,
+        ..a.clone()
+    };
+    let stall_users = futures_util::future::join_all((0..4).map(|_| login("bob"))).await;
+    let calm_l = run_wrk(&light, &token_url, &hit_lua);
+    idp.set_token_endpoint_delay(Duration::from_secs(8));
+    let stalled_misses = stall_users.into_iter().map(|t| {
+        let ex = exchange(t);
+        async move {
+            let started = Instant::now();
+            let (s, _, _) = ex.await;
+            (s, started.elapsed().as_secs_f64())
+        }
+    });
+    let misses = actix_web::rt::spawn(futures_util::future::join_all(stalled_misses));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stall_l = run_wrk(&light, &token_url, &hit_lua);
+    let stall_results = misses.await.unwrap_or_default();
+    idp.set_token_endpoint_delay(Duration::ZERO);
+    let stall_miss_s = stall_results.iter().map(|(_, d)| *d).fold(0.0, f64::max);
+    let stall_miss_status: Vec<u16> = stall_results.iter().map(|(s, _)| *s).collect();
+
+    // Proxy mode with a cached token (issue 16 §5): GET /v1/proxy/echo/... to the dev echo
+    // upstream, the same credentials as the hit runs, the same wrk load.
+    let proxy_lua = tmp.join("proxy.lua");
+    std::fs::write(
+        &proxy_lua,
+        format!(
+            "wrk.method = \"GET\"\nwrk.headers[\"Authorization\"] = \"Bearer {STATIC}\"\nwrk.headers[\"X-Forwarded-Access-Token\"] = \"{alice}\"\n"
+        ),
+    )
+    .unwrap();
+    let proxy_url = format!("{base}/v1/proxy/echo/bench");
+    let proxy_runs: Vec<Load> = (0..a.rounds)
+        .map(|_| run_wrk(&a, &proxy_url, &proxy_lua))
+        .collect();
+    let proxy_l = best(&proxy_runs);
+    let proxy_tail = proxy_l.p99_ms / proxy_l.p50_ms;
+
+    // ---- other figures: hooks of other benchmarks go here ----
+
+    // Memory per user on the real path: a broker and a dev IdP of their own.
+    let users_rss = if a.users > 0 {
+        eprintln!("bench: {} users through a fresh broker (minutes)", a.users);
+        Some(users::run(&a.broker_bin, &tmp, a.users, &broker_cfg_at).await)
+    } else {
+        None
+    };
+    let rss_users_mb = users_rss.as_ref().map(|u| u.after_kb as f64 / 1024.0);
 
     broker.kill().ok();
     broker.wait().ok();
     peers_handle.stop(true).await;
     idp.stop().await;
+    echo.stop().await;
 
     let hit_ratio = hit_l.rps / bare_l.rps;
     let fresh_ratio = fresh_l.rps / verify_l.rps;
@@ -685,7 +849,7 @@ end
     let _ = writeln!(
         md,
         "# Benchmarks\n\n<!-- Written by scripts/bench; edit the notes in examples/bench_peers.rs. -->\n\n\
-Measured by `scripts/bench` (release build, loopback, one run) on {date}.\n\n\
+Measured by `scripts/bench` (release build with symbols, profile `profiling`; loopback; one run) on {date}.\n\n\
 **Machine:** {machine}.\n\n\
 **Load:** `wrk -t{t} -c{c} -d{d}s --latency`, {r} rounds, each pair run back to back (handler, then broker), best round of each reported; \
 the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 CPUs. The broker logs one JSON audit line per request (to /dev/null here).\n",
@@ -737,18 +901,65 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
         "| 1000 concurrent cold requests for one key → IdP token-exchange calls | **{cold_calls}** (all answered in {burst_ms:.0} ms; {cold_status:?}) | 1 | {} |",
         yes(cold_calls == 1)
     );
+    match &users_rss {
+        Some(u) => {
+            let _ = writeln!(
+                md,
+                "| broker RSS after {} distinct users each made one real request (caller check, user-token verification, exchange at the dev IdP over HTTP, both caches filled) | **{:.1} MB** ({} answered 200, {} of them hits; RSS after start-up and warm-up {:.1} MB; {:.0} s) | < 200 MB | {} |",
+                u.users,
+                u.after_kb as f64 / 1024.0,
+                u.ok,
+                u.hits,
+                u.idle_kb as f64 / 1024.0,
+                u.seconds,
+                yes(u.after_kb as f64 / 1024.0 < 200.0 && u.ok == u.users)
+            );
+        }
+        None => {
+            let _ = writeln!(
+                md,
+                "| broker RSS after 100k users | not measured (`--users 0`) | < 200 MB | — |"
+            );
+        }
+    }
     let _ = writeln!(
         md,
-        "| RSS with 100k cached entries | **{rss_100k_mb:.1} MB** (broker RSS after start-up and warm-up {:.1} MB + RSS growth of a separate process filling a `TokenCache` with 100k entries of {token_len}-byte tokens {:.1} MB; the broker's RSS after the whole run: {:.1} MB) | < 200 MB | {} |",
+        "| broker RSS after start-up and warm-up | **{:.1} MB** (after the whole run: {:.1} MB) | ≤ 30 MB | {} |",
         broker_idle_kb as f64 / 1024.0,
-        fill.growth_kb as f64 / 1024.0,
         broker_rss_kb as f64 / 1024.0,
-        yes(rss_100k_mb < 200.0)
+        yes(broker_idle_kb as f64 / 1024.0 <= 30.0)
     );
     let _ = writeln!(
         md,
-        "\nErrors: wrk non-2xx/socket errors bare {} / hit {} / verify {} / fresh {}; miss-path errors {miss_errors}.\n",
-        bare_l.errors, hit_l.errors, verify_l.errors, fresh_l.errors
+        "| cache-hit p99 while the IdP's token endpoint stalls 8 s (wrk -t1 -c4 -d3s; 4 misses of other users in flight) | **{:.3} ms** (p50 {:.3}; without the stall p99 {:.3} / p50 {:.3} ms; the misses: {:?} after {:.1} s at most) | < 2 ms | {} |",
+        stall_l.p99_ms,
+        stall_l.p50_ms,
+        calm_l.p99_ms,
+        calm_l.p50_ms,
+        stall_miss_status,
+        stall_miss_s,
+        yes(stall_l.p99_ms < 2.0 && stall_l.errors == 0)
+    );
+    let _ = writeln!(
+        md,
+        "| proxy mode, cached token, to the dev echo upstream: p99 / p50 (wrk -t{} -c{} -d{}s) | **{proxy_tail:.2}** ({:.3} / {:.3} ms, {:.0} req/s) | ≤ 2.5 | {} |",
+        a.threads,
+        a.connections,
+        a.duration,
+        proxy_l.p99_ms,
+        proxy_l.p50_ms,
+        proxy_l.rps,
+        yes(proxy_tail <= 2.5 && proxy_l.errors == 0)
+    );
+    let _ = writeln!(
+        md,
+        "\nErrors: wrk non-2xx/socket errors bare {} / hit {} / verify {} / fresh {} / stall {} / proxy {}; miss-path errors {miss_errors}.\n",
+        bare_l.errors,
+        hit_l.errors,
+        verify_l.errors,
+        fresh_l.errors,
+        stall_l.errors,
+        proxy_l.errors
     );
     let _ = writeln!(
         md,
@@ -761,6 +972,32 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
             .collect::<Vec<_>>(),
         fresh_runs.iter().map(|l| l.rps.round()).collect::<Vec<_>>()
     );
+    let _ = writeln!(
+        md,
+        "Proxy rounds (req/s, p50/p99 ms): {:?}.\n",
+        proxy_runs
+            .iter()
+            .map(|l| format!("{:.0} {:.3}/{:.3}", l.rps, l.p50_ms, l.p99_ms))
+            .collect::<Vec<_>>()
+    );
+    if !counted.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Where the instructions go (callgrind)\n\n`valgrind --tool=callgrind`, {} sequential requests on one connection after 50 warm-up requests, \
+the same request as the wrk hit runs; user-space instructions of the whole server process (all threads) per request: \
+**hit {} vs bare {}** (hit/bare {}).",
+            a.callgrind,
+            fmt_opt(hit_instr),
+            fmt_opt(bare_instr),
+            match (hit_instr, bare_instr) {
+                (Some(h), Some(b)) => format!("{:.2}×", h / b),
+                _ => "n/a".into(),
+            }
+        );
+        let refs: Vec<(&str, &callgrind::Counted)> = counted.iter().map(|(l, c)| (*l, c)).collect();
+        md.push_str(&callgrind::table(&refs));
+        md.push('\n');
+    }
     md.push_str(NOTES);
     // The real-Keycloak figures (`scripts/bench keycloak`) are a separate run: keep them.
     let previous = std::fs::read_to_string(&a.out).unwrap_or_default();
@@ -787,7 +1024,15 @@ the broker with 2 workers, the peer handlers with 2 workers, wrk on the same 2 C
     println!("fresh_es256_vs_verify_ratio={fresh_ratio:.3}");
     println!("miss_overhead_p50_ms={miss_overhead:.3}");
     println!("cold_burst_idp_calls={cold_calls}");
-    println!("rss_100k_entries_mb={rss_100k_mb:.1}");
+    println!(
+        "rss_100k_users_mb={}",
+        rss_users_mb.map_or_else(|| "n/a".into(), |v| format!("{v:.1}"))
+    );
+    println!("idle_rss_mb={:.1}", broker_idle_kb as f64 / 1024.0);
+    println!("hit_p99_during_idp_stall_ms={:.3}", stall_l.p99_ms);
+    println!("proxy_hit_p99_over_p50={proxy_tail:.2}");
+    println!("hit_instr_per_req={}", fmt_opt(hit_instr));
+    println!("bare_instr_per_req={}", fmt_opt(bare_instr));
     let (ratio, token_calls, session_calls) = session_bench::run().await;
     println!("session_mode_idp_calls_ratio={ratio:.2}");
     println!(
@@ -801,44 +1046,57 @@ const NOTES: &str = "## How each figure is measured\n\n\
 **Verify-only handler**: actix-web verifying the same ES256 plugin token with jsonwebtoken (`aws_lc_rs`, audience checked) and answering the same body.\n\
 - **Cache hit**: `POST /v1/token` with the static caller token and alice's Keycloak token, target `sonataflow`: static-token digest compare, \
 user-token lookup in the verified-credential cache (SHA-256 + lookup instead of an RS256 check), exchange-cache hit, audit line, JSON answer.\n\
+- **Instructions per request** (callgrind): the bare handler (`bench_peers --bare-serve`) and a second broker, each in its own process under \
+`valgrind --tool=callgrind --instr-atstart=no`; `callgrind_control` switches counting on after start-up, 50 warm-up requests run, the counters \
+are zeroed, then the counted requests run one after the other on one connection. User-space instructions only (the kernel's loopback TCP, \
+about half of the wall-clock cost of both, is not counted). valgrind does not emulate the CPU's SHA extensions, so under callgrind SHA-256 \
+runs the portable code (~3.6k instructions per 64-byte block; hashing the 1.2 KB user token is ~72k of the hit's count); natively `sha2` \
+uses SHA-NI where the CPU has it (this one does), a small fraction of that.\n\
 - **Fresh plugin token**: `POST /v1/token` with a different ES256 plugin token per request (a pre-minted list of 20 000, cycled by a wrk Lua script): \
 full Backstage plugin-token verification (ES256) and the service-account token from cache (`servicePrincipals: service_account`).\n\
 - **Miss path**: each request carries a token from a new login (a new cache key); the direct call is the same RFC 8693 request sent straight to the dev IdP \
 with the broker's client credentials. The difference is the broker's own work: two RS256 verifications (subject and issued token), the cache insert and the extra loopback hop.\n\
 - **Cold burst**: the IdP's token endpoint delayed 300 ms so all 1000 requests (one key) arrive while the first exchange is in flight; IdP calls counted at the IdP.\n\
-- **RSS with 100k entries** (bench-only fill): the broker is not filled through the IdP (100k logins and exchanges would take minutes of RSA signing on this machine); \
-instead the broker's RSS after start-up and warm-up is added to the RSS growth of a separate process (`bench_peers --fill`) that fills a `TokenCache` (the broker's cache type, \
-same entry type) with 100k entries whose token is as long as the broker's real issued token.\n\
+- **IdP stall**: the dev IdP's token endpoint delayed 8 s (`DevIdpHandle::set_token_endpoint_delay`, off by default); four requests of other users \
+(new tokens: misses) are sent first, then wrk loads cache hits lightly (-t1 -c4, 3 s) while those misses wait. The same load without the stall is shown \
+for comparison. The misses end at the IdP's answer or at `keycloak.timeout` (10 s by default), whichever comes first; \
+`tests/it/reliability.rs` checks the bound functionally (timeout 1 s: the miss fails with 504 after ~1 s while every hit is served at once).\n\
+- **Proxy tail**: `GET /v1/proxy/echo/bench` (target `echo`, upstream the dev echo server in this process) with the hit run's credentials: \
+a cached token, the forwarded call and the echoed answer; p99 / p50 of the best round.\n\
+- **Memory per user** (`bench_peers --users N`, default 100 000): a broker process of its own against a dev IdP of its own that knows N users; \
+each user makes one real `POST /v1/token` (static caller, the user's own access token, target `sonataflow`): the token is verified (RS256), \
+exchanged at the dev IdP over HTTP, the answer verified and cached, so both the verified-credential cache and the exchange cache hold N entries. \
+The users' access tokens are minted in this process with the dev IdP's key (a real login's claims with each user's `sub`, \
+`preferred_username`, a new `jti`, no session), which saves N password logins, not any of the broker's work. The figure is the broker's VmRSS afterwards.\n\
 - **Verified-credential cache, bytes per entry** (a separate command, not run by `scripts/bench`): `cargo run --example verified_cache_bytes` verifies 20 000 distinct dev-IdP access tokens (1 236 bytes each) through the broker's `OidcVerifier` and divides the process's RSS growth by their number. On 2026-11-28 (debug build; two runs each): **5 858 B per entry** while an entry held the token and its whole claim set (≈ 559 MiB at the 100 000-entry cap), **690 B** since it keeps only the claims later requests read (≈ 66 MiB); most of the rest is moka's per-entry bookkeeping.\n\
+- **The hit path before issue 16** (callgrind as above, 2000 requests, on the code of 2026-11-28 18:40Z): **277 499** instructions per hit vs \
+**30 821** for the bare handler (9.0×). Own instructions per request: SHA-256 `compress256` 89 422 (32 %; 72k of it the user token, the rest the \
+static caller token and the cache key), `memcpy` 41 564 (15 %; 28k of it moving the token handler's future into its box: the future was sized \
+for the miss path's IdP call and the key fetches), `user_token_header` 30 476 (11 %; `HeaderValue::to_str` checks the 1.2 KB token byte by byte, \
+and it ran twice), serde_json `format_escaped_str` 12 917 + 2 991 (6 %; escaping the token into the answer), memset 9 348 (as bare), \
+stdout `write_all` 7 089 (the audit line written under stdout's lock), drop of the `VerifiedUserToken` copy 1 969 (zeroising its copy of the token). \
+Changes: the header is checked by a branch-free (vectorised) fold; the answer is written directly when nothing in it needs escaping (always \
+for a JWT; serde_json otherwise); the exchange cache is read before the miss path's future is built, and the cold paths (first verification \
+of a token, key fetches, the service-account and user-mapping grants, the fallback) are boxed so the request's future is small; the audit line \
+goes to a queue and a writer thread (`src/audit_writer.rs`). The table above is the count after these changes.\n\
 - The 10-minute soak is a separate opt-in command, `scripts/soak` (not run by `scripts/bench` or CI); its last result is in [soak.md](soak.md).\n\
 \n\
-## Targets not met, and why (analysis of the runs of 2026-11-22)\n\
+## Targets not met, and why (analysis of the run of 2026-11-28T19:35Z, issue 16)\n\
 \n\
-- **Cache hit vs bare handler, 0.46× (target 0.7×; 0.34–0.36× before the token was hashed once).** The bare handler does nothing but\n\
-  read the body and answer (86–110k req/s here, with wrk on the same two CPUs). On a hit the\n\
-  broker parses the form, checks the static caller token (SHA-256, constant-time compare),\n\
-  hashes the 1.2 KB user token once (its SHA-256 serves as log fingerprint,\n\
-  verified-credential cache key and exchange-cache key field; it was hashed three times before\n\
-  the profile below), looks up two moka caches, clones the cached verified claims, serializes\n\
-  the answer and writes one JSON audit line. A profile of the hit path (`perf record -g` on a\n\
-  non-stripped release build of `token-broker dev` under the same wrk load, 33k req/s) has no\n\
-  single hot spot: ~45 % kernel (loopback TCP, wake-ups), SHA-256 5.4 %, memmove 4.6 %, header\n\
-  UTF-8/ASCII validation ~3 %, JSON escaping for the audit line ~2.4 %, malloc/free ~5 %;\n\
-  turning the audit line off (`logging.level: warn`) changed throughput by ~3 % only. The\n\
-  verified-credential cache already took the RS256 check (~22 µs) out of the hit path, and the\n\
-  token is now hashed once instead of three times. Next steps: share verified tokens as `Arc` instead of cloning their\n\
-  claims; move audit writes to a buffered non-blocking writer. Reaching 0.7× of a do-nothing\n\
-  handler while auditing every request is unlikely on this machine.\n\
-- **Fresh ES256 plugin token vs verify-only, 0.75–0.88× over four runs (target 0.8×).** The\n\
-  broker's extra work per request is small next to the ES256 check (~65 µs), so the ratio\n\
-  moves with the noise of the shared 2-CPU machine (other builds ran on it); the run above\n\
-  is one of the low ones.\n\
-- **RSS with 100k entries, 203 MB (target < 200 MB).** Each entry costs ~1.97 KB: the\n\
-  1 233-byte token itself plus ~750 B of moka's per-entry bookkeeping (hash-table bucket,\n\
-  access-order and timer-wheel nodes, entry metadata) and the entry's small strings (measured:\n\
-  the same fill with empty tokens grows by 79 MB). The token bytes alone are 123 MB. Options: a\n\
-  more compact entry (no per-entry fingerprint/kid strings), or the default `cache.maxEntries`\n\
-  (10 000, a tenth of this figure).\n\
+That run shared the 2 CPUs with other builds (load average 4-8): its seconds are noise, its instruction counts are not.\n\
+\n\
+- **Cache hit vs bare handler (0.44× in that run).** Per hit 203 628 instructions (277 499 before), bare 30 711. Of the hit's count, \
+89 422 is SHA-256 in portable code under valgrind (natively SHA-NI); the rest is spread: the audit line's formatting by \
+tracing-subscriber's JSON layer (~15k: `write_str`, escaping, `write_all`), malloc/free (~12k), the two moka lookups, the answer. \
+Next: a hand-written audit line; one cache lookup per hit (the verified claims kept with the exchange entry); no copy of the user \
+token into `VerifiedUserToken` (its zeroising drop is another ~2k).\n\
+- **RSS after 100 000 users, 277 MB (target < 200 MB).** ≈ 2.6 KB per user on the real path: the exchanged token (~1.2 KB), moka's \
+per-entry bookkeeping twice (the exchange cache and the verified-credential cache, ~0.75 KB each) and the entries' small strings. \
+Decoding the token from base64 would save ~0.3 KB; under 200 MB needs one cache entry per user instead of two, or a leaner map than moka. \
+Not done yet.\n\
+- **Hit p99 during the IdP stall and the proxy tail.** On the busy machine the hit p99 *without* the stall (196 ms) was worse than with \
+it (133 ms) and both p50s were 0.16 ms: the tail was the machine, not the stall (`tests/it/reliability.rs` shows hits never wait for a \
+stalled miss). The proxy's p99/p50 (18.9) needs a run on a quiet machine before its cause can be named.\n\
 ";
 
 fn token_url_of(base: &str) -> String {
@@ -870,11 +1128,14 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         threads: a.threads,
         rounds: 1,
         soak: 0,
-        fill: None,
+        users: 0,
         keycloak: 0,
         keycloak_url: a.keycloak_url.clone(),
         keycloak_pid: 0,
         replicas: 0,
+        callgrind: 0,
+        bare_serve: None,
+        only_callgrind: false,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;
@@ -914,53 +1175,20 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
     ok
 }
 
+/// The decoded payload of a JWT (no verification: the template of minted tokens).
+fn jwt_payload(jwt: &str) -> serde_json::Value {
+    let payload = jwt.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_owned(), |v| format!("{v:.0}"))
+}
+
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "**no**" }
 }
 
 fn urlenc(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
-}
-
-struct Fill {
-    growth_kb: u64,
-}
-
-/// Fills a `TokenCache` with `n` entries whose token is `token_len` bytes, and reports this
-/// process's RSS growth.
-async fn fill_cache(n: u64, token_len: usize) -> Fill {
-    use token_broker::broker::{IssuedToken, TokenCache};
-    let me = std::process::id();
-    let before = rss_kb(me);
-    let clock: Arc<dyn token_broker::clock::Clock> = Arc::new(token_broker::clock::SystemClock);
-    let cache = TokenCache::new(n + 1000, clock, token_broker::metrics::Metrics::new());
-    let exp = now() + 3600;
-    for i in 0..n {
-        let key = token_broker::digest::KeyBuilder::new("exchange")
-            .field(&i.to_be_bytes())
-            .finish();
-        let mut tok = format!("{i:020}");
-        tok.extend(std::iter::repeat_n('x', token_len.saturating_sub(20)));
-        let fetch = async move {
-            Ok::<_, std::convert::Infallible>(Arc::new(IssuedToken {
-                access_token: secrecy::SecretString::from(tok),
-                token_type: "Bearer".into(),
-                issued_token_type: token_broker::config::TokenType::AccessToken,
-                scope: Some("profile email".into()),
-                expires_at: exp,
-                cache_until: exp - 30,
-                created_at: exp - 3600,
-                fingerprint: "0123456789ab".into(),
-                subject_kid: Some("kid-0123456789abcdefghijklmnopqrstuvwxyz012".into()),
-                index: Default::default(),
-            }))
-        };
-        let _ = cache.get_or_fetch(key, fetch).await;
-    }
-    cache.run_pending_tasks().await;
-    let after = rss_kb(me);
-    eprintln!("bench: filled {} entries", cache.entry_count());
-    Fill {
-        growth_kb: after.saturating_sub(before),
-    }
 }

@@ -15,6 +15,7 @@
 
 pub mod app;
 pub mod audit;
+pub mod audit_writer;
 pub mod broker;
 pub mod clock;
 pub mod config;

@@ -94,7 +94,8 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            token_broker::telemetry::init(cfg.logging.format, &cfg.logging.level);
+            // Held to the end: dropping it flushes the audit log.
+            let _audit = token_broker::telemetry::init(cfg.logging.format, &cfg.logging.level);
             run_system(async move {
                 let broker = token_broker::app::start(cfg)
                     .await

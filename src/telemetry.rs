@@ -1,6 +1,8 @@
 //! Logging set-up: `tracing` to stderr, plain or JSON, filter from `RUST_LOG` or the config;
 //! and the audit log (`audit.rs`): events of target `token_broker::audit`, always as one JSON
-//! object per line on stdout, at `info`, independent of `RUST_LOG` and `logging.format`.
+//! object per line on stdout, at `info`, independent of `RUST_LOG` and `logging.format`,
+//! written off the request's thread by `audit_writer` (ordered, never dropped, flushed when the
+//! returned guard is dropped).
 //!
 //! Nothing in the broker logs a token or secret: spans and events carry fingerprints
 //! (`digest::fingerprint`) and claims such as `sub`, never credentials.
@@ -14,10 +16,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::audit::AUDIT_TARGET;
+use crate::audit_writer::AuditWriter;
+pub use crate::audit_writer::FlushGuard;
 use crate::config::LogFormat;
 
-/// Installs the global subscriber once; later calls are no-ops.
-pub fn init(format: LogFormat, level: &str) {
+/// Installs the global subscriber once; later calls are no-ops. Keep the guard until the
+/// process ends: dropping it flushes the audit log.
+pub fn init(format: LogFormat, level: &str) -> FlushGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
@@ -38,8 +43,9 @@ pub fn init(format: LogFormat, level: &str) {
             .with_filter(not_audit)
             .boxed(),
     };
+    let (writer, guard) = AuditWriter::start();
     let audit = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stdout)
+        .with_writer(writer)
         .with_ansi(false)
         .json()
         .flatten_event(true)
@@ -53,4 +59,5 @@ pub fn init(format: LogFormat, level: &str) {
         .with(diagnostic)
         .with(audit)
         .try_init();
+    guard
 }

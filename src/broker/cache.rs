@@ -176,7 +176,9 @@ impl TokenCache {
         self.fresh_until(key, u64::MAX).await
     }
 
-    async fn fresh_until(&self, key: &KeyDigest, until: u64) -> Option<Arc<IssuedToken>> {
+    /// [`Self::fresh`] for a requester whose own credential ends at `until`
+    /// ([`Self::get_or_fetch_until`]).
+    pub async fn fresh_until(&self, key: &KeyDigest, until: u64) -> Option<Arc<IssuedToken>> {
         let v = self.inner.get(key).await?;
         if v.cache_until.min(until) > self.clock.now_unix() {
             Some(v)

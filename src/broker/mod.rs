@@ -426,13 +426,13 @@ impl TokenService {
                 // target allows service principals (`servicePrincipals`).
                 return match target.service_principals {
                     FallbackPolicy::ServiceAccount => {
-                        self.service_token(
+                        Box::pin(self.service_token(
                             req.target,
                             target,
                             &scopes,
                             Some(&req.principal.name),
                             None,
-                        )
+                        ))
                         .await
                     }
                     FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
@@ -442,17 +442,16 @@ impl TokenService {
             }
             if let (Some(bs), Some(mapping)) = (&req.principal.backstage_user, &target.user_mapping)
             {
-                return self
-                    .mapped_user(
-                        req.target,
-                        target,
-                        &scopes,
-                        token_type,
-                        req.principal,
-                        bs,
-                        mapping,
-                    )
-                    .await;
+                return Box::pin(self.mapped_user(
+                    req.target,
+                    target,
+                    &scopes,
+                    token_type,
+                    req.principal,
+                    bs,
+                    mapping,
+                ))
+                .await;
             }
             return match target.fallback {
                 FallbackPolicy::ServiceAccount => {
@@ -460,13 +459,13 @@ impl TokenService {
                         target = req.target,
                         "no user credential: serving the service-account token"
                     );
-                    self.service_token(
+                    Box::pin(self.service_token(
                         req.target,
                         target,
                         &scopes,
                         None,
                         Some(FallbackReason::NoUserToken),
-                    )
+                    ))
                     .await
                 }
                 FallbackPolicy::Deny => Err(BrokerError::UserTokenRequired {
@@ -481,7 +480,7 @@ impl TokenService {
         {
             Ok(issued) => Ok(issued),
             Err(FetchOutcome::Idp(e)) => {
-                self.after_idp_failure(
+                Box::pin(self.after_idp_failure(
                     req.target,
                     target,
                     &scopes,
@@ -489,7 +488,7 @@ impl TokenService {
                     FailedPath::Exchange {
                         subject: &user.fingerprint,
                     },
-                )
+                ))
                 .await
             }
             Err(FetchOutcome::Invalid(msg)) => Err(BrokerError::InvalidIdpAnswer(msg)),
@@ -605,8 +604,28 @@ impl TokenService {
                 Some(user.exp),
             ),
         };
+        let entry = EntryRef {
+            service: false,
+            key,
+        };
+        // A hit first, before the miss path's future is even built: that future is large, and
+        // building and moving it on every hit showed up as copies in the hit's profile (issue 16).
+        if let Some(token) = self.user_cache.fresh_until(&key, until).await {
+            if let Some(ra) = &self.refresh_ahead
+                && ra.claim(&key, &token, self.clock.now_unix())
+            {
+                self.renew_in_background(key, cap, target_name, target, scopes, token_type, user);
+            }
+            return Ok(Issued {
+                token,
+                identity: Identity::User,
+                cache: CacheStatus::Hit,
+                fallback: None,
+                entry,
+            });
+        }
         let from_shared = std::sync::atomic::AtomicBool::new(false);
-        let fetch = with_negative(
+        let fetch = Box::pin(with_negative(
             self.negative.as_ref(),
             key,
             shared::through(self.shared.as_deref(), key, &from_shared, async {
@@ -631,23 +650,15 @@ impl TokenService {
                 .await
                 .map_err(FetchError::Invalid)
             }),
-        );
-        let served = self.user_cache.get_or_fetch_until(key, until, fetch).await;
-        if let (Ok((token, CacheStatus::Hit)), Some(ra)) = (&served, &self.refresh_ahead)
-            && ra.claim(&key, token, self.clock.now_unix())
-        {
-            self.renew_in_background(key, cap, target_name, target, scopes, token_type, user);
-        }
-        served
+        ));
+        Box::pin(self.user_cache.get_or_fetch_until(key, until, fetch))
+            .await
             .map(|(token, cache)| Issued {
                 token,
                 identity: Identity::User,
                 cache: shared_status(cache, &from_shared),
                 fallback: None,
-                entry: EntryRef {
-                    service: false,
-                    key,
-                },
+                entry,
             })
             .map_err(|e| match &*e {
                 FetchError::Idp(i) => FetchOutcome::Idp(i.clone()),

@@ -215,9 +215,11 @@ impl OidcVerifier {
             }
             self.verified.inner.invalidate(&digest);
         }
+        // Boxed: the full check's future is large and only a first sight of a token needs it
+        // (moving it inline cost every cached verification copies; issue 16).
         let v = match &self.introspector {
-            Some(idp) => self.verify_introspected(idp, token).await?,
-            None => self.verify_uncached(token).await?,
+            Some(idp) => Box::pin(self.verify_introspected(idp, token)).await?,
+            None => Box::pin(self.verify_uncached(token)).await?,
         };
         let out = v.with_token(token, digest);
         self.verified.inner.insert(digest, Arc::new(v));

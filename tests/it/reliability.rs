@@ -330,3 +330,57 @@ async fn static_tokens_and_the_client_secret_rotate_without_restart() {
     assert_eq!((status, id.as_str()), (200, "user"), "{body}");
     env.stop().await;
 }
+
+/// Issue 16: while Keycloak's token endpoint stalls (8 s, a known Keycloak tail under load),
+/// cache hits for other users are served as usual — nothing on the hit path waits for the IdP
+/// — and a miss waits at most `keycloak.timeout` (here 1 s), then fails per the target's
+/// policy (`deny`: 504 `temporarily_unavailable`) instead of holding its caller for the stall.
+#[actix_web::test]
+async fn an_idp_stall_bounds_misses_and_leaves_hits_alone() {
+    let env = start(Opts {
+        timeout: "1s",
+        ..Opts::default()
+    })
+    .await;
+    let alice = env.login("alice").await;
+    let bob = env.login("bob").await;
+    let (status, _, _, body) = parts(env.exchange(Some(&alice), "sonataflow").await).await;
+    assert_eq!(status, 200, "{body}");
+
+    env.idp.set_token_endpoint_delay(Duration::from_secs(8));
+    let started = Instant::now();
+    let miss = async {
+        let r = env.exchange(Some(&bob), "sonataflow").await;
+        (parts(r).await, started.elapsed())
+    };
+    let hits = async {
+        // Let the miss reach the stalled IdP first.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut served = Vec::new();
+        for _ in 0..20 {
+            let (status, id, cache, _) =
+                parts(env.exchange(Some(&alice), "sonataflow").await).await;
+            served.push((status, id, cache, started.elapsed()));
+        }
+        served
+    };
+    let (((status, _, _, body), miss_took), served) = futures_util::future::join(miss, hits).await;
+    env.idp.set_token_endpoint_delay(Duration::ZERO);
+
+    // Every hit was served from cache while the miss was still waiting for the IdP.
+    for (status, id, cache, at) in &served {
+        assert_eq!((*status, id.as_str(), cache.as_str()), (200, "user", "hit"));
+        assert!(
+            *at < miss_took,
+            "a hit ({at:?}) waited for the stalled miss ({miss_took:?})"
+        );
+    }
+    // The miss ended at keycloak.timeout, not at the end of the stall.
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "temporarily_unavailable");
+    assert!(
+        miss_took >= Duration::from_millis(900) && miss_took < Duration::from_secs(4),
+        "the miss took {miss_took:?}"
+    );
+    env.stop().await;
+}

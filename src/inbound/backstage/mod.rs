@@ -233,13 +233,14 @@ impl BackstageVerifier {
         if let Some(j) = &jws {
             let typ = j.header_str("typ");
             if typ == Some(TYP_PLUGIN) {
-                return self.plugin_token(j).await;
+                // Boxed, like the other key-fetching paths below: their futures are large and
+                // would otherwise make every request's future large (issue 16).
+                return Box::pin(self.plugin_token(j)).await;
             }
             let legacy_user = typ.is_none_or(|t| t != TYP_USER && t != TYP_LIMITED)
                 && j.claim("aud").and_then(Value::as_str) == Some("backstage");
             if typ == Some(TYP_USER) || typ == Some(TYP_LIMITED) || legacy_user {
-                let (sub, exp, limited) = self
-                    .user_token(j)
+                let (sub, exp, limited) = Box::pin(self.user_token(j))
                     .await
                     .map_err(|_| unauth("Failed user token verification"))?;
                 if limited {
@@ -428,8 +429,7 @@ impl BackstageVerifier {
                     subject_prefix,
                 } => match jws {
                     None => None,
-                    Some(j) => self
-                        .jwks_handler(j, url, algorithms, issuers, audiences)
+                    Some(j) => Box::pin(self.jwks_handler(j, url, algorithms, issuers, audiences))
                         .await
                         .map(|sub| match subject_prefix {
                             Some(p) => format!("external:{p}:{sub}"),
