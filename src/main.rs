@@ -83,15 +83,22 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            token_broker::telemetry::init(cfg.logging.format, &cfg.logging.level);
-            run_system(async move {
+            let mut traces = token_broker::telemetry::init(
+                cfg.logging.format,
+                &cfg.logging.level,
+                &cfg.telemetry,
+            );
+            let code = run_system(async move {
                 let broker = token_broker::app::start(cfg)
                     .await
                     .map_err(|e| e.to_string())?;
                 token_broker::app::serve_signals(&broker, &path).await;
                 broker.shutdown().await;
                 Ok(())
-            })
+            });
+            // After the server stopped, outside the runtime: send the spans still queued.
+            traces.shutdown();
+            code
         }
         Command::Exchange {
             config,

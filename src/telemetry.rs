@@ -2,6 +2,9 @@
 //! and the audit log (`audit.rs`): events of target `token_broker::audit`, always as one JSON
 //! object per line on stdout, at `info`, independent of `RUST_LOG` and `logging.format`.
 //!
+//! With traces on (`traces.rs`), a third layer exports the spans of target
+//! [`crate::traces::SPAN_TARGET`] over OTLP; the log layers never see those spans.
+//!
 //! Nothing in the broker logs a token or secret: spans and events carry fingerprints
 //! (`digest::fingerprint`) and claims such as `sub`, never credentials.
 
@@ -14,14 +17,16 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::audit::AUDIT_TARGET;
-use crate::config::LogFormat;
+use crate::config::{LogFormat, TelemetryConfig};
+use crate::traces::{self, SPAN_TARGET, TraceGuard};
 
-/// Installs the global subscriber once; later calls are no-ops.
-pub fn init(format: LogFormat, level: &str) {
+/// Installs the global subscriber once; later calls are no-ops. Keep the returned guard for
+/// the life of the process: dropping it flushes the queued spans.
+pub fn init(format: LogFormat, level: &str, telemetry: &TelemetryConfig) -> TraceGuard {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let not_audit = filter_fn(|m| m.target() != AUDIT_TARGET);
+    let not_audit = filter_fn(|m| m.target() != AUDIT_TARGET && m.target() != SPAN_TARGET);
     let diagnostic = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -49,8 +54,24 @@ pub fn init(format: LogFormat, level: &str) {
         .with_filter(filter_fn(|m| {
             m.target() == AUDIT_TARGET && *m.level() <= tracing::Level::INFO
         }));
+    let (spans, guard) = match traces::settings(telemetry, |k| std::env::var(k).ok()) {
+        None => (None, TraceGuard::default()),
+        Some(settings) => match traces::layer(&settings) {
+            Ok((layer, guard)) => (
+                Some(layer.with_filter(filter_fn(|m| m.target() == SPAN_TARGET))),
+                guard,
+            ),
+            Err(e) => {
+                // Traces are diagnostics: the broker serves without them, and says so.
+                eprintln!("token-broker: traces are off: {e}");
+                (None, TraceGuard::default())
+            }
+        },
+    };
     let _ = tracing_subscriber::registry()
         .with(diagnostic)
         .with(audit)
+        .with(spans)
         .try_init();
+    guard
 }

@@ -38,3 +38,4 @@ mod security_backstage;
 mod security_edge;
 mod security_laundering;
 mod security_misc;
+mod traces;
