@@ -19,8 +19,7 @@
 //! - the response size cap: at most [`Request::limit`] bytes of any answer are read;
 //! - timeouts recognised by error kind (`reqwest::Error::is_timeout`), never by message text;
 //! - per-call metrics (`token_broker_idp_request_duration_seconds`,
-//!   `token_broker_idp_requests_total`) for calls that carry an [`IdpRequest`] label.
-//!
+//!   `token_broker_idp_requests_total`) for calls that carry an [`IdpRequest`] label;
 //! - the `outbound call` span of each call (`traces.rs`), with the host, the configured path
 //!   and the status, and the W3C `traceparent` naming it sent along, so the IdP's own traces
 //!   join the caller's.
