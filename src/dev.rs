@@ -145,8 +145,8 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         cfg.backstage.base_url = Some(parsed);
         eprintln!("token-broker dev: trusting the Backstage backend at {url} (DEVELOPMENT ONLY)");
     }
-    // Held until `dev` returns: dropping it flushes the audit log.
-    let _audit = crate::telemetry::init(cfg.logging.format, &cfg.logging.level);
+    // Held to the end of `run`: dropping it flushes the audit log and the queued spans.
+    let _telemetry = crate::telemetry::init(cfg.logging.format, &cfg.logging.level, &cfg.telemetry);
     let idp_addr: SocketAddr = DEV_IDP_ADDR.parse().map_err(|_| DevError::Idp {
         addr: DEV_IDP_ADDR.into(),
         source: std::io::Error::other("bad address"),

@@ -33,3 +33,4 @@ pub mod protocol;
 pub mod proxy;
 pub mod telemetry;
 pub mod tester;
+pub mod traces;

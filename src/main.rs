@@ -94,9 +94,13 @@ fn main() -> ExitCode {
                     return ExitCode::from(1);
                 }
             };
-            // Held to the end: dropping it flushes the audit log.
-            let _audit = token_broker::telemetry::init(cfg.logging.format, &cfg.logging.level);
-            run_system(async move {
+            // Held to the end: dropping it flushes the audit log; `shutdown` sends queued spans.
+            let mut telemetry = token_broker::telemetry::init(
+                cfg.logging.format,
+                &cfg.logging.level,
+                &cfg.telemetry,
+            );
+            let code = run_system(async move {
                 let broker = token_broker::app::start(cfg)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -104,7 +108,10 @@ fn main() -> ExitCode {
                 token_broker::app::serve_signals(&broker, &path).await;
                 broker.shutdown().await;
                 Ok(())
-            })
+            });
+            // After the server stopped, outside the runtime: send the spans still queued.
+            telemetry.shutdown();
+            code
         }
         Command::Exchange {
             config,

@@ -146,6 +146,9 @@ pub struct Config {
     pub targets: BTreeMap<String, TargetConfig>,
     pub logging: LoggingConfig,
     pub proxy: ProxyConfig,
+    /// `telemetry`: trace export (OpenTelemetry over OTLP/HTTP); off unless an endpoint is set
+    /// here or in the environment.
+    pub telemetry: TelemetryConfig,
 }
 
 /// YAML `server`.
@@ -538,6 +541,17 @@ pub struct AssertionConfig {
     pub key_file: Option<std::path::PathBuf>,
     /// `assertion.lifetime`, default 2m, at most 5m (Keycloak's default maximum).
     pub lifetime: Duration,
+}
+
+/// YAML `telemetry`. Each key falls back to the standard OpenTelemetry variable when absent.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// `telemetry.otlpEndpoint`: the collector's OTLP/HTTP base URL (`/v1/traces` is
+    /// appended), else `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`;
+    /// none of them set = no traces.
+    pub otlp_endpoint: Option<String>,
+    /// `telemetry.serviceName`, else `OTEL_SERVICE_NAME`, else `token-broker`.
+    pub service_name: Option<String>,
 }
 
 /// YAML `logging`.

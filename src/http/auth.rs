@@ -10,6 +10,7 @@
 //! failures.
 
 use actix_web::HttpRequest;
+use tracing::Instrument;
 
 use super::AppState;
 use super::error::{ApiError, ErrorCode};
@@ -72,12 +73,22 @@ async fn run(
         )));
     }
     let metrics = &state.metrics;
+    // The `verify caller` span (traces.rs): the caller's kind and the user's fingerprint, never
+    // a credential or the subject itself.
+    let span = tracing::info_span!(
+        target: crate::traces::SPAN_TARGET,
+        "verify caller",
+        caller.kind = tracing::field::Empty,
+        subject.fp = tracing::field::Empty,
+        auth.result = tracing::field::Empty,
+    );
     let result = state
         .auth
         .authenticate(
             req.headers().get("authorization").map(|v| v.as_bytes()),
             raw_user,
         )
+        .instrument(span.clone())
         .await;
     if let Some(t) = raw_user {
         // For the audit line: a fingerprint, never the token. A verified token brings it (its
@@ -86,7 +97,12 @@ async fn run(
             Ok(Authenticated { user: Some(u), .. }) => u.fingerprint.clone(),
             _ => crate::digest::fingerprint(t),
         };
+        span.record("subject.fp", subject_fp.as_str());
     }
+    match &result {
+        Ok(a) => span.record("caller.kind", a.principal.kind.as_str()),
+        Err(_) => span.record("auth.result", "refused"),
+    };
     result.map_err(|e| match e {
         AuthError::Unauthenticated {
             description,

@@ -12,6 +12,7 @@ pub mod logout;
 pub mod proxy;
 pub mod record;
 pub mod token;
+pub mod trace;
 
 use std::sync::Arc;
 

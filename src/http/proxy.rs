@@ -26,6 +26,7 @@ use actix_web::http::StatusCode;
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use secrecy::ExposeSecret;
+use tracing::Instrument;
 
 use super::AppState;
 use super::auth::{Authenticated, authenticate};
@@ -230,7 +231,34 @@ async fn handle(
             user_ref.as_deref(),
         )
         .map_err(|e| forward_error(e, target_name))?;
-        let sent = call.send(&upstream_headers).await;
+        // The `upstream call` span (traces.rs); the upstream gets a `traceparent` naming it,
+        // in place of the caller's (the broker's span is the upstream's parent now).
+        let span = tracing::info_span!(
+            target: crate::traces::SPAN_TARGET,
+            "upstream call",
+            otel.name = %format_args!("{} proxy upstream", call.method()),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            broker.target = target_name,
+            http.request.method = %call.method(),
+            server.address = upstream.base.host_str().unwrap_or(""),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut upstream_headers = upstream_headers;
+        for (name, value) in crate::traces::inject(&span) {
+            if let Ok(v) = reqwest::header::HeaderValue::from_str(&value) {
+                upstream_headers.insert(name, v);
+            }
+        }
+        let sent = call.send(&upstream_headers).instrument(span.clone()).await;
+        match &sent {
+            Sent::Unauthorized(r) | Sent::Answer(r) => {
+                span.record("http.response.status_code", r.status().as_u16());
+            }
+            Sent::Failed(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         rec.retries = call.retries();
         match sent {
             // `refused` drops only the refused token's entry, rate-limited per entry.
@@ -285,10 +313,14 @@ async fn obtain(
     req: TokenRequest<'_>,
     min_life: Option<Duration>,
 ) -> Result<Issued, BrokerError> {
-    match min_life {
-        Some(min) => service.issue_with_min_lifetime(req, min).await,
-        None => service.issue(req).await,
-    }
+    let target = req.target;
+    record::traced_lookup(target, async move {
+        match min_life {
+            Some(min) => service.issue_with_min_lifetime(req, min).await,
+            None => service.issue(req).await,
+        }
+    })
+    .await
 }
 
 /// The upstream's answer as an actix response, with the broker's identity and cache headers.

@@ -1,7 +1,12 @@
 //! What the edge records about a request that reached the token service: the audit record's
 //! fields and the request, cache and fallback metrics, both derived here from what the lower
 //! layers return ([`Issued`]: identity, cache status, fallback reason; [`BrokerError`]: the
-//! refusal and Keycloak's status and error), for `/v1/token` and `/v1/proxy` alike.
+//! refusal and Keycloak's status and error), for `/v1/token` and `/v1/proxy` alike; and the
+//! `token lookup` span around the token service's call ([`traced_lookup`], `traces.rs`).
+
+use std::future::Future;
+
+use tracing::Instrument;
 
 use crate::audit::Record;
 use crate::broker::{BrokerError, CacheStatus, FallbackReason, Identity, Issued};
@@ -111,6 +116,35 @@ fn note(rec: &mut Record, o: TokenOutcome, result: &Result<Issued, BrokerError>)
             }
         }
     }
+}
+
+/// Runs one token lookup (cache, shared in-flight exchange, fallback) inside its `token lookup`
+/// span and records what it served: cache status, identity, target, fallback reason, or the
+/// outcome of a refusal. The issued token appears as nothing (not even its fingerprint: the
+/// audit line has that).
+pub async fn traced_lookup(
+    target: &str,
+    lookup: impl Future<Output = Result<Issued, BrokerError>>,
+) -> Result<Issued, BrokerError> {
+    let span = tracing::info_span!(
+        target: crate::traces::SPAN_TARGET,
+        "token lookup",
+        broker.target = %target.chars().take(64).collect::<String>(),
+        cache.status = tracing::field::Empty,
+        broker.identity = tracing::field::Empty,
+        fallback.reason = tracing::field::Empty,
+        broker.outcome = tracing::field::Empty,
+    );
+    let result = lookup.instrument(span.clone()).await;
+    span.record("broker.outcome", outcome(&result).as_str());
+    if let Ok(i) = &result {
+        span.record("cache.status", i.cache.as_str());
+        span.record("broker.identity", i.identity.as_str());
+        if let Some(f) = i.fallback {
+            span.record("fallback.reason", f.as_str());
+        }
+    }
+    result
 }
 
 #[cfg(test)]

@@ -128,16 +128,17 @@ async fn handle(
     let Authenticated { principal, user } =
         with_form_token(req, state, from_headers, form_token, &mut rec.subject_fp).await?;
 
-    let result = state
-        .service
-        .issue(TokenRequest {
+    let result = record::traced_lookup(
+        target,
+        state.service.issue(TokenRequest {
             principal: &principal,
             target,
             scope: form.non_empty("scope"),
             requested_token_type: form.non_empty("requested_token_type"),
             user_token: user.as_ref(),
-        })
-        .await;
+        }),
+    )
+    .await;
     record::principal(rec, &principal, user.as_ref());
     record::issued(
         rec,

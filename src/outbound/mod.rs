@@ -19,7 +19,10 @@
 //! - the response size cap: at most [`Request::limit`] bytes of any answer are read;
 //! - timeouts recognised by error kind (`reqwest::Error::is_timeout`), never by message text;
 //! - per-call metrics (`token_broker_idp_request_duration_seconds`,
-//!   `token_broker_idp_requests_total`) for calls that carry an [`IdpRequest`] label.
+//!   `token_broker_idp_requests_total`) for calls that carry an [`IdpRequest`] label;
+//! - the `outbound call` span of each call (`traces.rs`), with the host, the configured path
+//!   and the status, and the W3C `traceparent` naming it sent along, so the IdP's own traces
+//!   join the caller's.
 //!
 //! The layer knows nothing of OAuth: callers build the request and read the [`Answer`].
 
@@ -250,7 +253,31 @@ impl Outbound {
         };
         let started = Instant::now();
         let metric = req.metric;
-        let result = self.send_unmeasured(req).await;
+        // The URL is configuration (issuer, JWKS, Backstage key sets), never a caller's; the
+        // query is left out all the same.
+        let span = tracing::info_span!(
+            target: crate::traces::SPAN_TARGET,
+            "outbound call",
+            otel.name = %format_args!("{} {}", req.method, metric.map_or("outbound", |m| m.as_str())),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            http.request.method = %req.method,
+            server.address = req.url.host_str().unwrap_or(""),
+            url.path = req.url.path(),
+            idp.request = metric.map_or("", |m| m.as_str()),
+            http.response.status_code = tracing::field::Empty,
+        );
+        let mut req = req;
+        req.headers.extend(crate::traces::inject(&span));
+        let result = tracing::Instrument::instrument(self.send_unmeasured(req), span.clone()).await;
+        match &result {
+            Ok(a) => {
+                span.record("http.response.status_code", a.status);
+            }
+            Err(_) => {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
         if let Some(m) = metric {
             self.metrics
                 .idp_request(m, started.elapsed(), result_label(m, &result));

@@ -42,3 +42,4 @@ mod security_edge;
 mod security_laundering;
 mod security_misc;
 mod shared_cache;
+mod traces;

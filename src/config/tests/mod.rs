@@ -526,3 +526,24 @@ fn cache_key_mode_and_refresh_ahead() {
         assert_issue(&issues, "cache.refreshAhead", "percentage");
     }
 }
+
+#[test]
+fn telemetry_section() {
+    let c = load(MINIMAL).unwrap();
+    assert!(c.telemetry.otlp_endpoint.is_none() && c.telemetry.service_name.is_none());
+    let c = load(&format!(
+        "{MINIMAL}telemetry:\n  otlpEndpoint: http://otel-collector:4318/\n  serviceName: broker-eu\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://otel-collector:4318")
+    );
+    assert_eq!(c.telemetry.service_name.as_deref(), Some("broker-eu"));
+    let e = errors(&format!(
+        "{MINIMAL}telemetry:\n  otlpEndpoint: otel-collector:4318\n  serviceName: \"\"\n  protocol: grpc\n"
+    ));
+    assert_issue(&e, "telemetry.otlpEndpoint", "http(s) URL");
+    assert_issue(&e, "telemetry.serviceName", "non-empty");
+    assert_issue(&e, "telemetry.protocol", "");
+}

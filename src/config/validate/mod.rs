@@ -36,6 +36,7 @@ const TOP_KEYS: &[&str] = &[
     "cache",
     "targets",
     "logging",
+    "telemetry",
     "proxy",
     "backstage",
     "discovery",
@@ -63,6 +64,7 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
     let cache = cache::cache(&top.field("cache"), issues);
     let targets = targets::targets(&top.field("targets"), issues);
     let logging = logging::logging(&top.field("logging"), issues);
+    let telemetry = logging::telemetry(&top.field("telemetry"), issues);
     let proxy = proxy::proxy(&top.field("proxy"), issues);
     if let (Some(t), Some(None)) = (&targets, &assertion)
         && let Some((name, _)) = t.iter().find(|(_, t)| {
@@ -124,5 +126,6 @@ pub(crate) fn validate(root: &Value, issues: &mut Issues) -> Option<Config> {
         targets: targets?,
         logging: logging?,
         proxy: proxy?,
+        telemetry: telemetry?,
     })
 }
