@@ -298,9 +298,11 @@ targets:
     assert_eq!(lookup.attr("broker.identity"), Some("user"));
     assert_eq!(lookup.attr("broker.target"), Some("kagenti"));
     assert_eq!(lookup.attr("broker.outcome"), Some("issued_user"));
+    // Of this request's trace: `serve` also sends its start-up client-authentication probe (a
+    // refused exchange of a dummy subject token), which starts a trace of its own.
     let idp_call = spans
         .iter()
-        .find(|s| s.attr("idp.request") == Some("token_exchange"))
+        .find(|s| s.attr("idp.request") == Some("token_exchange") && s.trace == CALLER_TRACE)
         .unwrap_or_else(|| panic!("no token-exchange span in {spans:#?}"));
     assert_eq!(idp_call.trace, CALLER_TRACE, "{idp_call:?}");
     assert_eq!(idp_call.parent, lookup.id, "{idp_call:?}");
