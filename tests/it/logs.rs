@@ -91,19 +91,7 @@ logging: {{format: json, level: info}}
 
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{public}");
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = wait_ready(&http, admin).await;
     assert!(ready, "broker did not become ready");
 
     let login = |user: &'static str, client: &'static str| {

@@ -639,19 +639,7 @@ logging: {{format: json, level: info}}
         s
     });
     let http = reqwest::Client::new();
-    let mut ready = false;
-    for _ in 0..100 {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-            && r.status() == 200
-        {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = wait_ready(&http, admin).await;
     assert!(ready, "broker did not become ready");
     let base = format!("http://127.0.0.1:{public}/v1/proxy");
     let call = |method: reqwest::Method, path: &str, auth: bool| {

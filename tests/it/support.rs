@@ -299,3 +299,20 @@ pub async fn sleep_until_unix(t: u64) {
         tokio::time::sleep(left.min(Duration::from_millis(200)) + Duration::from_millis(5)).await;
     }
 }
+
+/// Polls a broker process's `/readyz` on admin port `admin` for up to 10 s; whether it answered
+/// 200 (the broker processes started by logs, security_edge and traces tests).
+pub async fn wait_ready(http: &reqwest::Client, admin: u16) -> bool {
+    for _ in 0..100 {
+        if let Ok(r) = http
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+            && r.status() == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    false
+}
