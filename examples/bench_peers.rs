@@ -92,6 +92,10 @@ struct Args {
     bare_serve: Option<(u16, PathBuf)>,
     /// `--only-callgrind 1`: only the instruction counts (for iterating on the hit path).
     only_callgrind: bool,
+    /// `--quick 1`: only the wall-clock ratios (hit/bare, fresh/verify), the IdP-stall and the
+    /// proxy-tail runs, printed and not written to the docs (for iterating on the hit path).
+    /// With `BENCH_PERF=DIR` set, each broker run is also sampled by `perf record` into DIR.
+    quick: bool,
 }
 
 fn args() -> Args {
@@ -112,6 +116,7 @@ fn args() -> Args {
         callgrind: 2000,
         bare_serve: None,
         only_callgrind: false,
+        quick: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -132,6 +137,7 @@ fn args() -> Args {
             "--replicas" => a.replicas = val.parse().unwrap(),
             "--callgrind" => a.callgrind = val.parse().unwrap(),
             "--only-callgrind" => a.only_callgrind = val == "1",
+            "--quick" => a.quick = val == "1",
             "--bare-serve" => {
                 let (port, file) = val.split_once(':').unwrap();
                 a.bare_serve = Some((port.parse().unwrap(), file.into()));
@@ -311,6 +317,53 @@ fn run_wrk(a: &Args, url: &str, script: &Path) -> Load {
         );
     }
     l
+}
+
+/// `BENCH_PERF=DIR` (with `--quick 1`): samples the broker with `perf record` (software clock,
+/// call graphs) for `secs` seconds into `DIR/<label>.data`, for a native profile of a run.
+/// `BENCH_STRACE=DIR` instead: `strace -c -f` counts the broker's system calls into
+/// `DIR/<label>.strace` (it slows the broker down: counts only, not speed).
+fn perf_record(label: &str, pid: u32, secs: u64) -> Option<std::process::Child> {
+    if let Some(dir) = std::env::var_os("BENCH_STRACE") {
+        let out = Path::new(&dir).join(format!("{label}.strace"));
+        return Command::new("timeout")
+            .args(["-s", "INT", &secs.to_string(), "strace", "-c", "-f", "-p"])
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+    }
+    let dir = std::env::var_os("BENCH_PERF")?;
+    let out = Path::new(&dir).join(format!("{label}.data"));
+    // BENCH_PERF_DWARF=1: call graphs from DWARF unwinding (the release build keeps no frame
+    // pointers, so `-g` alone cannot name callers).
+    let graph = if std::env::var_os("BENCH_PERF_DWARF").is_some() {
+        ["--call-graph", "dwarf,16384", "-F", "499"]
+    } else {
+        ["-g", "-F", "4999", "-q"]
+    };
+    Command::new("perf")
+        .args(["record", "-q", "-e", "cpu-clock"])
+        .args(graph)
+        .arg("-p")
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(out)
+        .args(["--", "sleep"])
+        .arg(secs.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+fn perf_done(c: Option<std::process::Child>) {
+    if let Some(mut c) = c {
+        c.wait().ok();
+    }
 }
 
 /// The best (highest-throughput) of several runs, and the runs.
@@ -618,7 +671,7 @@ end
     // Instructions per request under callgrind: a second broker and the bare handler, each in
     // its own process under valgrind, the same request (the wrk hit script's) on both.
     let mut counted: Vec<(&str, callgrind::Counted)> = Vec::new();
-    if a.callgrind > 0 && callgrind::available() {
+    if a.callgrind > 0 && !a.quick && callgrind::available() {
         let (cg_public, cg_admin) = (free_port(), free_port());
         let cg_cfg = tmp.join("broker-callgrind.yaml");
         std::fs::write(&cg_cfg, broker_cfg(cg_public, cg_admin)).unwrap();
@@ -667,7 +720,7 @@ end
                 counted.push((label, c));
             }
         }
-    } else if a.callgrind > 0 {
+    } else if a.callgrind > 0 && !a.quick {
         eprintln!("bench: valgrind is not installed: no instruction counts");
     }
     let instr = |label: &str| {
@@ -687,7 +740,12 @@ end
         broker.wait().ok();
         peers_handle.stop(true).await;
         idp.stop().await;
-        std::fs::remove_dir_all(&tmp).ok();
+        // BENCH_KEEP=1 keeps the callgrind dumps (for callgrind_annotate --inclusive=yes).
+        if std::env::var_os("BENCH_KEEP").is_some() {
+            eprintln!("bench: dumps kept in {}", tmp.display());
+        } else {
+            std::fs::remove_dir_all(&tmp).ok();
+        }
         return;
     }
 
@@ -697,10 +755,16 @@ end
     let token_url = format!("{base}/v1/token");
     for round in 0..a.rounds {
         eprintln!("bench: round {} of {}", round + 1, a.rounds);
+        let perf = perf_record(&format!("bare{round}"), std::process::id(), a.duration);
         bare_runs.push(run_wrk(&a, &format!("{peers_url}/bare"), &hit_lua));
+        perf_done(perf);
+        let perf = perf_record(&format!("hit{round}"), broker.id(), a.duration);
         hit_runs.push(run_wrk(&a, &token_url, &hit_lua));
+        perf_done(perf);
         verify_runs.push(run_wrk(&a, &format!("{peers_url}/verify"), &fresh_lua));
+        let perf = perf_record(&format!("fresh{round}"), broker.id(), a.duration);
         fresh_runs.push(run_wrk(&a, &token_url, &fresh_lua));
+        perf_done(perf);
     }
     let (bare_l, hit_l, verify_l, fresh_l) = (
         best(&bare_runs),
@@ -711,7 +775,7 @@ end
 
     // Miss path: a fresh login per request (a new subject token = a new cache key), broker and
     // direct calls interleaved.
-    let n_miss = 150;
+    let n_miss = if a.quick { 0 } else { 150 };
     let (mut broker_ms, mut direct_ms) = (Vec::new(), Vec::new());
     let basic = format!(
         "Basic {}",
@@ -809,7 +873,12 @@ end
     .unwrap();
     let proxy_url = format!("{base}/v1/proxy/echo/bench");
     let proxy_runs: Vec<Load> = (0..a.rounds)
-        .map(|_| run_wrk(&a, &proxy_url, &proxy_lua))
+        .map(|round| {
+            let perf = perf_record(&format!("proxy{round}"), broker.id(), a.duration);
+            let l = run_wrk(&a, &proxy_url, &proxy_lua);
+            perf_done(perf);
+            l
+        })
         .collect();
     let proxy_l = best(&proxy_runs);
     let proxy_tail = proxy_l.p99_ms / proxy_l.p50_ms;
@@ -817,7 +886,7 @@ end
     // ---- other figures: hooks of other benchmarks go here ----
 
     // Memory per user on the real path: a broker and a dev IdP of their own.
-    let users_rss = if a.users > 0 {
+    let users_rss = if a.users > 0 && !a.quick {
         eprintln!("bench: {} users through a fresh broker (minutes)", a.users);
         Some(users::run(&a.broker_bin, &tmp, a.users, &broker_cfg_at).await)
     } else {
@@ -834,6 +903,28 @@ end
     let hit_ratio = hit_l.rps / bare_l.rps;
     let fresh_ratio = fresh_l.rps / verify_l.rps;
     let miss_overhead = broker_p50 - direct_p50;
+    if a.quick {
+        let rps = |v: &[Load]| v.iter().map(|l| l.rps.round()).collect::<Vec<_>>();
+        println!(
+            "rounds: bare {:?} hit {:?} verify {:?} fresh {:?}",
+            rps(&bare_runs),
+            rps(&hit_runs),
+            rps(&verify_runs),
+            rps(&fresh_runs)
+        );
+        println!("hit_vs_bare_ratio={hit_ratio:.3}");
+        println!("fresh_es256_vs_verify_ratio={fresh_ratio:.3}");
+        println!(
+            "hit_p99_during_idp_stall_ms={:.3} (p50 {:.3}; calm p99 {:.3})",
+            stall_l.p99_ms, stall_l.p50_ms, calm_l.p99_ms
+        );
+        println!(
+            "proxy_hit_p99_over_p50={proxy_tail:.2} ({:.3}/{:.3} ms, {:.0} req/s)",
+            proxy_l.p99_ms, proxy_l.p50_ms, proxy_l.rps
+        );
+        std::fs::remove_dir_all(&tmp).ok();
+        return;
+    }
 
     let machine = format!(
         "{} ({} CPUs), {} MiB RAM, Linux {}; {}; {}",
@@ -1136,6 +1227,7 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         callgrind: 0,
         bare_serve: None,
         only_callgrind: false,
+        quick: false,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;

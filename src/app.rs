@@ -318,16 +318,24 @@ pub async fn start_with_clock(
     let mut handles = Vec::new();
     let mut tasks = Vec::new();
 
-    let forwarder = web::Data::new(
-        crate::http::proxy::Forwarder::new(&config.proxy).map_err(StartError::Http)?,
-    );
+    // Checked here, where a bad setting can stop the start; each worker builds its own
+    // (`proxy::forward::Forwarder`: a worker's upstream connections live on its own thread).
+    let first_forwarder =
+        crate::http::proxy::Forwarder::new(&config.proxy).map_err(StartError::Http)?;
+    let proxy_config = config.proxy.clone();
     // `server.maxConnections` is per listener; actix counts per worker.
     let per_worker = config.server.max_connections.div_ceil(workers).max(1);
     let s = state.clone();
     let public = HttpServer::new(move || {
+        // The same settings built a client above; should a worker's build fail anyway, it
+        // shares that first one (correct, only without the per-thread pool).
+        let forwarder = web::Data::new(
+            crate::http::proxy::Forwarder::new(&proxy_config)
+                .unwrap_or_else(|_| first_forwarder.clone()),
+        );
         App::new()
             .app_data(s.clone())
-            .app_data(forwarder.clone())
+            .app_data(forwarder)
             .wrap(actix_web::middleware::from_fn(
                 crate::http::limit_header_bytes,
             ))

@@ -4,36 +4,47 @@
 //! length-prefixed fields (so `("ab","c")` and `("a","bc")` differ); a fingerprint is a short
 //! SHA-256 prefix that lets an operator correlate log lines without learning the token.
 
-use sha2::{Digest, Sha256};
+use aws_lc_rs::digest::{Context, SHA256, digest};
 
 /// A 256-bit digest used as a cache key.
 pub type KeyDigest = [u8; 32];
 
 /// Builds a [`KeyDigest`] from length-prefixed fields.
-pub struct KeyBuilder(Sha256);
+pub struct KeyBuilder(Context);
+
+/// A SHA-256 output as the fixed-size array keys are made of. aws-lc's SHA-256 (already in
+/// the build for signatures and the shared cache's encryption) is used rather than a second
+/// implementation: it picks the CPU's SHA extensions where present, like `sha2`, and its
+/// vectorised code elsewhere (and under valgrind, which does not emulate SHA extensions,
+/// where `sha2`'s portable code made hashing half of a cache hit's counted instructions).
+fn array(d: aws_lc_rs::digest::Digest) -> KeyDigest {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
 
 impl KeyBuilder {
     /// Starts a key in a domain (e.g. `"exchange"`), so keys of different caches never collide.
     pub fn new(domain: &str) -> Self {
-        let mut b = KeyBuilder(Sha256::new());
+        let mut b = KeyBuilder(Context::new(&SHA256));
         b = b.field(domain.as_bytes());
         b
     }
 
     pub fn field(mut self, bytes: &[u8]) -> Self {
-        self.0.update((bytes.len() as u64).to_be_bytes());
+        self.0.update(&(bytes.len() as u64).to_be_bytes());
         self.0.update(bytes);
         self
     }
 
     pub fn finish(self) -> KeyDigest {
-        self.0.finalize().into()
+        array(self.0.finish())
     }
 }
 
 /// SHA-256 of a secret, for constant-time comparison of equal-length digests.
 pub fn sha256(bytes: &[u8]) -> KeyDigest {
-    Sha256::digest(bytes).into()
+    array(digest(&SHA256, bytes))
 }
 
 /// A short, non-reversible fingerprint of a token for logs and error reports:
@@ -61,6 +72,26 @@ mod tests {
     fn fingerprint_is_the_sha256_hex_prefix() {
         assert_eq!(fingerprint("abc"), "ba7816bf8f01");
         assert_eq!(fingerprint_of(&sha256(b"abc")), "ba7816bf8f01");
+    }
+
+    #[test]
+    fn keys_are_sha256_of_the_length_prefixed_fields() {
+        // The same bytes as before aws-lc computed them (sha2): keys stay stable across
+        // versions, e.g. between replicas sharing a Redis cache during an upgrade.
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for f in [&b"exchange"[..], b"", b"token bytes"] {
+            h.update((f.len() as u64).to_be_bytes());
+            h.update(f);
+        }
+        let want: KeyDigest = h.finalize().into();
+        let got = KeyBuilder::new("exchange")
+            .field(b"")
+            .field(b"token bytes")
+            .finish();
+        assert_eq!(got, want);
+        let long = vec![b'x'; 1300];
+        assert_eq!(sha256(&long), <[u8; 32]>::from(sha2::Sha256::digest(&long)));
     }
 
     #[test]

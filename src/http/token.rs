@@ -8,6 +8,7 @@
 //! `X-Token-Broker-Identity` and `X-Token-Broker-Cache`; errors are RFC 6749 §5.2 JSON (see
 //! `http/error.rs`).
 
+use actix_web::http::header::{CACHE_CONTROL, CONTENT_TYPE, HeaderName, HeaderValue, PRAGMA};
 use actix_web::{HttpRequest, HttpResponse, web};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -19,7 +20,7 @@ use super::error::{ApiError, ErrorCode, from_broker};
 use super::form::{self, FormError};
 use super::record;
 use crate::audit;
-use crate::broker::{Issued, TokenRequest};
+use crate::broker::{CacheStatus, Identity, Issued, TokenRequest};
 use crate::config::TokenType;
 use crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE;
 
@@ -164,13 +165,40 @@ fn answer(issued: &Issued, now: u64) -> HttpResponse {
         expires_in: t.expires_at.saturating_sub(now),
         scope: t.scope.as_deref(),
     };
+    // Names and values made at compile time: building the answer's headers from strings
+    // parsed and validated each of them on every request (issue 16).
+    const IDENTITY: HeaderName = HeaderName::from_static(IDENTITY_HEADER);
+    const CACHE: HeaderName = HeaderName::from_static(CACHE_HEADER);
+    const NO_STORE: HeaderValue = HeaderValue::from_static("no-store");
+    const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
+    const JSON: HeaderValue = HeaderValue::from_static("application/json");
+    const USER: HeaderValue = HeaderValue::from_static("user");
+    const SERVICE: HeaderValue = HeaderValue::from_static("service");
+    const HIT: HeaderValue = HeaderValue::from_static("hit");
+    const MISS: HeaderValue = HeaderValue::from_static("miss");
+    const COALESCED: HeaderValue = HeaderValue::from_static("coalesced");
+    const SHARED: HeaderValue = HeaderValue::from_static("shared");
     let mut r = HttpResponse::Ok();
-    r.insert_header(("cache-control", "no-store"))
-        .insert_header(("pragma", "no-cache"))
-        .insert_header((IDENTITY_HEADER, issued.identity.as_str()))
-        .insert_header((CACHE_HEADER, issued.cache.as_str()));
+    r.insert_header((CACHE_CONTROL, NO_STORE))
+        .insert_header((PRAGMA, NO_CACHE))
+        .insert_header((
+            IDENTITY,
+            match issued.identity {
+                Identity::User => USER,
+                Identity::Service => SERVICE,
+            },
+        ))
+        .insert_header((
+            CACHE,
+            match issued.cache {
+                CacheStatus::Hit => HIT,
+                CacheStatus::Miss => MISS,
+                CacheStatus::Coalesced => COALESCED,
+                CacheStatus::Shared => SHARED,
+            },
+        ));
     match answer_json(&fields) {
-        Some(body) => r.content_type("application/json").body(body),
+        Some(body) => r.insert_header((CONTENT_TYPE, JSON)).body(body),
         // Unreachable for JWTs; an unusual token still gets a correct answer.
         None => r.json(fields),
     }

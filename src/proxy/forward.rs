@@ -48,7 +48,12 @@ pub enum ForwardError {
     HeadersTooLarge,
 }
 
-/// The outbound side of proxy mode: one HTTP client for all upstreams, shared by all workers.
+/// The outbound side of proxy mode: one HTTP client for all upstreams, one forwarder per
+/// worker (`app.rs`): reqwest drives a pooled connection on the runtime that opened it, and
+/// actix's workers are single-threaded runtimes, so a client shared by all workers made a
+/// request on one worker wait for another worker's thread to poll the connection it borrowed
+/// (a cross-thread hand-off in the proxy's latency tail, issue 16).
+#[derive(Clone)]
 pub struct Forwarder {
     client: reqwest::Client,
     cfg: ProxyConfig,

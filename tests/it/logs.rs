@@ -314,24 +314,10 @@ logging: {{format: json, level: info}}
     assert!(runs > 0, "no tester run counted:\n{metrics}");
 
     // Graceful shutdown on SIGTERM (its log lines are scanned too).
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let mut exited = false;
-    for _ in 0..50 {
-        if let Ok(Some(_)) = child.try_wait() {
-            exited = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if !exited {
-        child.kill().ok();
-    }
-    child.wait().ok();
-    assert!(term && exited, "the broker exits on SIGTERM");
+    assert!(
+        stop_gracefully(&mut child).await,
+        "the broker exits on SIGTERM"
+    );
     let mut logs = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     logs.push_str(&String::from_utf8_lossy(&err_reader.join().unwrap()));
     assert!(

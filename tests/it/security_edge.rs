@@ -658,8 +658,12 @@ logging: {{format: json, level: info}}
     assert_eq!(call(reqwest::Method::GET, "down/x", true).await, 502);
     assert_eq!(call(reqwest::Method::GET, "kagenti/ok", true).await, 200);
 
-    child.kill().ok();
-    child.wait().ok();
+    // The audit writer puts lines on stdout within a few milliseconds, and all of them before
+    // the process ends on SIGTERM (a SIGKILL can lose the last few milliseconds).
+    assert!(
+        stop_gracefully(&mut child).await,
+        "the broker exits on SIGTERM"
+    );
     let out = String::from_utf8_lossy(&out_reader.join().unwrap()).into_owned();
     let lines: Vec<serde_json::Value> = out
         .lines()

@@ -316,3 +316,21 @@ pub async fn wait_ready(http: &reqwest::Client, admin: u16) -> bool {
     }
     false
 }
+
+/// Stops a broker process the way an orchestrator does (SIGTERM), waits up to 5 s for it to
+/// exit (it writes out its audit log first), then kills it; whether it exited by itself.
+pub async fn stop_gracefully(child: &mut std::process::Child) -> bool {
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    for _ in 0..50 {
+        if let Ok(Some(_)) = child.try_wait() {
+            return term;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    child.kill().ok();
+    child.wait().ok();
+    false
+}
