@@ -92,6 +92,8 @@ struct Args {
     bare_serve: Option<(u16, PathBuf)>,
     /// `--only-callgrind 1`: only the instruction counts (for iterating on the hit path).
     only_callgrind: bool,
+    /// `--only-users 1`: only the memory-per-user figure (`--users N`; for iterating on it).
+    only_users: bool,
 }
 
 fn args() -> Args {
@@ -112,6 +114,7 @@ fn args() -> Args {
         callgrind: 2000,
         bare_serve: None,
         only_callgrind: false,
+        only_users: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -132,6 +135,7 @@ fn args() -> Args {
             "--replicas" => a.replicas = val.parse().unwrap(),
             "--callgrind" => a.callgrind = val.parse().unwrap(),
             "--only-callgrind" => a.only_callgrind = val == "1",
+            "--only-users" => a.only_users = val == "1",
             "--bare-serve" => {
                 let (port, file) = val.split_once(':').unwrap();
                 a.bare_serve = Some((port.parse().unwrap(), file.into()));
@@ -415,6 +419,22 @@ logging: {{format: json, level: info}}
 "#
         )
     };
+    if a.only_users {
+        let u = users::run(&a.broker_bin, &tmp, a.users, &broker_cfg_at).await;
+        println!(
+            "users={} ok={} hits={} idle_rss_mb={:.1} seconds={:.0}",
+            u.users,
+            u.ok,
+            u.hits,
+            u.idle_kb as f64 / 1024.0,
+            u.seconds
+        );
+        println!("rss_users_mb={:.1}", u.after_kb as f64 / 1024.0);
+        echo.stop().await;
+        idp.stop().await;
+        std::fs::remove_dir_all(&tmp).ok();
+        return;
+    }
     let broker_cfg = |public: u16, admin: u16| broker_cfg_at(public, admin, &main_issuer);
     let cfg = broker_cfg(public, admin);
     let cfg_file = tmp.join("broker.yaml");
@@ -1136,6 +1156,7 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         callgrind: 0,
         bare_serve: None,
         only_callgrind: false,
+        only_users: false,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;
