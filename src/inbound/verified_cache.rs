@@ -9,9 +9,9 @@
 //! as before), and under pressure it is enough to drop the entries closest to their end.
 //!
 //! Layout: 16 shards, each a `parking_lot::Mutex` over a `HashMap` whose value is a fixed-size
-//! [`Entry`]: `exp`, the interned verifying `kid` and `azp` (a realm has a handful of each), the
-//! per-user strings (`sub`, `preferred_username`, `sid`, the match claim) packed into one boxed
-//! `str`, and two flags. The key is the token's SHA-256 — never the token — and its first 8
+//! [`Entry`]: `exp`, the verifying `kid` and `azp` as shared strings (a realm has a handful of
+//! each: [`crate::broker::cache::shared_str`]), the per-user strings (`sub`,
+//! `preferred_username`, `sid`, the match claim) packed into one boxed `str`, and two flags. The key is the token's SHA-256 — never the token — and its first 8
 //! bytes are the map's hash: a uniform hash that costs nothing, and one an attacker cannot aim,
 //! since only tokens whose signature verified are ever inserted.
 //!
@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::broker::cache::shared_str;
 use crate::digest::KeyDigest;
 
 const SHARDS: usize = 16;
@@ -32,10 +33,6 @@ const SHARDS: usize = 16;
 /// Entries per shard: 100 000 verified tokens in all, with an eighth of headroom because
 /// tokens do not spread over the shards exactly evenly.
 pub(super) const SHARD_ENTRIES: usize = 100_000 / SHARDS * 9 / 8;
-
-/// Distinct `kid` / `azp` values interned (shared by every entry that names them); a value
-/// beyond that is stored in its own allocation, which is only bigger, never wrong.
-const INTERNED_MAX: usize = 64;
 
 /// The verified facts of one user token, as [`super::oidc`] reads and records them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,36 +136,14 @@ impl Hash for Key {
 
 type Shard = HashMap<Key, Entry, BuildHasherDefault<DigestHasher>>;
 
-/// A small set of shared strings (`kid`s, `azp`s).
-#[derive(Default)]
-struct Interner(Mutex<Vec<Arc<str>>>);
-
-impl Interner {
-    fn get(&self, s: &str) -> Arc<str> {
-        let mut all = self.0.lock();
-        if let Some(a) = all.iter().find(|a| &***a == s) {
-            return a.clone();
-        }
-        let a: Arc<str> = Arc::from(s);
-        if all.len() < INTERNED_MAX {
-            all.push(a.clone());
-        }
-        a
-    }
-}
-
 pub(super) struct VerifiedCache {
     shards: Box<[Mutex<Shard>]>,
-    kids: Interner,
-    azps: Interner,
 }
 
 impl VerifiedCache {
     pub fn new() -> Self {
         VerifiedCache {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-            kids: Interner::default(),
-            azps: Interner::default(),
         }
     }
 
@@ -245,8 +220,8 @@ impl VerifiedCache {
         }
         Some(Entry {
             exp: f.exp,
-            kid: self.kids.get(f.kid),
-            azp: f.azp.map(|a| self.azps.get(a)),
+            kid: shared_str(f.kid),
+            azp: f.azp.map(shared_str),
             text: text.into_boxed_str(),
             ends,
             flags,
