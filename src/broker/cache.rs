@@ -100,8 +100,29 @@ pub fn session_digest(sid: &str) -> KeyDigest {
 }
 
 /// How long a fetched value may wait in the in-flight cache for its move into the store (the
-/// move follows at once; this only bounds a value whose mover was cancelled in between).
+/// move follows at once; this only bounds a value whose mover was cancelled in between). Its
+/// `cache_until` bounds it too ([`UntilCacheDeadline`]), so the in-flight cache never serves a
+/// value the store would refuse as stale.
 const IN_FLIGHT_TTL: Duration = Duration::from_secs(5);
+
+/// The in-flight cache's per-value lifetime: until the value's `cache_until` (a value already
+/// past it on arrival is given only to the requests that waited for it).
+struct UntilCacheDeadline {
+    clock: Arc<dyn Clock>,
+}
+
+impl moka::Expiry<KeyDigest, Arc<IssuedToken>> for UntilCacheDeadline {
+    fn expire_after_create(
+        &self,
+        _key: &KeyDigest,
+        value: &Arc<IssuedToken>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(
+            value.cache_until.saturating_sub(self.clock.now_unix()),
+        ))
+    }
+}
 
 /// Most values waiting in the in-flight cache.
 const IN_FLIGHT_ENTRIES: u64 = 10_000;
@@ -124,6 +145,9 @@ impl TokenCache {
         let in_flight = Cache::builder()
             .max_capacity(IN_FLIGHT_ENTRIES)
             .time_to_live(IN_FLIGHT_TTL)
+            .expire_after(UntilCacheDeadline {
+                clock: clock.clone(),
+            })
             .support_invalidation_closures()
             .build();
         TokenCache {
