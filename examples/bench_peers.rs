@@ -96,6 +96,8 @@ struct Args {
     /// proxy-tail runs, printed and not written to the docs (for iterating on the hit path).
     /// With `BENCH_PERF=DIR` set, each broker run is also sampled by `perf record` into DIR.
     quick: bool,
+    /// `--only-users 1`: only the memory-per-user figure (`--users N`; for iterating on it).
+    only_users: bool,
 }
 
 fn args() -> Args {
@@ -117,6 +119,7 @@ fn args() -> Args {
         bare_serve: None,
         only_callgrind: false,
         quick: false,
+        only_users: false,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -138,6 +141,7 @@ fn args() -> Args {
             "--callgrind" => a.callgrind = val.parse().unwrap(),
             "--only-callgrind" => a.only_callgrind = val == "1",
             "--quick" => a.quick = val == "1",
+            "--only-users" => a.only_users = val == "1",
             "--bare-serve" => {
                 let (port, file) = val.split_once(':').unwrap();
                 a.bare_serve = Some((port.parse().unwrap(), file.into()));
@@ -468,6 +472,22 @@ logging: {{format: json, level: info}}
 "#
         )
     };
+    if a.only_users {
+        let u = users::run(&a.broker_bin, &tmp, a.users, &broker_cfg_at).await;
+        println!(
+            "users={} ok={} hits={} idle_rss_mb={:.1} seconds={:.0}",
+            u.users,
+            u.ok,
+            u.hits,
+            u.idle_kb as f64 / 1024.0,
+            u.seconds
+        );
+        println!("rss_users_mb={:.1}", u.after_kb as f64 / 1024.0);
+        echo.stop().await;
+        idp.stop().await;
+        std::fs::remove_dir_all(&tmp).ok();
+        return;
+    }
     let broker_cfg = |public: u16, admin: u16| broker_cfg_at(public, admin, &main_issuer);
     let cfg = broker_cfg(public, admin);
     let cfg_file = tmp.join("broker.yaml");
@@ -1159,7 +1179,7 @@ each user makes one real `POST /v1/token` (static caller, the user's own access 
 exchanged at the dev IdP over HTTP, the answer verified and cached, so both the verified-credential cache and the exchange cache hold N entries. \
 The users' access tokens are minted in this process with the dev IdP's key (a real login's claims with each user's `sub`, \
 `preferred_username`, a new `jti`, no session), which saves N password logins, not any of the broker's work. The figure is the broker's VmRSS afterwards.\n\
-- **Verified-credential cache, bytes per entry** (a separate command, not run by `scripts/bench`): `cargo run --example verified_cache_bytes` verifies 20 000 distinct dev-IdP access tokens (1 236 bytes each) through the broker's `OidcVerifier` and divides the process's RSS growth by their number. On 2026-11-28 (debug build; two runs each): **5 858 B per entry** while an entry held the token and its whole claim set (≈ 559 MiB at the 100 000-entry cap), **690 B** since it keeps only the claims later requests read (≈ 66 MiB); most of the rest is moka's per-entry bookkeeping.\n\
+- **Verified-credential cache, bytes per entry** (a separate command, not run by `scripts/bench`): `cargo run --example verified_cache_bytes` verifies 20 000 distinct dev-IdP access tokens (1 236 bytes each) through the broker's `OidcVerifier` and divides the process's RSS growth by their number. On 2026-11-28 (debug build; two runs each): **5 858 B per entry** while an entry held the token and its whole claim set (≈ 559 MiB at the 100 000-entry cap), **690 B** since it keeps only the claims later requests read (≈ 66 MiB); most of the rest is moka's per-entry bookkeeping. Since issue 16 round 3 (a sharded map of packed fixed-size entries instead of moka, `src/inbound/verified_cache.rs`): **272 and 280 B** (≈ 26 MiB; at 20 000 entries the map is 61 % full, at 100 000 76 %, so a little less per entry there).\n\
 - **The hit path before issue 16** (callgrind as above, 2000 requests, on the code of 2026-11-28 18:40Z): **277 499** instructions per hit vs \
 **30 821** for the bare handler (9.0×). Own instructions per request: SHA-256 `compress256` 89 422 (32 %; 72k of it the user token, the rest the \
 static caller token and the cache key), `memcpy` 41 564 (15 %; 28k of it moving the token handler's future into its box: the future was sized \
@@ -1181,10 +1201,7 @@ That run shared the 2 CPUs with other builds (load average 4-8): its seconds are
 tracing-subscriber's JSON layer (~15k: `write_str`, escaping, `write_all`), malloc/free (~12k), the two moka lookups, the answer. \
 Next: a hand-written audit line; one cache lookup per hit (the verified claims kept with the exchange entry); no copy of the user \
 token into `VerifiedUserToken` (its zeroising drop is another ~2k).\n\
-- **RSS after 100 000 users, 277 MB (target < 200 MB).** ≈ 2.6 KB per user on the real path: the exchanged token (~1.2 KB), moka's \
-per-entry bookkeeping twice (the exchange cache and the verified-credential cache, ~0.75 KB each) and the entries' small strings. \
-Decoding the token from base64 would save ~0.3 KB; under 200 MB needs one cache entry per user instead of two, or a leaner map than moka. \
-Not done yet.\n\
+- **RSS after 100 000 users, 277 MB (target < 200 MB).** ≈ 2.6 KB per user on the real path: the exchanged token (~1.2 KB), moka's per-entry bookkeeping twice (the exchange cache and the verified-credential cache, ~0.5 KB each by massif, more with the allocator's overhead) and the entries' small strings. Round 3 (2026-11-28T22:25Z; `bench_peers --only-users 1`, profiling build; `valgrind --tool=massif` on 3 000 and 20 000 users to attribute the heap): the verified-credential cache is a sharded map of packed fixed-size entries (`src/inbound/verified_cache.rs`; 20 000 users 71.9 → 61.7 MB), the exchange caches keep settled entries in a sharded map and use moka only to coalesce exchanges in flight (`src/broker/cache/store.rs`; → 55.9 MB), and `token_type`, `scope` and the subject's `kid` are shared strings (→ 54.0 MB: 1.88 KB per user). **100 000 users: 192.4, 192.3, 192.3 and 192.5 MB** in four runs (idle 16.3–16.4 MB). What is left per user (massif, 20 000 users): the exchanged token 1 215 B, the `IssuedToken` 198 B, the two maps' slots ~225 B at that fill (~180 B at 100 000, where the maps are fuller), the packed claims 46 B, the token's fingerprint 12 B. `hit_instr_per_req` (`--only-callgrind 1`, the same session, twice each): 217 569 / 217 767 on the code before (f2fee91), 217 498 / 216 885 after: the two cache lookups cost ~1.3k fewer instructions than moka's (SipHash, moka's read bookkeeping), the rest moves between builds with the tracing layers' inlining. Next, if wanted: the token kept decoded from base64 would save ~0.3 KB more per user at ~7k instructions per hit (branch perf16b).\n\
 - **Hit p99 during the IdP stall and the proxy tail.** On the busy machine the hit p99 *without* the stall (196 ms) was worse than with \
 it (133 ms) and both p50s were 0.16 ms: the tail was the machine, not the stall (`tests/it/reliability.rs` shows hits never wait for a \
 stalled miss). The proxy's p99/p50 (18.9) needs a run on a quiet machine before its cause can be named.\n\
@@ -1228,6 +1245,7 @@ async fn soak(a: &Args, url: &str, hit_lua: &Path, fresh_lua: &Path, pid: u32) -
         bare_serve: None,
         only_callgrind: false,
         quick: false,
+        only_users: false,
     };
     let mut rss = Vec::new();
     let mut errors = 0u64;

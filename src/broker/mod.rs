@@ -88,9 +88,11 @@ impl Identity {
 /// A token Keycloak issued and the broker checked.
 pub struct IssuedToken {
     pub access_token: SecretString,
-    pub token_type: String,
+    /// Shared with every entry of the same value ([`cache::shared_str`]; issue 16 §2).
+    pub token_type: Arc<str>,
     pub issued_token_type: TokenType,
-    pub scope: Option<String>,
+    /// Shared like `token_type`.
+    pub scope: Option<Arc<str>>,
     /// The token's own expiry (Unix seconds).
     pub expires_at: u64,
     /// Served from cache only while now < this (Unix seconds).
@@ -101,7 +103,8 @@ pub struct IssuedToken {
     pub fingerprint: String,
     /// `kid` of the realm key that verified the subject token this was exchanged for: when
     /// the key leaves the realm's JWKS, the entry is dropped ([`TokenCache::drop_subject_kids`]).
-    pub subject_kid: Option<String>,
+    /// Shared like `token_type`.
+    pub subject_kid: Option<Arc<str>>,
     /// Whose user and session the token derives from (digests): what a logout evicts
     /// ([`TokenCache::evict_session`], [`TokenCache::evict_subject`]).
     pub index: cache::SubjectIndex,
@@ -843,12 +846,12 @@ impl TokenService {
         Ok(Arc::new(IssuedToken {
             created_at: now,
             fingerprint: fingerprint(&answer.access_token),
-            subject_kid: subject.map(|s| s.kid.clone()),
+            subject_kid: subject.map(|s| cache::shared_str(&s.kid)),
             index,
             access_token: SecretString::from(answer.access_token),
-            token_type: answer.token_type,
+            token_type: cache::shared_str(&answer.token_type),
             issued_token_type: answer.issued_token_type,
-            scope: answer.scope,
+            scope: answer.scope.as_deref().map(cache::shared_str),
             expires_at,
             cache_until: cap.saturating_sub(margin),
         }))

@@ -19,6 +19,7 @@ pub mod backstage;
 pub mod oidc;
 
 mod authenticate;
+mod verified_cache;
 pub use authenticate::{AuthError, Authenticated, Authenticator, Refusal};
 
 pub use crate::broker::entity::{expand_template, is_same_person, match_value_for};

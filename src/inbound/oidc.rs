@@ -9,8 +9,9 @@
 //! `typ: at+jwt`, or either of those or no type at all). Junk therefore never reaches the IdP.
 //!
 //! A token that passed is remembered in a verified-credential cache keyed by its SHA-256 and
-//! bounded by its own `exp` and its key's presence in the JWKS (see `VerifiedCache`). The cache
-//! keeps only what later requests read ([`UserClaims`]), never the token or its claim set.
+//! bounded by its own `exp` and its key's presence in the JWKS. The cache keeps only what later
+//! requests read ([`UserClaims`], packed by [`super::verified_cache`]), never the token or its
+//! claim set.
 //!
 //! Whether a verified token is *acceptable as a user's token* (not the broker's own, not a
 //! service account, the broker in `aud`, an allowed `azp`) is decided by
@@ -28,6 +29,8 @@ use crate::config::TokenTypeCheck;
 use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::jwks::JwksCache;
 use crate::idp::realm_token::RealmTokenVerifier;
+
+use super::verified_cache::{Entry, Facts, VerifiedCache};
 
 pub use crate::broker::principal::VerifiedUserToken;
 /// Largest subject token accepted.
@@ -53,35 +56,36 @@ pub struct UserClaims {
 }
 
 impl UserClaims {
-    fn with_token(&self, token: &str, digest: crate::digest::KeyDigest) -> VerifiedUserToken {
-        let owned = |s: &Option<Box<str>>| s.as_deref().map(str::to_owned);
-        VerifiedUserToken {
-            raw: SecretString::from(token.to_owned()),
-            sub: self.sub.to_string(),
+    fn facts(&self) -> Facts<'_> {
+        Facts {
+            sub: &self.sub,
             exp: self.exp,
-            preferred_username: owned(&self.preferred_username),
-            azp: owned(&self.azp),
-            sid: owned(&self.sid),
-            match_value: owned(&self.match_value),
+            kid: &self.kid,
+            preferred_username: self.preferred_username.as_deref(),
+            azp: self.azp.as_deref(),
+            sid: self.sid.as_deref(),
+            match_value: self.match_value.as_deref(),
             service_account: self.service_account,
             broker_in_aud: self.broker_in_aud,
-            kid: self.kid.to_string(),
-            fingerprint: crate::digest::fingerprint_of(&digest),
-            digest,
         }
     }
+}
 
-    /// Heap and inline bytes of one entry's value (for the size regression test).
-    #[cfg(test)]
-    fn approx_bytes(&self) -> usize {
-        let o = |s: &Option<Box<str>>| s.as_deref().map_or(0, str::len);
-        std::mem::size_of::<Self>()
-            + self.sub.len()
-            + self.kid.len()
-            + o(&self.preferred_username)
-            + o(&self.azp)
-            + o(&self.sid)
-            + o(&self.match_value)
+/// The request's token with the facts recorded for it.
+fn with_token(f: &Facts<'_>, token: &str, digest: crate::digest::KeyDigest) -> VerifiedUserToken {
+    VerifiedUserToken {
+        raw: SecretString::from(token.to_owned()),
+        sub: f.sub.to_owned(),
+        exp: f.exp,
+        preferred_username: f.preferred_username.map(str::to_owned),
+        azp: f.azp.map(str::to_owned),
+        sid: f.sid.map(str::to_owned),
+        match_value: f.match_value.map(str::to_owned),
+        service_account: f.service_account,
+        broker_in_aud: f.broker_in_aud,
+        kid: f.kid.to_owned(),
+        fingerprint: crate::digest::fingerprint_of(&digest),
+        digest,
     }
 }
 
@@ -120,52 +124,20 @@ pub struct OidcVerifier {
     /// `userToken.verify: introspection`: the IdP client that introspects (RFC 7662).
     introspector: Option<Arc<crate::idp::IdpClient>>,
     clock: Arc<dyn Clock>,
+    /// The verified-credential cache (issue 6 §9): a user token that passed every check is
+    /// remembered under the SHA-256 of its bytes, so the same token presented again costs a
+    /// hash and a lookup instead of a signature check. An entry never outlives its credential:
+    /// every read checks `exp > now` against our clock and that the verifying `kid` is still in
+    /// the realm's JWKS (a rotated-out key ends the entry at once), and removes the entry when
+    /// either fails. Only successes are cached; a token that failed is checked in full every
+    /// time.
     verified: VerifiedCache,
     rules: UserClaimRules,
 }
 
-/// Most verified user tokens remembered (each entry holds a few short claims, see
-/// [`UserClaims`]).
-const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
-
-/// The verified-credential cache (issue 6 §9): a user token that passed every check is
-/// remembered under the SHA-256 of its bytes, so the same token presented again costs a hash
-/// and a lookup instead of a signature check. An entry never outlives its credential: moka
-/// drops it at the token's `exp`, and every read re-checks `exp > now` against our clock (moka's
-/// timer is coarse) and that the verifying `kid` is still in the realm's JWKS (a rotated-out
-/// key ends the entry at once). Only successes are cached; a token that failed is checked in
-/// full every time.
-struct VerifiedCache {
-    inner: moka::sync::Cache<crate::digest::KeyDigest, Arc<UserClaims>>,
-}
-
-struct UntilTokenExpiry {
-    clock: Arc<dyn Clock>,
-}
-
-impl moka::Expiry<crate::digest::KeyDigest, Arc<UserClaims>> for UntilTokenExpiry {
-    fn expire_after_create(
-        &self,
-        _key: &crate::digest::KeyDigest,
-        value: &Arc<UserClaims>,
-        _created_at: std::time::Instant,
-    ) -> Option<std::time::Duration> {
-        Some(std::time::Duration::from_secs(
-            value.exp.saturating_sub(self.clock.now_unix()),
-        ))
-    }
-}
-
 impl OidcVerifier {
     pub fn new(issuer: String, jwks: Arc<JwksCache>, clock: Arc<dyn Clock>) -> Self {
-        let verified = VerifiedCache {
-            inner: moka::sync::Cache::builder()
-                .max_capacity(VERIFIED_CACHE_ENTRIES)
-                .expire_after(UntilTokenExpiry {
-                    clock: clock.clone(),
-                })
-                .build(),
-        };
+        let verified = VerifiedCache::new();
         OidcVerifier {
             realm: Arc::new(RealmTokenVerifier::new(issuer, jwks, clock.clone())),
             introspector: None,
@@ -189,8 +161,7 @@ impl OidcVerifier {
 
     /// Entries in the verified-credential cache (approximate; for tests and metrics).
     pub fn verified_entries(&self) -> u64 {
-        self.verified.inner.run_pending_tasks();
-        self.verified.inner.entry_count()
+        self.verified.len() as u64
     }
 
     pub fn jwks(&self) -> &Arc<JwksCache> {
@@ -207,13 +178,13 @@ impl OidcVerifier {
             return Err(OidcError::TooLarge);
         }
         let digest = crate::digest::sha256(token.as_bytes());
-        if let Some(v) = self.verified.inner.get(&digest) {
-            // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
-            let key_ok = v.kid.is_empty() || self.realm.jwks().has_kid(&v.kid);
-            if v.exp > self.clock.now_unix() && key_ok {
-                return Ok(v.with_token(token, digest));
-            }
-            self.verified.inner.invalidate(&digest);
+        let now = self.clock.now_unix();
+        let jwks = self.realm.jwks();
+        // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
+        let current = |e: &Entry| e.exp > now && (e.kid().is_empty() || jwks.has_kid(e.kid()));
+        let hit = |e: &Entry| with_token(&e.facts(), token, digest);
+        if let Some(v) = self.verified.get(&digest, current, hit) {
+            return Ok(v);
         }
         // Boxed: the full check's future is large and only a first sight of a token needs it
         // (moving it inline cost every cached verification copies; issue 16).
@@ -221,9 +192,9 @@ impl OidcVerifier {
             Some(idp) => Box::pin(self.verify_introspected(idp, token)).await?,
             None => Box::pin(self.verify_uncached(token)).await?,
         };
-        let out = v.with_token(token, digest);
-        self.verified.inner.insert(digest, Arc::new(v));
-        Ok(out)
+        let facts = v.facts();
+        self.verified.insert(digest, &facts, self.clock.now_unix());
+        Ok(with_token(&facts, token, digest))
     }
 
     /// RFC 7662: the IdP's word instead of a local signature check. The answer is held to the
@@ -390,7 +361,8 @@ mod tests {
     }
 
     /// The verified-credential cache keeps a few short claims per token, not the ~1.2 KB
-    /// token and its claim set (issue 9 §5: ~5.9 KB per entry before, measured).
+    /// token and its claim set (issue 9 §5: ~5.9 KB per entry before, measured); the entry's
+    /// size is checked in `verified_cache` (`an_entry_is_small_and_shares_kid_and_azp`).
     #[test]
     fn a_cache_entry_holds_only_the_claims_later_requests_read() {
         let c = UserClaims {
@@ -404,8 +376,7 @@ mod tests {
             service_account: false,
             broker_in_aud: true,
         };
-        assert!(c.approx_bytes() < 256, "{}", c.approx_bytes());
-        let v = c.with_token("a.b.c", [7; 32]);
+        let v = with_token(&c.facts(), "a.b.c", [7; 32]);
         assert_eq!(v.sub, "3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11");
         assert_eq!(v.match_value.as_deref(), Some("alice"));
         assert!(v.broker_in_aud && !v.service_account);

@@ -335,12 +335,12 @@ impl SharedCache {
         let issued_token_type = token.issued_token_type.urn().to_owned();
         let record = Record::Token(TokenRecord {
             access_token: token.access_token.expose_secret().to_owned(),
-            token_type: token.token_type.clone(),
+            token_type: token.token_type.to_string(),
             issued_token_type,
-            scope: token.scope.clone(),
+            scope: token.scope.as_deref().map(str::to_owned),
             expires_at: token.expires_at,
             cache_until: token.cache_until,
-            subject_kid: token.subject_kid.clone(),
+            subject_kid: token.subject_kid.as_deref().map(str::to_owned),
             created_at: token.created_at,
             index_sub: token.index.sub,
             index_sid: token.index.sid,
@@ -606,12 +606,15 @@ fn to_issued(t: TokenRecord) -> Option<Arc<IssuedToken>> {
     Some(Arc::new(IssuedToken {
         fingerprint: fingerprint(&t.access_token),
         access_token: SecretString::from(t.access_token),
-        token_type: t.token_type,
+        token_type: crate::broker::cache::shared_str(&t.token_type),
         issued_token_type,
-        scope: t.scope,
+        scope: t.scope.as_deref().map(crate::broker::cache::shared_str),
         expires_at: t.expires_at,
         cache_until: t.cache_until,
-        subject_kid: t.subject_kid,
+        subject_kid: t
+            .subject_kid
+            .as_deref()
+            .map(crate::broker::cache::shared_str),
         created_at: t.created_at,
         index: crate::broker::cache::SubjectIndex {
             sub: t.index_sub,

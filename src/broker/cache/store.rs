@@ -1,0 +1,153 @@
+//! Where [`super::TokenCache`] keeps its settled entries (issue 16 §2): a bounded, sharded map
+//! from a [`KeyDigest`] to the issued token.
+//!
+//! Why not moka, as the in-flight coalescing still uses: moka's per-entry bookkeeping (its own
+//! key copy, the access-order, write-order and timer-wheel nodes, the entry info) is ~0.5 KB per
+//! entry, measured with `bench_peers --only-users 1` (docs/benchmarks.md): 50 MB at 100 000
+//! users. Here an entry is its key and one `Arc` in a `HashMap` slot. What moka's timer bought,
+//! removing an entry at its deadline, the readers already do: every read checks `cache_until`
+//! against our clock and removes a stale entry; and a full shard first drops its stale entries.
+//! When that is not enough it drops the eighth that would go stale soonest (those are
+//! exchanged again when next asked for: slower, never wrong).
+//!
+//! The key is already a SHA-256, so its first 8 bytes are the map's hash: uniform, free, and
+//! not aimable (a key digests the requester's credential and request).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::super::IssuedToken;
+use crate::digest::KeyDigest;
+use crate::metrics::EvictionCause;
+
+/// The key's hash: its first 8 bytes (it is already a SHA-256).
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only [`Key::hash`] feeds this hasher, with exactly 8 bytes.
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+}
+
+#[derive(PartialEq, Eq)]
+struct Key(KeyDigest);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        state.write(&[a, b, c, d, e, f, g, h]);
+    }
+}
+
+type Shard = HashMap<Key, Arc<IssuedToken>, BuildHasherDefault<DigestHasher>>;
+
+pub(super) struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    shard_entries: usize,
+}
+
+impl Store {
+    /// Holds about `max_entries` (a large cache is sharded, and its shards may each hold an
+    /// eighth more than an even share, since keys do not spread exactly evenly).
+    pub fn new(max_entries: u64) -> Self {
+        let max = usize::try_from(max_entries).unwrap_or(usize::MAX).max(1);
+        let (shards, shard_entries) = if max < 1024 {
+            (1, max)
+        } else {
+            (16, max.div_ceil(16).saturating_mul(9) / 8)
+        };
+        Store {
+            shards: (0..shards).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_entries,
+        }
+    }
+
+    fn shard(&self, key: &KeyDigest) -> Option<&Mutex<Shard>> {
+        // Byte 8: independent of the bytes the map hashes.
+        self.shards.get(usize::from(key[8]) % self.shards.len())
+    }
+
+    pub fn get(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
+        self.shard(key)?.lock().get(&Key(*key)).cloned()
+    }
+
+    pub fn remove(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
+        self.shard(key)?.lock().remove(&Key(*key))
+    }
+
+    /// Inserts or replaces `key`; a full shard first frees room (`now`: Unix seconds), each
+    /// entry it drops reported to `evicted`.
+    pub fn insert(
+        &self,
+        key: KeyDigest,
+        value: Arc<IssuedToken>,
+        now: u64,
+        evicted: impl FnMut(EvictionCause),
+    ) {
+        let Some(shard) = self.shard(&key) else {
+            return;
+        };
+        let mut shard = shard.lock();
+        let key = Key(key);
+        if shard.len() >= self.shard_entries && !shard.contains_key(&key) {
+            make_room(&mut shard, self.shard_entries, now, evicted);
+        }
+        shard.insert(key, value);
+    }
+
+    /// Replaces `key` with `value` only if it is present.
+    pub fn replace_if_present(&self, key: &KeyDigest, value: Arc<IssuedToken>) {
+        if let Some(shard) = self.shard(key)
+            && let Some(v) = shard.lock().get_mut(&Key(*key))
+        {
+            *v = value;
+        }
+    }
+
+    /// Keeps only the entries `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&IssuedToken) -> bool) {
+        for shard in self.shards.iter() {
+            shard.lock().retain(|_, v| keep(v));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// Frees room in a full shard: its stale entries, else the eighth that goes stale soonest.
+fn make_room(shard: &mut Shard, max: usize, now: u64, mut evicted: impl FnMut(EvictionCause)) {
+    shard.retain(|_, v| {
+        let keep = v.cache_until > now;
+        if !keep {
+            evicted(EvictionCause::Expired);
+        }
+        keep
+    });
+    if shard.len() < max {
+        return;
+    }
+    let mut deadlines: Vec<u64> = shard.values().map(|v| v.cache_until).collect();
+    let nth = deadlines.len() / 8;
+    let (_, cut, _) = deadlines.select_nth_unstable(nth);
+    let cut = *cut;
+    shard.retain(|_, v| {
+        let keep = v.cache_until > cut;
+        if !keep {
+            evicted(EvictionCause::Size);
+        }
+        keep
+    });
+}
