@@ -336,12 +336,10 @@ pub async fn start_with_clock(
         App::new()
             .app_data(s.clone())
             .app_data(forwarder)
+            // The request span (traces.rs; around every answer but the unread-body closing)
+            // and the header-size limit.
             .wrap(actix_web::middleware::from_fn(
                 crate::http::limit_header_bytes,
-            ))
-            // The request span (traces.rs): around every answer but the unread-body closing.
-            .wrap(actix_web::middleware::from_fn(
-                crate::http::trace::trace_request,
             ))
             // Outermost: also covers answers from the layers above (docs/security.md).
             .wrap(actix_web::middleware::from_fn(

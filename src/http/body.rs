@@ -80,6 +80,19 @@ pub async fn close_unread_bodies(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<HoldBody>, actix_web::Error> {
+    // A body with a `Content-Length` (and no `Transfer-Encoding`) needs nothing from this
+    // layer: actix closes the connection itself when such a body is left unread (module doc),
+    // and passing it through untouched saves the shared handle on every token request.
+    let framed = req
+        .headers()
+        .contains_key(actix_web::http::header::CONTENT_LENGTH)
+        && !req
+            .headers()
+            .contains_key(actix_web::http::header::TRANSFER_ENCODING);
+    if framed {
+        let res = next.call(req).await?.map_into_boxed_body();
+        return Ok(res.map_body(|_, body| HoldBody { body, _hold: None }));
+    }
     let original = req.take_payload();
     if matches!(original, Payload::None) {
         let res = next.call(req).await?.map_into_boxed_body();

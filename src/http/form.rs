@@ -10,7 +10,7 @@
 //! - unknown parameters are ignored (RFC 6749 §3.2: "MUST ignore unrecognized request
 //!   parameters").
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 /// The most parameters a token request may carry.
 pub const MAX_PARAMS: usize = 32;
@@ -25,13 +25,18 @@ pub enum FormError {
     TooMany,
 }
 
-/// A parsed form: parameter name to value.
+/// A parsed form: parameter names and values, borrowed from the body when nothing in them
+/// was encoded (the usual case: a token request is a handful of plain parameters), so parsing
+/// allocates nothing; looked up by a linear scan of at most [`MAX_PARAMS`] pairs.
 #[derive(Debug, Default)]
-pub struct Form(HashMap<String, String>);
+pub struct Form<'a>(Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
-impl Form {
+impl Form<'_> {
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_ref())
     }
 
     /// A parameter that is absent or empty counts as absent (RFC 6749 §3.1: "Parameters sent
@@ -41,13 +46,20 @@ impl Form {
     }
 }
 
-fn decode(component: &[u8]) -> Result<String, FormError> {
+fn decode(component: &[u8]) -> Result<Cow<'_, str>, FormError> {
+    if !component.iter().any(|&b| b == b'+' || b == b'%') {
+        return std::str::from_utf8(component)
+            .map(Cow::Borrowed)
+            .map_err(|_| FormError::NotUtf8);
+    }
     let plus_as_space: Vec<u8> = component
         .iter()
         .map(|&b| if b == b'+' { b' ' } else { b })
         .collect();
     let bytes: Vec<u8> = percent_decode(&plus_as_space);
-    String::from_utf8(bytes).map_err(|_| FormError::NotUtf8)
+    String::from_utf8(bytes)
+        .map(Cow::Owned)
+        .map_err(|_| FormError::NotUtf8)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -80,8 +92,8 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     out
 }
 
-pub fn parse(body: &[u8]) -> Result<Form, FormError> {
-    let mut map = HashMap::new();
+pub fn parse(body: &[u8]) -> Result<Form<'_>, FormError> {
+    let mut map: Vec<(Cow<'_, str>, Cow<'_, str>)> = Vec::with_capacity(4);
     for pair in body.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
         if map.len() >= MAX_PARAMS {
             return Err(FormError::TooMany);
@@ -95,10 +107,10 @@ pub fn parse(body: &[u8]) -> Result<Form, FormError> {
         };
         let name = decode(name)?;
         let value = decode(value)?;
-        if map.contains_key(&name) {
+        if map.iter().any(|(n, _)| *n == name) {
             return Err(FormError::Duplicated(name.chars().take(64).collect()));
         }
-        map.insert(name, value);
+        map.push((name, value));
     }
     Ok(Form(map))
 }

@@ -50,8 +50,10 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 /// Routes of the public listener.
-/// Refuses requests whose headers (names + values) exceed `server.maxHeaderBytes` with 431
-/// (RFC 6585 §5), before any handler or credential check runs.
+/// The public listener's per-request middleware: refuses requests whose headers (names +
+/// values) exceed `server.maxHeaderBytes` with 431 (RFC 6585 §5), before any handler or
+/// credential check runs; then runs the request inside its span (`trace::trace_request`).
+/// One middleware rather than two: each `from_fn` layer boxes the request's future once more.
 pub async fn limit_header_bytes(
     req: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
@@ -78,7 +80,7 @@ pub async fn limit_header_bytes(
         .error_response();
         return Ok(req.into_response(answer).map_into_right_body());
     }
-    Ok(next.call(req).await?.map_into_left_body())
+    Ok(trace::trace_request(req, next).await?.map_into_left_body())
 }
 
 pub fn public_routes(cfg: &mut web::ServiceConfig) {
