@@ -1161,8 +1161,8 @@ user-token lookup in the verified-credential cache (SHA-256 + lookup instead of 
 `valgrind --tool=callgrind --instr-atstart=no`; `callgrind_control` switches counting on after start-up, 50 warm-up requests run, the counters \
 are zeroed, then the counted requests run one after the other on one connection. User-space instructions only (the kernel's loopback TCP, \
 about half of the wall-clock cost of both, is not counted). valgrind does not emulate the CPU's SHA extensions, so under callgrind SHA-256 \
-runs the portable code (~3.6k instructions per 64-byte block; hashing the 1.2 KB user token is ~72k of the hit's count); natively `sha2` \
-uses SHA-NI where the CPU has it (this one does), a small fraction of that.\n\
+runs aws-lc's AVX code (~2.2k instructions per 64-byte block; hashing the 1.2 KB user token is ~45k of the hit's count; until round 4 it was \
+`sha2`'s portable code, ~3.6k per block); natively aws-lc uses the SHA extensions where the CPU has them (this one does), a small fraction of that.\n\
 - **Fresh plugin token**: `POST /v1/token` with a different ES256 plugin token per request (a pre-minted list of 20 000, cycled by a wrk Lua script): \
 full Backstage plugin-token verification (ES256) and the service-account token from cache (`servicePrincipals: service_account`).\n\
 - **Miss path**: each request carries a token from a new login (a new cache key); the direct call is the same RFC 8693 request sent straight to the dev IdP \
@@ -1174,7 +1174,7 @@ for comparison. The misses end at the IdP's answer or at `keycloak.timeout` (10 
 `tests/it/reliability.rs` checks the bound functionally (timeout 1 s: the miss fails with 504 after ~1 s while every hit is served at once).\n\
 - **Proxy tail**: `GET /v1/proxy/echo/bench` (target `echo`, upstream the dev echo server in this process) with the hit run's credentials: \
 a cached token, the forwarded call and the echoed answer; p99 / p50 of the best round.\n\
-- **Memory per user** (`bench_peers --users N`, default 100 000): a broker process of its own against a dev IdP of its own that knows N users; \
+- **Memory per user** (`bench_peers --users N`, default 100 000; `--only-users 1` runs only this figure): a broker process of its own against a dev IdP of its own that knows N users; \
 each user makes one real `POST /v1/token` (static caller, the user's own access token, target `sonataflow`): the token is verified (RS256), \
 exchanged at the dev IdP over HTTP, the answer verified and cached, so both the verified-credential cache and the exchange cache hold N entries. \
 The users' access tokens are minted in this process with the dev IdP's key (a real login's claims with each user's `sub`, \
@@ -1189,7 +1189,20 @@ stdout `write_all` 7 089 (the audit line written under stdout's lock), drop of t
 Changes: the header is checked by a branch-free (vectorised) fold; the answer is written directly when nothing in it needs escaping (always \
 for a JWT; serde_json otherwise); the exchange cache is read before the miss path's future is built, and the cold paths (first verification \
 of a token, key fetches, the service-account and user-mapping grants, the fallback) are boxed so the request's future is small; the audit line \
-goes to a queue and a writer thread (`src/audit_writer.rs`). The table above is the count after these changes.\n\
+goes to a queue and a writer thread (`src/audit_writer.rs`).\n\
+- **Round 4 of the hit path** (2026-11-28, 22:00–23:20Z; `--only-callgrind 1`, 1000 requests; wall-clock checks with `--quick 1`, which runs \
+only the hit/bare, fresh/verify, stall and proxy figures and can sample the broker with `perf record` (`BENCH_PERF=DIR`, `BENCH_PERF_DWARF=1`) or \
+count its system calls (`BENCH_STRACE=DIR`)): 217 194 → **122 795** instructions per hit. The audit line is written by hand (the fields, order \
+and escaping of the former `tracing` JSON layer, checked against it by a unit test) and appended to one shared buffer that a writer thread writes \
+out in batches: it wakes at the first line after a quiet spell and lingers 5 ms, so under load the audit log costs one wake-up per 5 ms instead of \
+one per request (`perf` showed the per-line queue's futex wake-ups and context switches at ~20 % of the broker's time under wrk) — 217k → 177k; \
+the subscriber no longer holds an absent trace layer (`Option::None` answers \"always interested\" for every callsite, so every span was built and \
+every `trace!` of actix-web evaluated per request) and filters by directives, decided once per callsite — → 169k; SHA-256 through aws-lc — → 136k \
+(valgrind only: natively both use the SHA extensions); the RSS round's caches (two sharded maps instead of moka) — → 129k; the form parsed without \
+allocating, one SHA-256 call per cache key, the header limit and the request span in one middleware, bodies with a `Content-Length` not wrapped by \
+the unread-body layer — → 123k. Two changes for the tails rather than the count: the answer's headers are constants, and each worker has its own \
+proxy client (a worker's pooled upstream connections were driven by whichever worker's runtime had opened them). The table above is the count \
+of the run that wrote this file.\n\
 - The 10-minute soak is a separate opt-in command, `scripts/soak` (not run by `scripts/bench` or CI); its last result is in [soak.md](soak.md).\n\
 \n\
 ## Targets not met, and why (analysis of the run of 2026-11-28T19:35Z, issue 16)\n\
