@@ -1,4 +1,5 @@
-//! Digests of secret material: cache keys and log fingerprints.
+//! Digests of secret material: cache keys and log fingerprints, and the map key type of the
+//! caches keyed by them ([`DigestKey`], [`DigestMap`]).
 //!
 //! Raw tokens never become cache keys or log fields. A cache key is SHA-256 over
 //! length-prefixed fields (so `("ab","c")` and `("a","bc")` differ); a fingerprint is a short
@@ -8,6 +9,40 @@ use aws_lc_rs::digest::{SHA256, digest};
 
 /// A 256-bit digest used as a cache key.
 pub type KeyDigest = [u8; 32];
+
+/// A map key that is already a SHA-256 ([`KeyDigest`]): its first 8 bytes are its hash
+/// ([`DigestHasher`]), uniform and free. Not aimable either: the caches keyed by it insert only
+/// digests of credentials that passed verification (or of requests built from them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestKey(pub KeyDigest);
+
+impl std::hash::Hash for DigestKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        state.write(&[a, b, c, d, e, f, g, h]);
+    }
+}
+
+/// The hasher of [`DigestKey`]: takes the 8 bytes it is given as the hash.
+#[derive(Default)]
+pub struct DigestHasher(u64);
+
+impl std::hash::Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `DigestKey::hash` feeds this hasher, with exactly 8 bytes.
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+}
+
+/// A hash map keyed by digests (the caches' storage).
+pub type DigestMap<V> =
+    std::collections::HashMap<DigestKey, V, std::hash::BuildHasherDefault<DigestHasher>>;
 
 /// Builds a [`KeyDigest`] from length-prefixed fields. The fields are gathered and hashed in
 /// one call at [`KeyBuilder::finish`]: a cache key is a few short fields, and feeding SHA-256
@@ -93,6 +128,19 @@ mod tests {
         assert_eq!(got, want);
         let long = vec![b'x'; 1300];
         assert_eq!(sha256(&long), <[u8; 32]>::from(sha2::Sha256::digest(&long)));
+    }
+
+    #[test]
+    fn a_digest_keys_hash_is_its_first_eight_bytes() {
+        use std::hash::BuildHasher as _;
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&0x0123_4567_89ab_cdef_u64.to_be_bytes());
+        d[8..].fill(0xff);
+        let h = std::hash::BuildHasherDefault::<DigestHasher>::default().hash_one(DigestKey(d));
+        assert_eq!(h, 0x0123_4567_89ab_cdef);
+        let mut m: DigestMap<u8> = DigestMap::default();
+        m.insert(DigestKey(d), 1);
+        assert_eq!(m.get(&DigestKey(d)), Some(&1));
     }
 
     #[test]

@@ -19,14 +19,12 @@
 //! if that frees too little, it drops the eighth of its entries that expire soonest (those
 //! tokens are checked in full again when next presented: slower, never wrong).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use crate::broker::cache::shared_str;
-use crate::digest::KeyDigest;
+use crate::digest::{DigestKey, DigestMap, KeyDigest};
 
 const SHARDS: usize = 16;
 
@@ -107,34 +105,7 @@ impl Entry {
     }
 }
 
-/// The key's hash: its first 8 bytes (it is already a SHA-256).
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only [`Key::hash`] feeds this hasher, with exactly 8 bytes.
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-}
-
-#[derive(PartialEq, Eq)]
-struct Key(KeyDigest);
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let [a, b, c, d, e, f, g, h, ..] = self.0;
-        state.write(&[a, b, c, d, e, f, g, h]);
-    }
-}
-
-type Shard = HashMap<Key, Entry, BuildHasherDefault<DigestHasher>>;
+type Shard = DigestMap<Entry>;
 
 pub(super) struct VerifiedCache {
     shards: Box<[Mutex<Shard>]>,
@@ -161,7 +132,7 @@ impl VerifiedCache {
         read: impl FnOnce(&Entry) -> T,
     ) -> Option<T> {
         let mut shard = self.shard(key)?.lock();
-        let k = Key(*key);
+        let k = DigestKey(*key);
         let entry = shard.get(&k)?;
         if keep(entry) {
             return Some(read(entry));
@@ -180,10 +151,10 @@ impl VerifiedCache {
             return;
         };
         let mut shard = shard.lock();
-        if shard.len() >= SHARD_ENTRIES && !shard.contains_key(&Key(key)) {
+        if shard.len() >= SHARD_ENTRIES && !shard.contains_key(&DigestKey(key)) {
             make_room(&mut shard, now);
         }
-        shard.insert(Key(key), entry);
+        shard.insert(DigestKey(key), entry);
     }
 
     fn pack(&self, f: &Facts<'_>) -> Option<Entry> {

@@ -13,44 +13,15 @@
 //! The key is already a SHA-256, so its first 8 bytes are the map's hash: uniform, free, and
 //! not aimable (a key digests the requester's credential and request).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::super::IssuedToken;
-use crate::digest::KeyDigest;
+use crate::digest::{DigestKey, DigestMap, KeyDigest};
 use crate::metrics::EvictionCause;
 
-/// The key's hash: its first 8 bytes (it is already a SHA-256).
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only [`Key::hash`] feeds this hasher, with exactly 8 bytes.
-        for b in bytes {
-            self.0 = (self.0 << 8) | u64::from(*b);
-        }
-    }
-}
-
-#[derive(PartialEq, Eq)]
-struct Key(KeyDigest);
-
-impl Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let [a, b, c, d, e, f, g, h, ..] = self.0;
-        state.write(&[a, b, c, d, e, f, g, h]);
-    }
-}
-
-type Shard = HashMap<Key, Arc<IssuedToken>, BuildHasherDefault<DigestHasher>>;
+type Shard = DigestMap<Arc<IssuedToken>>;
 
 pub(super) struct Store {
     shards: Box<[Mutex<Shard>]>,
@@ -79,11 +50,11 @@ impl Store {
     }
 
     pub fn get(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
-        self.shard(key)?.lock().get(&Key(*key)).cloned()
+        self.shard(key)?.lock().get(&DigestKey(*key)).cloned()
     }
 
     pub fn remove(&self, key: &KeyDigest) -> Option<Arc<IssuedToken>> {
-        self.shard(key)?.lock().remove(&Key(*key))
+        self.shard(key)?.lock().remove(&DigestKey(*key))
     }
 
     /// Inserts or replaces `key`; a full shard first frees room (`now`: Unix seconds), each
@@ -99,7 +70,7 @@ impl Store {
             return;
         };
         let mut shard = shard.lock();
-        let key = Key(key);
+        let key = DigestKey(key);
         if shard.len() >= self.shard_entries && !shard.contains_key(&key) {
             make_room(&mut shard, self.shard_entries, now, evicted);
         }
@@ -109,7 +80,7 @@ impl Store {
     /// Replaces `key` with `value` only if it is present.
     pub fn replace_if_present(&self, key: &KeyDigest, value: Arc<IssuedToken>) {
         if let Some(shard) = self.shard(key)
-            && let Some(v) = shard.lock().get_mut(&Key(*key))
+            && let Some(v) = shard.lock().get_mut(&DigestKey(*key))
         {
             *v = value;
         }
