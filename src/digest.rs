@@ -1,5 +1,6 @@
 //! Digests of secret material: cache keys and log fingerprints, and the map key type of the
-//! caches keyed by them ([`DigestKey`], [`DigestMap`]).
+//! caches keyed by them ([`DigestKey`], [`DigestMap`], and [`make_room`], how a full shard of
+//! either cache frees room).
 //!
 //! Raw tokens never become cache keys or log fields. A cache key is SHA-256 over
 //! length-prefixed fields (so `("ab","c")` and `("a","bc")` differ); a fingerprint is a short
@@ -43,6 +44,40 @@ impl std::hash::Hasher for DigestHasher {
 /// A hash map keyed by digests (the caches' storage).
 pub type DigestMap<V> =
     std::collections::HashMap<DigestKey, V, std::hash::BuildHasherDefault<DigestHasher>>;
+
+/// Frees room in a full cache shard whose entries end at `deadline` (Unix seconds): first its
+/// entries past their deadline at `now`, then, if the shard still holds `max` or more, the
+/// eighth that ends soonest (those are fetched again when next asked for: slower, never
+/// wrong). `dropped(expired)` is told of each entry removed and why.
+pub fn make_room<V>(
+    shard: &mut DigestMap<V>,
+    max: usize,
+    now: u64,
+    deadline: impl Fn(&V) -> u64,
+    mut dropped: impl FnMut(bool),
+) {
+    shard.retain(|_, v| {
+        let keep = deadline(v) > now;
+        if !keep {
+            dropped(true);
+        }
+        keep
+    });
+    if shard.len() < max {
+        return;
+    }
+    let mut deadlines: Vec<u64> = shard.values().map(&deadline).collect();
+    let nth = deadlines.len() / 8;
+    let (_, cut, _) = deadlines.select_nth_unstable(nth);
+    let cut = *cut;
+    shard.retain(|_, v| {
+        let keep = deadline(v) > cut;
+        if !keep {
+            dropped(false);
+        }
+        keep
+    });
+}
 
 /// Builds a [`KeyDigest`] from length-prefixed fields. The fields are gathered and hashed in
 /// one call at [`KeyBuilder::finish`]: a cache key is a few short fields, and feeding SHA-256

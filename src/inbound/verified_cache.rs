@@ -24,7 +24,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::broker::cache::shared_str;
-use crate::digest::{DigestKey, DigestMap, KeyDigest};
+use crate::digest::{DigestKey, DigestMap, KeyDigest, make_room};
 
 const SHARDS: usize = 16;
 
@@ -152,7 +152,7 @@ impl VerifiedCache {
         };
         let mut shard = shard.lock();
         if shard.len() >= SHARD_ENTRIES && !shard.contains_key(&DigestKey(key)) {
-            make_room(&mut shard, now);
+            make_room(&mut shard, SHARD_ENTRIES, now, |e| e.exp, |_| {});
         }
         shard.insert(DigestKey(key), entry);
     }
@@ -203,19 +203,6 @@ impl VerifiedCache {
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
-}
-
-/// Frees room in a full shard: its expired entries, else the eighth that expires soonest.
-fn make_room(shard: &mut Shard, now: u64) {
-    shard.retain(|_, e| e.exp > now);
-    if shard.len() < SHARD_ENTRIES {
-        return;
-    }
-    let mut exps: Vec<u64> = shard.values().map(|e| e.exp).collect();
-    let nth = exps.len() / 8;
-    let (_, cut, _) = exps.select_nth_unstable(nth);
-    let cut = *cut;
-    shard.retain(|_, e| e.exp > cut);
 }
 
 #[cfg(test)]

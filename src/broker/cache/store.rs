@@ -18,7 +18,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::super::IssuedToken;
-use crate::digest::{DigestKey, DigestMap, KeyDigest};
+use crate::digest::{DigestKey, DigestMap, KeyDigest, make_room};
 use crate::metrics::EvictionCause;
 
 type Shard = DigestMap<Arc<IssuedToken>>;
@@ -64,7 +64,7 @@ impl Store {
         key: KeyDigest,
         value: Arc<IssuedToken>,
         now: u64,
-        evicted: impl FnMut(EvictionCause),
+        mut evicted: impl FnMut(EvictionCause),
     ) {
         let Some(shard) = self.shard(&key) else {
             return;
@@ -72,7 +72,19 @@ impl Store {
         let mut shard = shard.lock();
         let key = DigestKey(key);
         if shard.len() >= self.shard_entries && !shard.contains_key(&key) {
-            make_room(&mut shard, self.shard_entries, now, evicted);
+            make_room(
+                &mut shard,
+                self.shard_entries,
+                now,
+                |v| v.cache_until,
+                |expired| {
+                    evicted(if expired {
+                        EvictionCause::Expired
+                    } else {
+                        EvictionCause::Size
+                    })
+                },
+            );
         }
         shard.insert(key, value);
     }
@@ -96,29 +108,4 @@ impl Store {
     pub fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
     }
-}
-
-/// Frees room in a full shard: its stale entries, else the eighth that goes stale soonest.
-fn make_room(shard: &mut Shard, max: usize, now: u64, mut evicted: impl FnMut(EvictionCause)) {
-    shard.retain(|_, v| {
-        let keep = v.cache_until > now;
-        if !keep {
-            evicted(EvictionCause::Expired);
-        }
-        keep
-    });
-    if shard.len() < max {
-        return;
-    }
-    let mut deadlines: Vec<u64> = shard.values().map(|v| v.cache_until).collect();
-    let nth = deadlines.len() / 8;
-    let (_, cut, _) = deadlines.select_nth_unstable(nth);
-    let cut = *cut;
-    shard.retain(|_, v| {
-        let keep = v.cache_until > cut;
-        if !keep {
-            evicted(EvictionCause::Size);
-        }
-        keep
-    });
 }
