@@ -336,15 +336,9 @@ pub async fn start_with_clock(
         App::new()
             .app_data(s.clone())
             .app_data(forwarder)
-            // The request span (traces.rs; around every answer but the unread-body closing)
-            // and the header-size limit.
-            .wrap(actix_web::middleware::from_fn(
-                crate::http::limit_header_bytes,
-            ))
-            // Outermost: also covers answers from the layers above (docs/security.md).
-            .wrap(actix_web::middleware::from_fn(
-                crate::http::body::close_unread_bodies,
-            ))
+            // Outermost the unread-body rule (it also covers the 431 of the header-size limit,
+            // docs/security.md), then the header-size limit and the request span (traces.rs).
+            .wrap(actix_web::middleware::from_fn(crate::http::public_edge))
             .configure(public_routes)
     })
     .workers(workers)

@@ -121,9 +121,10 @@ fn str_field(o: &mut Vec<u8>, name: &str, value: &str) {
 }
 
 fn num_field(o: &mut Vec<u8>, name: &str, n: u64) {
-    use std::io::Write as _;
-    // Writing to a Vec cannot fail.
-    let _ = write!(o, ",\"{name}\":{n}");
+    o.extend_from_slice(b",\"");
+    o.extend_from_slice(name.as_bytes());
+    o.extend_from_slice(b"\":");
+    digits(o, n, 1);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -175,20 +176,46 @@ fn json_str(o: &mut Vec<u8>, s: &str) {
 
 /// RFC 3339 UTC with microseconds (`2026-11-22T08:19:53.128886Z`), the audit log's form.
 fn timestamp(o: &mut Vec<u8>, at: std::time::SystemTime) {
-    use std::io::Write as _;
     let d = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days);
-    // Writing to a Vec cannot fail.
-    let _ = write!(
-        o,
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_micros()
-    );
+    // RFC 3339 with microseconds, digits written directly: through `write!` the seven
+    // numbers cost more than the rest of the line (issue 16).
+    digits(o, y, 4);
+    o.push(b'-');
+    digits(o, m, 2);
+    o.push(b'-');
+    digits(o, day, 2);
+    o.push(b'T');
+    digits(o, rem / 3600, 2);
+    o.push(b':');
+    digits(o, rem % 3600 / 60, 2);
+    o.push(b':');
+    digits(o, rem % 60, 2);
+    o.push(b'.');
+    digits(o, u64::from(d.subsec_micros()), 6);
+    o.push(b'Z');
+}
+
+/// `n` in decimal, zero-padded to at least `width` digits (as `{n:0width$}`).
+fn digits(o: &mut Vec<u8>, n: u64, width: usize) {
+    let mut buf = [b'0'; 20];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            // `n % 10` is below 10: the cast cannot truncate.
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    let start = i.min(buf.len().saturating_sub(width));
+    o.extend_from_slice(buf.get(start..).unwrap_or_default());
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
@@ -327,6 +354,17 @@ mod tests {
                 let (theirs_rest, _) = without_timestamp(&via_tracing(&r, event));
                 assert_eq!(mine_rest, theirs_rest);
                 assert!(mine.ends_with("}\n") && mine.lines().count() == 1);
+            }
+        }
+    }
+
+    #[test]
+    fn digits_are_written_as_format_writes_them() {
+        for n in [0, 7, 42, 999, 1_000, 65_535, 123_456, u64::MAX] {
+            for width in [1, 2, 4, 6] {
+                let mut o = Vec::new();
+                digits(&mut o, n, width);
+                assert_eq!(String::from_utf8(o).unwrap(), format!("{n:0width$}"));
             }
         }
     }

@@ -108,6 +108,19 @@ impl KeyBuilder {
         self
     }
 
+    /// The same bytes as `field(parts.join(sep))`, without building the joined string.
+    pub fn field_joined(mut self, parts: &[String], sep: u8) -> Self {
+        let len = parts.iter().map(String::len).sum::<usize>() + parts.len().saturating_sub(1);
+        self.0.extend_from_slice(&(len as u64).to_be_bytes());
+        for (i, p) in parts.iter().enumerate() {
+            if i > 0 {
+                self.0.push(sep);
+            }
+            self.0.extend_from_slice(p.as_bytes());
+        }
+        self
+    }
+
     pub fn finish(self) -> KeyDigest {
         sha256(&self.0)
     }
@@ -121,28 +134,78 @@ pub fn sha256(bytes: &[u8]) -> KeyDigest {
 /// A short, non-reversible fingerprint of a token for logs and error reports:
 /// the first 12 hex digits of its SHA-256.
 pub fn fingerprint(secret: &str) -> String {
-    fingerprint_of(&sha256(secret.as_bytes()))
+    Fingerprint::of(&sha256(secret.as_bytes()))
+        .as_str()
+        .to_owned()
 }
 
-/// [`fingerprint`] from an already computed SHA-256 (the token is hashed once per request).
-pub fn fingerprint_of(digest: &KeyDigest) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(12);
-    for b in digest.iter().take(6) {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
+/// The first 12 hex digits of a token's SHA-256 ([`fingerprint`]), kept
+/// inline: no allocation per request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint([u8; 12]);
+
+impl Fingerprint {
+    pub fn of(digest: &KeyDigest) -> Self {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'0'; 12];
+        for (pair, b) in out.chunks_exact_mut(2).zip(digest.iter()) {
+            if let [hi, lo] = pair {
+                *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'0');
+                *lo = HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'0');
+            }
+        }
+        Fingerprint(out)
     }
-    s
+
+    pub fn as_str(&self) -> &str {
+        // Hex digits only: always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// `field_joined` keeps the cache keys of `field(join)` (the form before issue 16), so
+    /// entries shared through Redis by replicas of either version keep matching.
+    #[test]
+    fn a_joined_field_is_the_field_of_the_joined_string() {
+        for parts in [
+            vec![],
+            vec!["a"],
+            vec!["openid", "profile", ""],
+            vec!["", ""],
+        ] {
+            let parts: Vec<String> = parts.into_iter().map(String::from).collect();
+            assert_eq!(
+                KeyBuilder::new("d").field_joined(&parts, b' ').finish(),
+                KeyBuilder::new("d")
+                    .field(parts.join(" ").as_bytes())
+                    .finish(),
+                "{parts:?}"
+            );
+        }
+    }
+
     #[test]
     fn fingerprint_is_the_sha256_hex_prefix() {
         assert_eq!(fingerprint("abc"), "ba7816bf8f01");
-        assert_eq!(fingerprint_of(&sha256(b"abc")), "ba7816bf8f01");
+        let f = Fingerprint::of(&sha256(b"abc"));
+        assert_eq!(f.as_str(), "ba7816bf8f01");
+        assert_eq!(f.to_string(), "ba7816bf8f01");
     }
 
     #[test]

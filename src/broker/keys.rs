@@ -23,7 +23,7 @@ pub(super) fn exchange_key(
         .field(&user.digest)
         .field(target_name.as_bytes())
         .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
+        .field_joined(scopes, b' ')
         .field(token_type.urn().as_bytes())
         .finish()
 }
@@ -44,12 +44,12 @@ pub(super) fn session_exchange_key(
 ) -> KeyDigest {
     KeyBuilder::new("exchange-session")
         .field(issuer.as_bytes())
-        .field(user.sub.as_bytes())
+        .field(user.sub().as_bytes())
         .field(sid.as_bytes())
-        .field(user.azp.as_deref().unwrap_or_default().as_bytes())
+        .field(user.azp().unwrap_or_default().as_bytes())
         .field(target_name.as_bytes())
         .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
+        .field_joined(scopes, b' ')
         .field(token_type.urn().as_bytes())
         .finish()
 }
@@ -63,7 +63,7 @@ pub(super) fn service_key(
     KeyBuilder::new("service")
         .field(target_name.as_bytes())
         .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
+        .field_joined(scopes, b' ')
         .finish()
 }
 
@@ -87,7 +87,7 @@ pub(super) fn user_mapping_key(
         .field(subject.as_bytes())
         .field(target_name.as_bytes())
         .field(target.audience.as_bytes())
-        .field(scopes.join(" ").as_bytes())
+        .field_joined(scopes, b' ')
         .field(token_type.urn().as_bytes())
         .finish()
 }

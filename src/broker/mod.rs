@@ -197,7 +197,7 @@ pub struct TokenRequest<'a> {
     pub target: &'a str,
     pub scope: Option<&'a str>,
     pub requested_token_type: Option<&'a str>,
-    pub user_token: Option<&'a VerifiedUserToken>,
+    pub user_token: Option<&'a VerifiedUserToken<'a>>,
 }
 
 /// Why no token was served.
@@ -489,7 +489,7 @@ impl TokenService {
                     &scopes,
                     e,
                     FailedPath::Exchange {
-                        subject: &user.fingerprint,
+                        subject: user.fingerprint.as_str(),
                     },
                 ))
                 .await
@@ -579,7 +579,7 @@ impl TokenService {
         target: &TargetConfig,
         scopes: &[String],
         token_type: TokenType,
-        user: &VerifiedUserToken,
+        user: &VerifiedUserToken<'_>,
     ) -> Result<Issued, FetchOutcome> {
         // `cache.key: session` with a verified `sid`: one entry per Keycloak session. The entry
         // lives by the issued token's deadline (any valid token of the session may present
@@ -587,7 +587,7 @@ impl TokenService {
         // valid. Otherwise (the default, or a token without `sid`): one entry per token, capped
         // at that token's expiry.
         let margin = self.config.cache.safety_margin.as_secs();
-        let (key, until, cap) = match (self.config.cache.key, user.sid.as_deref()) {
+        let (key, until, cap) = match (self.config.cache.key, user.sid()) {
             (CacheKeyMode::Session, Some(sid)) => (
                 keys::session_exchange_key(
                     target_name,
@@ -598,13 +598,13 @@ impl TokenService {
                     user,
                     sid,
                 ),
-                user.exp.saturating_sub(margin),
+                user.exp().saturating_sub(margin),
                 None,
             ),
             _ => (
                 keys::exchange_key(target_name, target, scopes, token_type, user),
                 u64::MAX,
-                Some(user.exp),
+                Some(user.exp()),
             ),
         };
         let entry = EntryRef {
@@ -635,7 +635,7 @@ impl TokenService {
                 let answer = self
                     .idp
                     .exchange(&ExchangeRequest {
-                        subject_token: &user.raw,
+                        subject_token: user.raw(),
                         audience: &target.audience,
                         scopes,
                         requested_token_type: token_type,
@@ -646,7 +646,7 @@ impl TokenService {
                     answer,
                     target,
                     Some(token_type),
-                    Expected::Sub(&user.sub),
+                    Expected::Sub(user.sub()),
                     cap,
                     Some(user),
                 )
@@ -680,18 +680,18 @@ impl TokenService {
         target: &TargetConfig,
         scopes: &[String],
         token_type: TokenType,
-        user: &VerifiedUserToken,
+        user: &VerifiedUserToken<'_>,
     ) {
         let Some(me) = self.me.upgrade() else {
             return;
         };
         let (target_name, target) = (target_name.to_owned(), target.clone());
-        let (scopes, user) = (scopes.to_vec(), user.clone());
+        let (scopes, user) = (scopes.to_vec(), user.clone().into_owned());
         tokio::spawn(async move {
             let answer = me
                 .idp
                 .exchange(&ExchangeRequest {
-                    subject_token: &user.raw,
+                    subject_token: user.raw(),
                     audience: &target.audience,
                     scopes: &scopes,
                     requested_token_type: token_type,
@@ -703,7 +703,7 @@ impl TokenService {
                         a,
                         &target,
                         Some(token_type),
-                        Expected::Sub(&user.sub),
+                        Expected::Sub(user.sub()),
                         cap,
                         Some(&user),
                     )
@@ -775,7 +775,7 @@ impl TokenService {
         requested: Option<TokenType>,
         expected: Expected<'_>,
         cap_at: Option<u64>,
-        subject: Option<&VerifiedUserToken>,
+        subject: Option<&VerifiedUserToken<'_>>,
     ) -> Result<Arc<IssuedToken>, String> {
         let answer = crate::idp::answer::check(
             &self.verifier,
@@ -838,15 +838,14 @@ impl TokenService {
         // token's `sid` when there is one; the service account's by nothing.
         let index = match expected {
             Expected::Service => SubjectIndex::default(),
-            Expected::Sub(_) | Expected::Person(_) => SubjectIndex::of(
-                answer.sub.as_deref(),
-                subject.and_then(|s| s.sid.as_deref()),
-            ),
+            Expected::Sub(_) | Expected::Person(_) => {
+                SubjectIndex::of(answer.sub.as_deref(), subject.and_then(|s| s.sid()))
+            }
         };
         Ok(Arc::new(IssuedToken {
             created_at: now,
             fingerprint: fingerprint(&answer.access_token),
-            subject_kid: subject.map(|s| cache::shared_str(&s.kid)),
+            subject_kid: subject.map(|s| s.kid().clone()),
             index,
             access_token: SecretString::from(answer.access_token),
             token_type: cache::shared_str(&answer.token_type),

@@ -24,11 +24,11 @@ use crate::metrics::AuthKind;
 /// header. `subject_fp` receives the user token's fingerprint for the audit line. Runs before
 /// any body is read, so a request without a valid credential is answered (401) without
 /// waiting for its body (docs/security.md, "Slow bodies").
-pub async fn authenticate(
-    req: &HttpRequest,
+pub async fn authenticate<'r>(
+    req: &'r HttpRequest,
     state: &AppState,
     subject_fp: &mut String,
-) -> Result<Authenticated, ApiError> {
+) -> Result<Authenticated<'r>, ApiError> {
     let header_token = user_token_header(req, &state.config.user_token.header)?;
     run(req, state, header_token, subject_fp).await
 }
@@ -39,13 +39,13 @@ pub async fn authenticate(
 /// of the headers: it stands when the form brings no token or the same token as the header;
 /// a form token without a header token is authenticated together with the caller credential
 /// (which is verified a second time: the caller's own verification caches keep that cheap).
-pub async fn with_form_token(
+pub async fn with_form_token<'f>(
     req: &HttpRequest,
     state: &AppState,
-    headers: Authenticated,
-    form_token: Result<Option<&str>, ApiError>,
+    headers: Authenticated<'f>,
+    form_token: Result<Option<&'f str>, ApiError>,
     subject_fp: &mut String,
-) -> Result<Authenticated, ApiError> {
+) -> Result<Authenticated<'f>, ApiError> {
     // No token in the form: what the headers gave stands. The header was read, and any error
     // of it reported, by `authenticate`; reading the 1-2 KB token again is not needed (issue 16).
     let Some(f) = form_token? else {
@@ -61,12 +61,12 @@ pub async fn with_form_token(
     }
 }
 
-async fn run(
+async fn run<'t>(
     req: &HttpRequest,
     state: &AppState,
-    raw_user: Option<&str>,
+    raw_user: Option<&'t str>,
     subject_fp: &mut String,
-) -> Result<Authenticated, ApiError> {
+) -> Result<Authenticated<'t>, ApiError> {
     if raw_user.is_some_and(|t| t.len() > MAX_TOKEN_LEN) {
         return Err(ApiError::invalid_request(format!(
             "the user's token is larger than {MAX_TOKEN_LEN} bytes"
@@ -94,7 +94,7 @@ async fn run(
         // For the audit line: a fingerprint, never the token. A verified token brings it (its
         // digest is computed once per request); a refused one is hashed here.
         *subject_fp = match &result {
-            Ok(Authenticated { user: Some(u), .. }) => u.fingerprint.clone(),
+            Ok(Authenticated { user: Some(u), .. }) => u.fingerprint.as_str().to_owned(),
             _ => crate::digest::fingerprint(t),
         };
         span.record("subject.fp", subject_fp.as_str());

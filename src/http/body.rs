@@ -77,9 +77,23 @@ struct Shared {
 /// untouched; for the others the body is read through a shared handle, and an answer produced
 /// before its end carries `Connection: close` and keeps the body alive until it is written.
 pub async fn close_unread_bodies(
-    mut req: ServiceRequest,
+    req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<HoldBody>, actix_web::Error> {
+    close_unread_bodies_around(req, |req| next.call(req)).await
+}
+
+/// [`close_unread_bodies`] around `inner` (the layers below it): lets the public listener run
+/// this rule and its own per-request layer as one middleware (each `from_fn` layer boxes the
+/// request's future once more, issue 16).
+pub async fn close_unread_bodies_around<B, F>(
+    mut req: ServiceRequest,
+    inner: impl FnOnce(ServiceRequest) -> F,
+) -> Result<ServiceResponse<HoldBody>, actix_web::Error>
+where
+    B: MessageBody + 'static,
+    F: std::future::Future<Output = Result<ServiceResponse<B>, actix_web::Error>>,
+{
     // A body with a `Content-Length` (and no `Transfer-Encoding`) needs nothing from this
     // layer: actix closes the connection itself when such a body is left unread (module doc),
     // and passing it through untouched saves the shared handle on every token request.
@@ -90,12 +104,12 @@ pub async fn close_unread_bodies(
             .headers()
             .contains_key(actix_web::http::header::TRANSFER_ENCODING);
     if framed {
-        let res = next.call(req).await?.map_into_boxed_body();
+        let res = inner(req).await?.map_into_boxed_body();
         return Ok(res.map_body(|_, body| HoldBody { body, _hold: None }));
     }
     let original = req.take_payload();
     if matches!(original, Payload::None) {
-        let res = next.call(req).await?.map_into_boxed_body();
+        let res = inner(req).await?.map_into_boxed_body();
         return Ok(res.map_body(|_, body| HoldBody { body, _hold: None }));
     }
     let shared = Rc::new(Shared {
@@ -116,7 +130,7 @@ pub async fn close_unread_bodies(
     // Inner layers answer with responses (handler errors become responses inside actix, and
     // `limit_header_bytes` builds its own); an error passed up here would be answered by actix
     // without this layer, so none is produced below it.
-    let mut res = next.call(req).await?.map_into_boxed_body();
+    let mut res = inner(req).await?.map_into_boxed_body();
     if shared.done.get() {
         return Ok(res.map_body(|_, body| HoldBody { body, _hold: None }));
     }

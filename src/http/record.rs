@@ -34,14 +34,14 @@ pub fn outcome(result: &Result<Issued, BrokerError>) -> TokenOutcome {
 
 /// Records who is calling: as soon as the credentials are verified, so a request refused
 /// later (bad form, body deadline, path) still names its caller.
-pub fn principal(rec: &mut Record, principal: &Principal, user: Option<&VerifiedUserToken>) {
+pub fn principal(rec: &mut Record, principal: &Principal, user: Option<&VerifiedUserToken<'_>>) {
     rec.caller = principal.name.clone();
     rec.caller_kind = principal.kind.as_str();
     rec.actor = principal.actor.clone().unwrap_or_default();
     rec.user = if principal.backstage_user.is_some() {
         principal.name.clone()
     } else {
-        user.map(|u| u.sub.clone()).unwrap_or_default()
+        user.map(|u| u.sub().to_owned()).unwrap_or_default()
     };
 }
 

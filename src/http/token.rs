@@ -48,7 +48,9 @@ pub async fn token(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let mut rec = audit::Record::default();
-    let result = handle(&req, &mut payload, &state, &mut rec).await;
+    // Boxed: actix moves the handler's future twice before polling it, and `handle`'s is
+    // ~1.6 KB; boxed it is moved once (issue 16).
+    let result = Box::pin(handle(&req, &mut payload, &state, &mut rec)).await;
     match &result {
         Ok(r) => rec.status = r.status().as_u16(),
         Err(e) => {
@@ -126,8 +128,14 @@ async fn handle(
             )),
         },
     };
+    // Recorded again only when the form brought a token: the headers' record stands otherwise
+    // (copying the names once per request, issue 16).
+    let from_form = matches!(form_token, Ok(Some(_)));
     let Authenticated { principal, user } =
         with_form_token(req, state, from_headers, form_token, &mut rec.subject_fp).await?;
+    if from_form {
+        record::principal(rec, &principal, user.as_ref());
+    }
 
     let result = record::traced_lookup(
         target,
@@ -140,7 +148,6 @@ async fn handle(
         }),
     )
     .await;
-    record::principal(rec, &principal, user.as_ref());
     record::issued(
         rec,
         &state.metrics,

@@ -9,14 +9,14 @@
 //! with `client_secret_basic` neither `client_id` nor `client_secret` is in the form.
 
 use crate::config::TokenType;
-use secrecy::ExposeSecret;
 
 use super::{IdpClient, IdpError, TokenResponse};
 use crate::protocol::GRANT_TYPE_TOKEN_EXCHANGE;
 
 /// One exchange.
 pub struct ExchangeRequest<'a> {
-    pub subject_token: &'a secrecy::SecretString,
+    /// The user's token: borrowed from the request (never copied but into the form sent).
+    pub subject_token: &'a str,
     pub audience: &'a str,
     pub scopes: &'a [String],
     pub requested_token_type: TokenType,
@@ -26,10 +26,7 @@ pub struct ExchangeRequest<'a> {
 pub fn exchange_form(req: &ExchangeRequest<'_>) -> Vec<(&'static str, String)> {
     let mut form = vec![
         ("grant_type", GRANT_TYPE_TOKEN_EXCHANGE.to_owned()),
-        (
-            "subject_token",
-            req.subject_token.expose_secret().to_owned(),
-        ),
+        ("subject_token", req.subject_token.to_owned()),
         ("subject_token_type", TokenType::ACCESS_TOKEN_URN.to_owned()),
         (
             "requested_token_type",
@@ -54,14 +51,13 @@ impl IdpClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use secrecy::SecretString;
 
     #[test]
     fn form_has_exactly_the_v2_fields() {
-        let tok = SecretString::from("tok".to_owned());
+        let tok = "tok";
         let scopes = vec!["a".to_owned(), "b".to_owned()];
         let req = ExchangeRequest {
-            subject_token: &tok,
+            subject_token: tok,
             audience: "kagenti-api",
             scopes: &scopes,
             requested_token_type: TokenType::AccessToken,

@@ -11,8 +11,6 @@
 //! An unknown audience is `invalid_target` (RFC 8693 §2.2.2) or Keycloak's `Audience not
 //! found`; an IdP that checks the subject token first cannot tell (the verdict is unknown).
 
-use secrecy::SecretString;
-
 use super::exchange::{ExchangeRequest, exchange_form};
 use super::{IdpClient, IdpError, parse_token_answer};
 use crate::config::TokenType;
@@ -207,9 +205,8 @@ impl IdpClient {
     }
 
     async fn dummy_exchange(&self, audience: &str) -> Result<Answer, IdpError> {
-        let dummy = SecretString::from(DUMMY_SUBJECT.to_owned());
         let form = exchange_form(&ExchangeRequest {
-            subject_token: &dummy,
+            subject_token: DUMMY_SUBJECT,
             audience,
             scopes: &[],
             requested_token_type: TokenType::AccessToken,

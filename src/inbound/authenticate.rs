@@ -29,10 +29,10 @@ use crate::config::UserTokenConfig;
 
 /// The outcome of authentication.
 #[derive(Debug)]
-pub struct Authenticated {
+pub struct Authenticated<'a> {
     pub principal: Principal,
-    /// The user's verified Keycloak token, if one came with the request.
-    pub user: Option<VerifiedUserToken>,
+    /// The user's verified Keycloak token, if one came with the request (borrowing it).
+    pub user: Option<VerifiedUserToken<'a>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,11 +141,11 @@ impl Authenticator {
 
     /// Authenticates one request from its `Authorization` value and the user's Keycloak token
     /// (already extracted from the configured header or `subject_token`).
-    pub async fn authenticate(
+    pub async fn authenticate<'t>(
         &self,
         authorization: Option<&[u8]>,
-        user_token: Option<&str>,
-    ) -> Result<Authenticated, AuthError> {
+        user_token: Option<&'t str>,
+    ) -> Result<Authenticated<'t>, AuthError> {
         let caller = match parse_bearer(authorization) {
             BearerHeader::Token(t) => match self.backstage.authenticate(t).await {
                 Ok(id) => Some(id),
@@ -221,7 +221,7 @@ impl Authenticator {
                 // Only reached with userToken.allowWithoutCaller; allowedCallers still apply
                 // to this principal like to any other (broker::policy::check_caller).
                 Some(u) => Principal {
-                    name: format!("oidc:{}", u.sub),
+                    name: format!("oidc:{}", u.sub()),
                     kind: PrincipalKind::User,
                     restrictions: None,
                     actor: None,
@@ -243,23 +243,22 @@ impl Authenticator {
     /// The acceptance rules of a user's token (issue 9 §1), in the order an admin fixes them:
     /// the broker's own tokens and service accounts are never users; then Keycloak's own
     /// audience rule; then the operator's list of login clients.
-    fn check_user_token(&self, u: &VerifiedUserToken) -> Result<(), Refusal> {
-        if u.azp.as_deref() == Some(self.client_id.as_str()) {
+    fn check_user_token(&self, u: &VerifiedUserToken<'_>) -> Result<(), Refusal> {
+        if u.azp() == Some(self.client_id.as_str()) {
             return Err(Refusal::BrokerIssued(self.client_id.clone()));
         }
-        if u.service_account {
+        if u.service_account() {
             return Err(Refusal::ServiceAccount);
         }
-        if !u.broker_in_aud {
+        if !u.broker_in_aud() {
             return Err(Refusal::NotInAudience(self.client_id.clone()));
         }
         let allowed = u
-            .azp
-            .as_deref()
+            .azp()
             .is_some_and(|azp| self.user_token.allowed_clients.iter().any(|c| c == azp));
         if !allowed {
             return Err(Refusal::ClientNotAllowed {
-                azp: u.azp.clone().unwrap_or_else(|| "(none)".into()),
+                azp: u.azp().unwrap_or("(none)").into(),
                 list_empty: self.user_token.allowed_clients.is_empty(),
             });
         }
@@ -267,8 +266,12 @@ impl Authenticator {
     }
 
     /// The Keycloak token must name the Backstage user (issue 3 §3): mismatch → 403.
-    fn check_same_person(&self, entity_ref: &str, u: &VerifiedUserToken) -> Result<(), AuthError> {
-        if is_same_person(&self.user_token, entity_ref, u.match_value.as_deref()) {
+    fn check_same_person(
+        &self,
+        entity_ref: &str,
+        u: &VerifiedUserToken<'_>,
+    ) -> Result<(), AuthError> {
+        if is_same_person(&self.user_token, entity_ref, u.match_value()) {
             Ok(())
         } else {
             Err(AuthError::Forbidden(format!(

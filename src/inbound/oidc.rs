@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::clock::Clock;
@@ -30,7 +29,7 @@ use crate::idp::claims::{aud_contains, is_service_account};
 use crate::idp::jwks::JwksCache;
 use crate::idp::realm_token::RealmTokenVerifier;
 
-use super::verified_cache::{Entry, Facts, VerifiedCache};
+use super::verified_cache::{Facts, UserFacts, VerifiedCache};
 
 pub use crate::broker::principal::VerifiedUserToken;
 /// Largest subject token accepted.
@@ -68,24 +67,6 @@ impl UserClaims {
             service_account: self.service_account,
             broker_in_aud: self.broker_in_aud,
         }
-    }
-}
-
-/// The request's token with the facts recorded for it.
-fn with_token(f: &Facts<'_>, token: &str, digest: crate::digest::KeyDigest) -> VerifiedUserToken {
-    VerifiedUserToken {
-        raw: SecretString::from(token.to_owned()),
-        sub: f.sub.to_owned(),
-        exp: f.exp,
-        preferred_username: f.preferred_username.map(str::to_owned),
-        azp: f.azp.map(str::to_owned),
-        sid: f.sid.map(str::to_owned),
-        match_value: f.match_value.map(str::to_owned),
-        service_account: f.service_account,
-        broker_in_aud: f.broker_in_aud,
-        kid: f.kid.to_owned(),
-        fingerprint: crate::digest::fingerprint_of(&digest),
-        digest,
     }
 }
 
@@ -173,7 +154,7 @@ impl OidcVerifier {
         &self.realm
     }
 
-    pub async fn verify(&self, token: &str) -> Result<VerifiedUserToken, OidcError> {
+    pub async fn verify<'t>(&self, token: &'t str) -> Result<VerifiedUserToken<'t>, OidcError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(OidcError::TooLarge);
         }
@@ -181,10 +162,9 @@ impl OidcVerifier {
         let now = self.clock.now_unix();
         let jwks = self.realm.jwks();
         // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
-        let current = |e: &Entry| e.exp > now && (e.kid().is_empty() || jwks.has_kid(e.kid()));
-        let hit = |e: &Entry| with_token(&e.facts(), token, digest);
-        if let Some(v) = self.verified.get(&digest, current, hit) {
-            return Ok(v);
+        let current = |e: &UserFacts| e.exp > now && (e.kid().is_empty() || jwks.has_kid(e.kid()));
+        if let Some(facts) = self.verified.get(&digest, current) {
+            return Ok(VerifiedUserToken::new(token, facts, digest));
         }
         // Boxed: the full check's future is large and only a first sight of a token needs it
         // (moving it inline cost every cached verification copies; issue 16).
@@ -192,9 +172,11 @@ impl OidcVerifier {
             Some(idp) => Box::pin(self.verify_introspected(idp, token)).await?,
             None => Box::pin(self.verify_uncached(token)).await?,
         };
-        let facts = v.facts();
-        self.verified.insert(digest, &facts, self.clock.now_unix());
-        Ok(with_token(&facts, token, digest))
+        // `pack` fails only beyond 4 GiB of strings, which no accepted token or answer holds.
+        let facts = Arc::new(UserFacts::pack(&v.facts()).ok_or(OidcError::TooLarge)?);
+        self.verified
+            .insert(digest, facts.clone(), self.clock.now_unix());
+        Ok(VerifiedUserToken::new(token, facts, digest))
     }
 
     /// RFC 7662: the IdP's word instead of a local signature check. The answer is held to the
@@ -376,10 +358,13 @@ mod tests {
             service_account: false,
             broker_in_aud: true,
         };
-        let v = with_token(&c.facts(), "a.b.c", [7; 32]);
-        assert_eq!(v.sub, "3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11");
-        assert_eq!(v.match_value.as_deref(), Some("alice"));
-        assert!(v.broker_in_aud && !v.service_account);
+        let facts = Arc::new(UserFacts::pack(&c.facts()).unwrap());
+        let v = VerifiedUserToken::new("a.b.c", facts, [7; 32]);
+        assert_eq!(v.sub(), "3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11");
+        assert_eq!(v.match_value(), Some("alice"));
+        assert!(v.broker_in_aud() && !v.service_account());
+        assert_eq!(v.raw(), "a.b.c");
+        assert_eq!(v.clone().into_owned().raw(), "a.b.c");
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! is never updated, its lifetime is its token's `exp` (checked on every read against our clock,
 //! as before), and under pressure it is enough to drop the entries closest to their end.
 //!
-//! Layout: 16 shards, each a `parking_lot::Mutex` over a `HashMap` whose value is a fixed-size
-//! [`Entry`]: `exp`, the verifying `kid` and `azp` as shared strings (a realm has a handful of
-//! each: [`crate::broker::cache::shared_str`]), the per-user strings (`sub`,
-//! `preferred_username`, `sid`, the match claim) packed into one boxed `str`, and two flags. The key is the token's SHA-256 — never the token — and its first 8
+//! Layout: 16 shards, each a `parking_lot::Mutex` over a `HashMap` whose value is a shared
+//! [`UserFacts`] (`exp`, the verifying `kid` and `azp` as shared strings, the per-user strings
+//! packed into one boxed `str`, flags): a hit hands the request the same `Arc` instead of
+//! copying the claims out (issue 16). The key is the token's SHA-256 — never the token — and its first 8
 //! bytes are the map's hash: a uniform hash that costs nothing, and one an attacker cannot aim,
 //! since only tokens whose signature verified are ever inserted.
 //!
@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::broker::cache::shared_str;
+pub(super) use crate::broker::principal::{Facts, UserFacts};
 use crate::digest::{DigestKey, DigestMap, KeyDigest, make_room};
 
 const SHARDS: usize = 16;
@@ -32,80 +32,7 @@ const SHARDS: usize = 16;
 /// tokens do not spread over the shards exactly evenly.
 pub(super) const SHARD_ENTRIES: usize = 100_000 / SHARDS * 9 / 8;
 
-/// The verified facts of one user token, as [`super::oidc`] reads and records them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Facts<'a> {
-    pub sub: &'a str,
-    pub exp: u64,
-    /// Empty for a token verified by introspection (no signing key to rotate out).
-    pub kid: &'a str,
-    pub preferred_username: Option<&'a str>,
-    pub azp: Option<&'a str>,
-    pub sid: Option<&'a str>,
-    pub match_value: Option<&'a str>,
-    pub service_account: bool,
-    pub broker_in_aud: bool,
-}
-
-const SERVICE_ACCOUNT: u8 = 1;
-const BROKER_IN_AUD: u8 = 1 << 1;
-const HAS_USERNAME: u8 = 1 << 2;
-const HAS_SID: u8 = 1 << 3;
-const HAS_MATCH: u8 = 1 << 4;
-/// The match claim's value equals `preferred_username` (the common `matchClaim`): kept once.
-const MATCH_IS_USERNAME: u8 = 1 << 5;
-
-/// One entry: fixed size, one allocation for the per-user strings.
-#[derive(Debug)]
-pub(super) struct Entry {
-    pub exp: u64,
-    kid: Arc<str>,
-    azp: Option<Arc<str>>,
-    /// `sub`, then `preferred_username`, `sid` and the match claim (each when present).
-    text: Box<str>,
-    /// End offsets in `text` of `sub`, `preferred_username` and `sid`.
-    ends: [u16; 3],
-    flags: u8,
-}
-
-impl Entry {
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// The recorded facts, borrowed from the entry.
-    pub fn facts(&self) -> Facts<'_> {
-        let [a, b, c] = self.ends.map(usize::from);
-        let part = |from: usize, to: usize| self.text.get(from..to).unwrap_or_default();
-        let has = |f: u8| self.flags & f != 0;
-        let preferred_username = has(HAS_USERNAME).then(|| part(a, b));
-        let match_value = if has(MATCH_IS_USERNAME) {
-            preferred_username
-        } else {
-            has(HAS_MATCH).then(|| part(c, self.text.len()))
-        };
-        Facts {
-            sub: part(0, a),
-            exp: self.exp,
-            kid: &self.kid,
-            preferred_username,
-            azp: self.azp.as_deref(),
-            sid: has(HAS_SID).then(|| part(b, c)),
-            match_value,
-            service_account: has(SERVICE_ACCOUNT),
-            broker_in_aud: has(BROKER_IN_AUD),
-        }
-    }
-
-    /// Heap and inline bytes of one entry (for the size regression test): the interned
-    /// `kid` and `azp` are shared, so not counted.
-    #[cfg(test)]
-    pub fn approx_bytes(&self) -> usize {
-        std::mem::size_of::<KeyDigest>() + std::mem::size_of::<Self>() + self.text.len()
-    }
-}
-
-type Shard = DigestMap<Entry>;
+type Shard = DigestMap<Arc<UserFacts>>;
 
 pub(super) struct VerifiedCache {
     shards: Box<[Mutex<Shard>]>,
@@ -123,30 +50,26 @@ impl VerifiedCache {
         self.shards.get(usize::from(key[8]) % SHARDS)
     }
 
-    /// Reads the entry for `key` with `read`, unless `keep` rejects it (expired, key rotated
-    /// out): then it is removed and `None` returned.
-    pub fn get<T>(
+    /// The entry for `key`, shared, unless `keep` rejects it (expired, key rotated out):
+    /// then it is removed and `None` returned.
+    pub fn get(
         &self,
         key: &KeyDigest,
-        keep: impl FnOnce(&Entry) -> bool,
-        read: impl FnOnce(&Entry) -> T,
-    ) -> Option<T> {
+        keep: impl FnOnce(&UserFacts) -> bool,
+    ) -> Option<Arc<UserFacts>> {
         let mut shard = self.shard(key)?.lock();
         let k = DigestKey(*key);
         let entry = shard.get(&k)?;
         if keep(entry) {
-            return Some(read(entry));
+            return Some(entry.clone());
         }
         shard.remove(&k);
         None
     }
 
-    /// Remembers `facts` under `key`; `now` (Unix seconds) decides which entries a full shard
-    /// drops first. Facts too long to pack (over 64 KiB of strings) are not remembered.
-    pub fn insert(&self, key: KeyDigest, facts: &Facts<'_>, now: u64) {
-        let Some(entry) = self.pack(facts) else {
-            return;
-        };
+    /// Remembers `entry` under `key`; `now` (Unix seconds) decides which entries a full shard
+    /// drops first.
+    pub fn insert(&self, key: KeyDigest, entry: Arc<UserFacts>, now: u64) {
         let Some(shard) = self.shard(&key) else {
             return;
         };
@@ -155,48 +78,6 @@ impl VerifiedCache {
             make_room(&mut shard, SHARD_ENTRIES, now, |e| e.exp, |_| {});
         }
         shard.insert(DigestKey(key), entry);
-    }
-
-    fn pack(&self, f: &Facts<'_>) -> Option<Entry> {
-        let mut flags = 0;
-        let mut set = |on: bool, flag: u8| {
-            if on {
-                flags |= flag;
-            }
-        };
-        set(f.service_account, SERVICE_ACCOUNT);
-        set(f.broker_in_aud, BROKER_IN_AUD);
-        set(f.preferred_username.is_some(), HAS_USERNAME);
-        set(f.sid.is_some(), HAS_SID);
-        set(f.match_value.is_some(), HAS_MATCH);
-        let match_is_username = f.match_value.is_some() && f.match_value == f.preferred_username;
-        set(match_is_username, MATCH_IS_USERNAME);
-        let mut text = String::with_capacity(
-            f.sub.len()
-                + f.preferred_username.map_or(0, str::len)
-                + f.sid.map_or(0, str::len)
-                + f.match_value.map_or(0, str::len),
-        );
-        let mut ends = [0u16; 3];
-        for (end, part) in ends
-            .iter_mut()
-            .zip([Some(f.sub), f.preferred_username, f.sid])
-        {
-            text.push_str(part.unwrap_or_default());
-            *end = u16::try_from(text.len()).ok()?;
-        }
-        if !match_is_username {
-            text.push_str(f.match_value.unwrap_or_default());
-            u16::try_from(text.len()).ok()?;
-        }
-        Some(Entry {
-            exp: f.exp,
-            kid: shared_str(f.kid),
-            azp: f.azp.map(shared_str),
-            text: text.into_boxed_str(),
-            ends,
-            flags,
-        })
     }
 
     /// Entries in all shards.
@@ -208,6 +89,10 @@ impl VerifiedCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn packed(f: &Facts<'_>) -> Arc<UserFacts> {
+        Arc::new(UserFacts::pack(f).unwrap())
+    }
 
     fn facts(sub: &str, exp: u64) -> Facts<'_> {
         Facts {
@@ -259,19 +144,19 @@ mod tests {
             },
         ];
         for (i, f) in variants.iter().enumerate() {
-            c.insert(key(i), f, 0);
-            let back = c.get(&key(i), |_| true, |e| format!("{:?}", e.facts()));
+            c.insert(key(i), packed(f), 0);
+            let back = c.get(&key(i), |_| true).map(|e| format!("{:?}", e.facts()));
             assert_eq!(back, Some(format!("{f:?}")), "variant {i}");
         }
-        assert_eq!(c.get(&key(99), |_| true, |_| ()), None);
+        assert!(c.get(&key(99), |_| true).is_none());
     }
 
     /// A rejected entry (expired, its key rotated out) is removed by the read that saw it.
     #[test]
     fn a_rejected_entry_is_removed() {
         let c = VerifiedCache::new();
-        c.insert(key(1), &facts("u", 100), 0);
-        assert_eq!(c.get(&key(1), |e| e.exp > 100, |_| ()), None);
+        c.insert(key(1), packed(&facts("u", 100)), 0);
+        assert!(c.get(&key(1), |e| e.exp > 100).is_none());
         assert_eq!(c.len(), 0);
     }
 
@@ -283,36 +168,31 @@ mod tests {
         let n = SHARD_ENTRIES * SHARDS * 2;
         for i in 0..n {
             // Expiries 1000..; the later half of the tokens lives longer.
-            c.insert(key(i), &facts("u", 1000 + i as u64), 0);
+            c.insert(key(i), packed(&facts("u", 1000 + i as u64)), 0);
         }
         assert!(c.len() <= SHARD_ENTRIES * SHARDS, "{}", c.len());
         assert!(c.len() > SHARD_ENTRIES * SHARDS / 2, "{}", c.len());
-        assert!(c.get(&key(n - 1), |_| true, |_| ()).is_some());
-        assert!(c.get(&key(0), |_| true, |_| ()).is_none());
+        assert!(c.get(&key(n - 1), |_| true).is_some());
+        assert!(c.get(&key(0), |_| true).is_none());
         // Once every entry has expired, a full shard drops them all for a new one.
         let now = 1000 + n as u64;
         for i in n..n + SHARD_ENTRIES * SHARDS {
-            c.insert(key(i), &facts("u", now + 10), now);
+            c.insert(key(i), packed(&facts("u", now + 10)), now);
         }
-        assert!(c.get(&key(n - 1), |_| true, |_| ()).is_none());
+        assert!(c.get(&key(n - 1), |_| true).is_none());
         assert!(c.len() <= SHARD_ENTRIES * SHARDS);
     }
 
     /// An entry is a few dozen bytes plus its strings, the `kid` and `azp` shared.
     #[test]
     fn an_entry_is_small_and_shares_kid_and_azp() {
-        let c = VerifiedCache::new();
-        let e1 = c
-            .pack(&facts("3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1))
-            .unwrap();
-        let e2 = c
-            .pack(&facts("4f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1))
-            .unwrap();
-        assert!(e1.approx_bytes() < 192, "{}", e1.approx_bytes());
-        assert!(Arc::ptr_eq(&e1.kid, &e2.kid));
-        assert!(Arc::ptr_eq(
-            e1.azp.as_ref().unwrap(),
-            e2.azp.as_ref().unwrap()
-        ));
+        let e1 = packed(&facts("3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1));
+        let e2 = packed(&facts("4f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1));
+        // The key, the map's pointer, the `Arc`'s two counts and the facts: ~32 bytes more
+        // than the facts held inline in the map (173 bytes), the price of handing each hit the
+        // same `Arc` instead of copying the claims out (issue 16).
+        let bytes = std::mem::size_of::<KeyDigest>() + 8 + 16 + e1.approx_bytes();
+        assert!(bytes <= 208, "{bytes}");
+        assert!(e1.shares_kid_and_azp_with(&e2));
     }
 }

@@ -143,16 +143,18 @@ fn check_segment(seg: &str, allow_matrix: bool) -> Result<(), PathError> {
 /// token on behalf of a user) its entity ref as Backstage verified it; otherwise the user whose
 /// verified Keycloak token came with the call, `user:default/<preferred_username>` (or `<sub>`
 /// when the username is not a valid Backstage entity name). `None` when no user is involved.
-pub fn user_entity_ref(principal: &Principal, user: Option<&VerifiedUserToken>) -> Option<String> {
+pub fn user_entity_ref(
+    principal: &Principal,
+    user: Option<&VerifiedUserToken<'_>>,
+) -> Option<String> {
     if principal.backstage_user.is_some() && principal.name.starts_with("user:") {
         return Some(principal.name.clone());
     }
     let user = user?;
     let name = user
-        .preferred_username
-        .as_deref()
+        .preferred_username()
         .filter(|n| is_entity_name(n))
-        .or_else(|| Some(user.sub.as_str()).filter(|s| is_entity_name(s)))?;
+        .or_else(|| Some(user.sub()).filter(|s| is_entity_name(s)))?;
     Some(format!("user:default/{name}"))
 }
 
@@ -315,22 +317,24 @@ mod tests {
             actor: None,
             backstage_user: None,
         };
-        let mut u = VerifiedUserToken {
-            raw: SecretString::from("x".to_owned()),
-            sub: "0b7c-42".into(),
+        let facts = |preferred_username| crate::broker::principal::Facts {
+            sub: "0b7c-42",
             exp: 0,
-            preferred_username: Some("alice".into()),
+            kid: "k",
+            preferred_username,
             azp: None,
             sid: None,
             match_value: None,
             service_account: false,
             broker_in_aud: true,
-            kid: "k".into(),
-            fingerprint: "f".into(),
-            digest: [0; 32],
         };
+        let user = |f| {
+            let facts = crate::broker::principal::UserFacts::pack(&f).unwrap();
+            VerifiedUserToken::new("x", std::sync::Arc::new(facts), [0; 32])
+        };
+        let u = user(facts(Some("alice")));
         assert_eq!(user_entity_ref(&p, Some(&u)).unwrap(), "user:default/alice");
-        u.preferred_username = Some("alice@example.com".into());
+        let u = user(facts(Some("alice@example.com")));
         assert_eq!(
             user_entity_ref(&p, Some(&u)).unwrap(),
             "user:default/0b7c-42"

@@ -17,7 +17,6 @@ pub mod online;
 pub mod redact;
 pub mod view;
 
-use secrecy::SecretString;
 use serde::Serialize;
 
 use crate::config::Config;
@@ -89,9 +88,8 @@ impl Tester<'_> {
         let subject = decode_jwt(subject_token);
         let local = self.verifier.verify(subject_token).await.err();
 
-        let secret = SecretString::from(subject_token.to_owned());
         let form = exchange_form(&ExchangeRequest {
-            subject_token: &secret,
+            subject_token,
             audience: &tcfg.audience,
             scopes: &tcfg.scopes,
             requested_token_type: tcfg.requested_token_type,

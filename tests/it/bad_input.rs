@@ -259,6 +259,17 @@ async fn malformed_requests_are_refused_before_keycloak() {
         .await
         .unwrap();
     expect_error(r, 404, "not_found", "unknown path").await;
+    // The proxy's prefix is a path segment: neither `/v1/proxy` itself nor `/v1/proxyx/...`
+    // reaches the proxy (no credential is asked for: the router answers).
+    for path in ["/v1/proxy", "/v1/proxyx/kagenti/a"] {
+        let r = env
+            .http
+            .get(format!("{}{path}", env.url))
+            .send()
+            .await
+            .unwrap();
+        expect_error(r, 404, "not_found", path).await;
+    }
 
     assert_eq!(env.exchanges(), 0, "nothing reached Keycloak");
     assert_eq!(env.client_credentials(), 0, "nothing reached Keycloak");
