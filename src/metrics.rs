@@ -260,6 +260,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 struct Inner {
+    /// Tells this registry's counter handles from another's in [`HANDLES`].
+    id: u64,
     registry: Registry,
     cache_entries: Family<CacheEntriesLabel, Gauge<i64, AtomicI64>>,
     ready: Gauge<i64, AtomicI64>,
@@ -278,6 +280,38 @@ struct Inner {
 }
 
 type AtomicI64 = std::sync::atomic::AtomicI64;
+
+/// Ids of [`Inner`] (several brokers share a process in tests).
+static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The request counters' handles, per thread (issue 16): the two counters every request
+/// increments are found in the thread's short list instead of through their family, whose
+/// lookup allocated the label, hashed it and took the family's lock, an atomic write on a
+/// line both workers share. A handle shares its value with the family's series; the lists
+/// are bounded by the label sets, themselves bounded (configured targets × outcomes).
+#[derive(Default)]
+struct Handles {
+    owner: u64,
+    token: Vec<(Box<str>, TokenOutcome, Counter)>,
+    cache: Vec<(CacheKind, CacheResult, Counter)>,
+}
+
+impl Handles {
+    /// The handles of registry `id` (a thread that served another registry starts over).
+    fn of(&mut self, id: u64) -> &mut Self {
+        if self.owner != id {
+            *self = Handles {
+                owner: id,
+                ..Handles::default()
+            };
+        }
+        self
+    }
+}
+
+thread_local! {
+    static HANDLES: std::cell::RefCell<Handles> = std::cell::RefCell::new(Handles::default());
+}
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -417,6 +451,7 @@ impl Metrics {
         }
         let shared = SharedCacheMetrics::register(&mut registry);
         Metrics(Arc::new(Inner {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             shared,
             registry,
             cache_entries,
@@ -447,21 +482,44 @@ impl Metrics {
     /// One request that reached the token service (`/v1/token`, or a proxied call): `target`
     /// must be a configured target name (or `"_unknown"`).
     pub fn token_request(&self, target: &str, outcome: TokenOutcome) {
-        self.0
-            .token_requests
-            .get_or_create(&TokenRequestLabels {
+        let id = self.0.id;
+        HANDLES.with_borrow_mut(|h| {
+            let h = h.of(id);
+            if let Some((_, _, c)) = h
+                .token
+                .iter()
+                .find(|(t, o, _)| *o == outcome && &**t == target)
+            {
+                c.inc();
+                return;
+            }
+            let labels = TokenRequestLabels {
                 target: target.to_owned(),
                 outcome,
-            })
-            .inc();
+            };
+            let c = self.0.token_requests.get_or_create(&labels).clone();
+            c.inc();
+            h.token.push((target.into(), outcome, c));
+        });
     }
 
     /// A cache lookup that served a token, or a negative-cache hit.
     pub fn cache_request(&self, cache: CacheKind, result: CacheResult) {
-        self.0
-            .cache_requests
-            .get_or_create(&CacheLabels { cache, result })
-            .inc();
+        let id = self.0.id;
+        HANDLES.with_borrow_mut(|h| {
+            let h = h.of(id);
+            if let Some((_, _, c)) = h.cache.iter().find(|(k, r, _)| *k == cache && *r == result) {
+                c.inc();
+                return;
+            }
+            let c = self
+                .0
+                .cache_requests
+                .get_or_create(&CacheLabels { cache, result })
+                .clone();
+            c.inc();
+            h.cache.push((cache, result, c));
+        });
     }
 
     /// A token-endpoint call refused locally because `keycloak.maxConcurrentRequests` calls
@@ -664,6 +722,40 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The per-thread counter handles never mix two registries served by one thread, and
+    /// every increment lands in its own registry's series.
+    #[test]
+    fn counter_handles_stay_with_their_registry() {
+        let snap = || Snapshot {
+            user_cache_entries: 0,
+            ready: true,
+            targets: 1,
+        };
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.token_request("kagenti", TokenOutcome::IssuedUser);
+            b.token_request("kagenti", TokenOutcome::IssuedUser);
+            a.cache_request(CacheKind::User, CacheResult::Hit);
+        }
+        a.token_request("kagenti", TokenOutcome::PolicyDenied);
+        b.token_request("sonataflow", TokenOutcome::IssuedUser);
+        let (ta, tb) = (a.encode(snap()), b.encode(snap()));
+        for (text, line) in [
+            (&ta, "{target=\"kagenti\",outcome=\"issued_user\"} 3"),
+            (&ta, "{target=\"kagenti\",outcome=\"policy_denied\"} 1"),
+            (&tb, "{target=\"kagenti\",outcome=\"issued_user\"} 3"),
+            (&tb, "{target=\"sonataflow\",outcome=\"issued_user\"} 1"),
+        ] {
+            assert!(
+                text.contains(&format!("token_broker_token_requests_total{line}")),
+                "{line}: {text}"
+            );
+        }
+        assert!(ta.contains("token_broker_cache_requests_total{cache=\"user\",result=\"hit\"} 3"));
+        assert!(!tb.contains("result=\"hit\"} 3"), "{tb}");
+        assert!(!ta.contains("sonataflow"), "{ta}");
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges() {

@@ -204,6 +204,9 @@ const MATCH_IS_USERNAME: u8 = 1 << 5;
 #[derive(Debug)]
 pub struct UserFacts {
     pub exp: u64,
+    /// The realm's key-removal count read before the token's `kid` was found in its key set
+    /// (`idp::jwks::JwksCache::removals`): while the count is unchanged the key is still there.
+    pub keyset: u64,
     kid: Arc<str>,
     azp: Option<Arc<str>>,
     /// `sub`, then `preferred_username`, `sid` and the match claim (each when present).
@@ -250,6 +253,7 @@ impl UserFacts {
         }
         Some(UserFacts {
             exp: f.exp,
+            keyset: 0,
             kid: crate::broker::cache::shared_str(f.kid),
             azp: f.azp.map(crate::broker::cache::shared_str),
             text: text.into_boxed_str(),

@@ -170,7 +170,7 @@ async fn handle(
     record::principal(rec, &principal, user.as_ref());
 
     let (target_name, rest) = split_path(req.uri().path()).ok_or_else(not_found)?;
-    rec.target = target_name.chars().take(64).collect();
+    rec.target = audit::clip(target_name, 64).to_owned();
     let Some(upstream) = state
         .config
         .targets

@@ -42,15 +42,19 @@ fn form_error(e: FormError) -> ApiError {
 }
 
 /// The handler: runs the request and writes its audit line (`audit.rs`), whatever the result.
-pub async fn token(
-    req: HttpRequest,
-    mut payload: web::Payload,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, ApiError> {
+pub async fn token(req: HttpRequest, mut payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut rec = audit::Record::default();
+    // Borrowed rather than extracted: the `web::Data` extractor clones the state's `Arc`, an
+    // atomic write to a line every worker shares, twice per request (issue 16).
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(ApiError::request(
+            ErrorCode::ServerError,
+            "the broker's state is not configured",
+        ));
+    };
     // Boxed: actix moves the handler's future twice before polling it, and `handle`'s is
     // ~1.6 KB; boxed it is moved once (issue 16).
-    let result = Box::pin(handle(&req, &mut payload, &state, &mut rec)).await;
+    let result = Box::pin(handle(&req, &mut payload, state, &mut rec)).await;
     match &result {
         Ok(r) => rec.status = r.status().as_u16(),
         Err(e) => {
@@ -112,7 +116,7 @@ async fn handle(
             "missing parameter: audience (the target name)",
         ));
     };
-    rec.target = target.chars().take(64).collect();
+    rec.target = audit::clip(target, 64).to_owned();
 
     // RFC 8693 §2.1: subject_token_type is REQUIRED with subject_token. Checked here, reported
     // by `with_form_token` after the header's user token.

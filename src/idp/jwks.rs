@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use std::time::{Duration, Instant};
@@ -55,6 +56,11 @@ pub struct JwksCache {
     fetch: Mutex<Option<Instant>>,
     /// Called with the `kid`s a refetch removed (the broker drops cache entries they verified).
     on_removed: RwLock<Option<RemovedKeysListener>>,
+    /// How many key-set changes removed a `kid`, counted after the change is installed. A `kid`
+    /// found in the set after this read `n` is still there while it reads `n` (up to the
+    /// instant between a removal and its count): the verified-credential cache checks a hit's
+    /// `kid` with one load instead of the lock, the key set's `Arc` and a hash (issue 16).
+    removals: AtomicU64,
 }
 
 /// A callback for `kid`s that disappeared from the key set.
@@ -69,6 +75,7 @@ impl JwksCache {
             min_refresh_interval,
             fetch: Mutex::new(None),
             on_removed: RwLock::new(None),
+            removals: AtomicU64::new(0),
         }
     }
 
@@ -79,7 +86,19 @@ impl JwksCache {
 
     /// Whether a `kid` is in the current set (no fetch).
     pub fn has_kid(&self, kid: &str) -> bool {
-        self.snapshot().by_kid.contains_key(kid)
+        self.keys.read().by_kid.contains_key(kid)
+    }
+
+    /// The count of removals (see the field): read it before looking a `kid` up, and pass it
+    /// to [`JwksCache::still_has_kid`] later.
+    pub fn removals(&self) -> u64 {
+        self.removals.load(Ordering::SeqCst)
+    }
+
+    /// Whether `kid`, found in the set after [`JwksCache::removals`] returned `seen`, is still
+    /// in the set: no key left since, or the set still holds it.
+    pub fn still_has_kid(&self, kid: &str, seen: u64) -> bool {
+        self.removals() == seen || self.has_kid(kid)
     }
 
     /// Sets the JWKS URL (from the issuer's discovery document: never from a token).
@@ -162,6 +181,8 @@ impl JwksCache {
             .cloned()
             .collect();
         if !removed.is_empty() {
+            // Counted after the new set is in place (see the field).
+            self.removals.fetch_add(1, Ordering::SeqCst);
             tracing::info!(
                 removed = removed.len(),
                 "signing keys left the issuer's JWKS"
@@ -179,6 +200,7 @@ impl JwksCache {
     pub fn install(&self, body: &[u8]) -> Result<(), JwksError> {
         let set = parse_jwks(body)?;
         *self.keys.write() = Arc::new(set);
+        self.removals.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
 }

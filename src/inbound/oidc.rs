@@ -162,10 +162,14 @@ impl OidcVerifier {
         let now = self.clock.now_unix();
         let jwks = self.realm.jwks();
         // An introspected entry has no `kid` (nothing to rotate out); it ends at `exp`.
-        let current = |e: &UserFacts| e.exp > now && (e.kid().is_empty() || jwks.has_kid(e.kid()));
+        let current = |e: &UserFacts| {
+            e.exp > now && (e.kid().is_empty() || jwks.still_has_kid(e.kid(), e.keyset))
+        };
         if let Some(facts) = self.verified.get(&digest, current) {
             return Ok(VerifiedUserToken::new(token, facts, digest));
         }
+        // Read before the token's key is looked up (see `JwksCache::removals`).
+        let keyset = jwks.removals();
         // Boxed: the full check's future is large and only a first sight of a token needs it
         // (moving it inline cost every cached verification copies; issue 16).
         let v = match &self.introspector {
@@ -173,7 +177,9 @@ impl OidcVerifier {
             None => Box::pin(self.verify_uncached(token)).await?,
         };
         // `pack` fails only beyond 4 GiB of strings, which no accepted token or answer holds.
-        let facts = Arc::new(UserFacts::pack(&v.facts()).ok_or(OidcError::TooLarge)?);
+        let mut facts = UserFacts::pack(&v.facts()).ok_or(OidcError::TooLarge)?;
+        facts.keyset = keyset;
+        let facts = Arc::new(facts);
         self.verified
             .insert(digest, facts.clone(), self.clock.now_unix());
         Ok(VerifiedUserToken::new(token, facts, digest))

@@ -188,11 +188,12 @@ mod tests {
     fn an_entry_is_small_and_shares_kid_and_azp() {
         let e1 = packed(&facts("3f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1));
         let e2 = packed(&facts("4f0c2a8e-41b7-4a36-9a77-1c2f5b0d9e11", 1));
-        // The key, the map's pointer, the `Arc`'s two counts and the facts: ~32 bytes more
+        // The key, the map's pointer, the `Arc`'s two counts and the facts: 40 bytes more
         // than the facts held inline in the map (173 bytes), the price of handing each hit the
-        // same `Arc` instead of copying the claims out (issue 16).
+        // same `Arc` instead of copying the claims out, and of the key-set count that spares
+        // each hit the JWKS lock (issue 16).
         let bytes = std::mem::size_of::<KeyDigest>() + 8 + 16 + e1.approx_bytes();
-        assert!(bytes <= 208, "{bytes}");
+        assert!(bytes <= 216, "{bytes}");
         assert!(e1.shares_kid_and_azp_with(&e2));
     }
 }
