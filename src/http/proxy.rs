@@ -96,17 +96,24 @@ fn split_path(path: &str) -> Option<(&str, &str)> {
 /// The handler: runs the call and writes its audit line (`audit.rs`, event `proxy_request`),
 /// whatever the result: refused calls (method, credentials, path, token) and failed ones
 /// (upstream unreachable or silent) are audited like forwarded ones.
-pub async fn proxy(
-    req: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-    fwd: web::Data<Forwarder>,
-) -> HttpResponse {
+pub async fn proxy(req: HttpRequest, payload: web::Payload) -> HttpResponse {
     let mut rec = audit::Record {
-        method: req.method().as_str().chars().take(16).collect(),
+        method: audit::clip(req.method().as_str(), 16).to_owned(),
         ..Default::default()
     };
-    let result = handle(&req, payload, &state, &fwd, &mut rec).await;
+    // Borrowed rather than extracted: the `web::Data` extractors clone their `Arc`s, atomic
+    // writes to lines every worker shares, on every call (issue 16).
+    let (Some(state), Some(fwd)) = (
+        req.app_data::<web::Data<AppState>>(),
+        req.app_data::<web::Data<Forwarder>>(),
+    ) else {
+        return ApiError::request(
+            ErrorCode::ServerError,
+            "the broker's state is not configured",
+        )
+        .error_response();
+    };
+    let result = handle(&req, payload, state, fwd, &mut rec).await;
     let response = match result {
         Ok(r) => {
             rec.status = r.status().as_u16();
