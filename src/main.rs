@@ -8,9 +8,9 @@ use clap::{Parser, Subcommand};
 
 /// The process allocator (issue 16): mimalloc instead of glibc's malloc. Each request allocates
 /// and frees dozens of small objects and a few larger ones (boxed futures, buffers) across the
-/// worker threads; glibc's bins made `malloc`/`free`/`malloc_consolidate` ~9 % of a proxied
-/// call's CPU, and the consolidation pauses widened the tail. Built without transparent huge
-/// pages (`no_thp`): with them, idle RSS doubled. Measured in docs/benchmarks.md.
+/// worker threads; glibc's `malloc`/`free`/`malloc_consolidate` were ~4 % of a cache hit's CPU
+/// and ~10 % of a proxied call's. Built without transparent huge pages (`no_thp`): with them,
+/// idle RSS doubled. Measured in docs/benchmarks.md (round 5).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
