@@ -292,8 +292,8 @@ static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new
 #[derive(Default)]
 struct Handles {
     owner: u64,
-    token: Vec<(Box<str>, TokenOutcome, Counter)>,
-    cache: Vec<(CacheKind, CacheResult, Counter)>,
+    token: Vec<((Box<str>, TokenOutcome), Counter)>,
+    cache: Vec<((CacheKind, CacheResult), Counter)>,
 }
 
 impl Handles {
@@ -307,6 +307,22 @@ impl Handles {
         }
         self
     }
+}
+
+/// Increments the handle in `list` that `is` picks, first taking it from its family
+/// (`create`) when the thread has not used it yet.
+fn inc_handle<K>(
+    list: &mut Vec<(K, Counter)>,
+    is: impl Fn(&K) -> bool,
+    create: impl FnOnce() -> (K, Counter),
+) {
+    if let Some((_, c)) = list.iter().find(|(k, _)| is(k)) {
+        c.inc();
+        return;
+    }
+    let (k, c) = create();
+    c.inc();
+    list.push((k, c));
 }
 
 thread_local! {
@@ -484,22 +500,18 @@ impl Metrics {
     pub fn token_request(&self, target: &str, outcome: TokenOutcome) {
         let id = self.0.id;
         HANDLES.with_borrow_mut(|h| {
-            let h = h.of(id);
-            if let Some((_, _, c)) = h
-                .token
-                .iter()
-                .find(|(t, o, _)| *o == outcome && &**t == target)
-            {
-                c.inc();
-                return;
-            }
-            let labels = TokenRequestLabels {
-                target: target.to_owned(),
-                outcome,
-            };
-            let c = self.0.token_requests.get_or_create(&labels).clone();
-            c.inc();
-            h.token.push((target.into(), outcome, c));
+            inc_handle(
+                &mut h.of(id).token,
+                |(t, o)| *o == outcome && &**t == target,
+                || {
+                    let labels = TokenRequestLabels {
+                        target: target.to_owned(),
+                        outcome,
+                    };
+                    let c = self.0.token_requests.get_or_create(&labels).clone();
+                    ((target.into(), outcome), c)
+                },
+            );
         });
     }
 
@@ -507,18 +519,17 @@ impl Metrics {
     pub fn cache_request(&self, cache: CacheKind, result: CacheResult) {
         let id = self.0.id;
         HANDLES.with_borrow_mut(|h| {
-            let h = h.of(id);
-            if let Some((_, _, c)) = h.cache.iter().find(|(k, r, _)| *k == cache && *r == result) {
-                c.inc();
-                return;
-            }
-            let c = self
-                .0
-                .cache_requests
-                .get_or_create(&CacheLabels { cache, result })
-                .clone();
-            c.inc();
-            h.cache.push((cache, result, c));
+            inc_handle(
+                &mut h.of(id).cache,
+                |k| *k == (cache, result),
+                || {
+                    let labels = CacheLabels { cache, result };
+                    (
+                        (cache, result),
+                        self.0.cache_requests.get_or_create(&labels).clone(),
+                    )
+                },
+            );
         });
     }
 

@@ -489,7 +489,7 @@ impl TokenService {
                     &scopes,
                     e,
                     FailedPath::Exchange {
-                        subject: user.fingerprint.as_str(),
+                        subject: user.fingerprint().as_str(),
                     },
                 ))
                 .await
@@ -714,10 +714,10 @@ impl TokenService {
             match checked {
                 Ok(token) => {
                     me.user_cache.replace_if_present(key, token).await;
-                    tracing::debug!(target = %target_name, subject = %user.fingerprint, "refresh ahead: entry renewed");
+                    tracing::debug!(target = %target_name, subject = %user.fingerprint(), "refresh ahead: entry renewed");
                 }
                 Err(e) => {
-                    tracing::info!(target = %target_name, subject = %user.fingerprint, error = %e, "refresh ahead: renewal failed; the entry expires as usual");
+                    tracing::info!(target = %target_name, subject = %user.fingerprint(), error = %e, "refresh ahead: renewal failed; the entry expires as usual");
                 }
             }
         });

@@ -75,8 +75,6 @@ impl PrincipalKind {
 pub struct VerifiedUserToken<'a> {
     raw: RawToken<'a>,
     facts: Arc<UserFacts>,
-    /// Short SHA-256 prefix of the raw token, for logs.
-    pub fingerprint: crate::digest::Fingerprint,
     /// SHA-256 of the raw token: the verified-credential cache key and the token's field in
     /// the exchange-cache key (computed once per request).
     pub digest: crate::digest::KeyDigest,
@@ -96,7 +94,6 @@ impl<'a> VerifiedUserToken<'a> {
         VerifiedUserToken {
             raw: RawToken::Borrowed(raw),
             facts,
-            fingerprint: crate::digest::Fingerprint::of(&digest),
             digest,
         }
     }
@@ -106,9 +103,13 @@ impl<'a> VerifiedUserToken<'a> {
         VerifiedUserToken {
             raw: RawToken::Owned(SecretString::from(self.raw().to_owned())),
             facts: self.facts,
-            fingerprint: self.fingerprint,
             digest: self.digest,
         }
+    }
+
+    /// Short SHA-256 prefix of the raw token, for logs (from its digest: no hashing).
+    pub fn fingerprint(&self) -> crate::digest::Fingerprint {
+        crate::digest::Fingerprint::of(&self.digest)
     }
 
     /// The token itself, for the IdP's token endpoint only (RFC 8693 §2.1 `subject_token`).
@@ -168,7 +169,7 @@ impl std::fmt::Debug for VerifiedUserToken<'_> {
         f.debug_struct("VerifiedUserToken")
             .field("sub", &self.sub())
             .field("exp", &self.exp())
-            .field("fingerprint", &self.fingerprint.as_str())
+            .field("fingerprint", &self.fingerprint())
             .finish_non_exhaustive()
     }
 }
@@ -295,8 +296,8 @@ impl UserFacts {
             self.preferred_username()
         } else {
             let [_, _, c] = self.ends;
-            let end = self.text.get(c as usize..).unwrap_or_default();
-            self.has(HAS_MATCH).then_some(end)
+            self.has(HAS_MATCH)
+                .then(|| self.text.get(c as usize..).unwrap_or_default())
         }
     }
 

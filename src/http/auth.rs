@@ -94,7 +94,7 @@ async fn run<'t>(
         // For the audit line: a fingerprint, never the token. A verified token brings it (its
         // digest is computed once per request); a refused one is hashed here.
         *subject_fp = match &result {
-            Ok(Authenticated { user: Some(u), .. }) => u.fingerprint.as_str().to_owned(),
+            Ok(Authenticated { user: Some(u), .. }) => u.fingerprint().as_str().to_owned(),
             _ => crate::digest::fingerprint(t),
         };
         span.record("subject.fp", subject_fp.as_str());

@@ -45,6 +45,18 @@ pub struct AppState {
     pub draining: std::sync::atomic::AtomicBool,
 }
 
+/// The broker's state, borrowed from the request rather than extracted: the `web::Data`
+/// extractor clones its `Arc`, an atomic write to a line every worker shares, on every
+/// request (issue 16). Always registered by `app.rs`; the error only guards a wiring mistake.
+fn app_data<T: 'static>(req: &actix_web::HttpRequest) -> Result<&web::Data<T>, ApiError> {
+    req.app_data::<web::Data<T>>().ok_or_else(|| {
+        ApiError::request(
+            ErrorCode::ServerError,
+            "the broker's state is not configured",
+        )
+    })
+}
+
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::request(ErrorCode::NotFound, "no such endpoint"))
 }

@@ -101,17 +101,12 @@ pub async fn proxy(req: HttpRequest, payload: web::Payload) -> HttpResponse {
         method: audit::clip(req.method().as_str(), 16).to_owned(),
         ..Default::default()
     };
-    // Borrowed rather than extracted: the `web::Data` extractors clone their `Arc`s, atomic
-    // writes to lines every worker shares, on every call (issue 16).
-    let (Some(state), Some(fwd)) = (
-        req.app_data::<web::Data<AppState>>(),
-        req.app_data::<web::Data<Forwarder>>(),
-    ) else {
-        return ApiError::request(
-            ErrorCode::ServerError,
-            "the broker's state is not configured",
-        )
-        .error_response();
+    let (state, fwd) = match (
+        super::app_data::<AppState>(&req),
+        super::app_data::<Forwarder>(&req),
+    ) {
+        (Ok(s), Ok(f)) => (s, f),
+        (Err(e), _) | (_, Err(e)) => return e.error_response(),
     };
     let result = handle(&req, payload, state, fwd, &mut rec).await;
     let response = match result {

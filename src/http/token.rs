@@ -44,14 +44,7 @@ fn form_error(e: FormError) -> ApiError {
 /// The handler: runs the request and writes its audit line (`audit.rs`), whatever the result.
 pub async fn token(req: HttpRequest, mut payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let mut rec = audit::Record::default();
-    // Borrowed rather than extracted: the `web::Data` extractor clones the state's `Arc`, an
-    // atomic write to a line every worker shares, twice per request (issue 16).
-    let Some(state) = req.app_data::<web::Data<AppState>>() else {
-        return Err(ApiError::request(
-            ErrorCode::ServerError,
-            "the broker's state is not configured",
-        ));
-    };
+    let state = super::app_data::<AppState>(&req)?;
     // Boxed: actix moves the handler's future twice before polling it, and `handle`'s is
     // ~1.6 KB; boxed it is moved once (issue 16).
     let result = Box::pin(handle(&req, &mut payload, state, &mut rec)).await;

@@ -178,7 +178,7 @@ impl Authenticator {
             Some(t) => match self.oidc.verify(t).await {
                 Ok(v) => {
                     if let Err(r) = self.check_user_token(&v) {
-                        tracing::info!(reason = r.kind(), subject = %v.fingerprint, "token refused as a user's token");
+                        tracing::info!(reason = r.kind(), subject = %v.fingerprint(), "token refused as a user's token");
                         return Err(AuthError::NotAUserToken(r));
                     }
                     Some(v)
