@@ -169,6 +169,10 @@ pub async fn start_with_yaml(o: Opts, edit: impl FnOnce(String) -> String) -> En
         broker,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            // Below actix's 5 s keep-alive: a test that sleeps ~5 s between requests must not
+            // reuse a connection the broker is closing at that moment (hyper then reports
+            // `IncompleteMessage`, seen once in CI for `refresh_ahead`).
+            .pool_idle_timeout(Duration::from_secs(3))
             .build()
             .unwrap(),
         url,
