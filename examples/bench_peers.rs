@@ -819,17 +819,17 @@ end
             .as_str()
             .unwrap()
             .to_owned();
+    // The proxy-mode request (the hit runs' credentials, a GET through to the echo upstream).
+    let proxy_script = format!(
+        "wrk.method = \"GET\"\nwrk.headers[\"Authorization\"] = \"Bearer {STATIC}\"\nwrk.headers[\"X-Forwarded-Access-Token\"] = \"{alice}\"\n"
+    );
+    let proxy_lua = tmp.join("proxy.lua");
+    std::fs::write(&proxy_lua, &proxy_script).unwrap();
     if a.only_proxy > 0 {
         // The proxy's load with wrk's finer percentiles (`pcts` lines), each run printed, then
         // the floors of the same load (bench/floor.rs) and the upstream alone.
-        let lua = tmp.join("proxy.lua");
-        std::fs::write(
-            &lua,
-            format!(
-                "wrk.method = \"GET\"\nwrk.headers[\"Authorization\"] = \"Bearer {STATIC}\"\nwrk.headers[\"X-Forwarded-Access-Token\"] = \"{alice}\"\ndone = function(summary, latency, requests)\n  local t = {{}}\n  for _, q in ipairs({{50, 75, 90, 95, 98, 99, 99.5, 99.9}}) do t[#t+1] = string.format(\"p%s=%.2f\", q, latency:percentile(q) / 1000) end\n  io.stderr:write(\"pcts \" .. table.concat(t, \" \") .. string.format(\" max=%.2f\\n\", latency.max / 1000))\nend\n"
-            ),
-        )
-        .unwrap();
+        let lua = tmp.join("proxy-percentiles.lua");
+        std::fs::write(&lua, format!("{proxy_script}{WRK_PERCENTILES}")).unwrap();
         let floors = floor::start(&echo_url, &downstream_token);
         let runs = [
             ("broker", format!("{base}/v1/proxy/echo/bench")),
@@ -987,14 +987,6 @@ end
 
     // Proxy mode with a cached token (issue 16 §5): GET /v1/proxy/echo/... to the dev echo
     // upstream, the same credentials as the hit runs, the same wrk load.
-    let proxy_lua = tmp.join("proxy.lua");
-    std::fs::write(
-        &proxy_lua,
-        format!(
-            "wrk.method = \"GET\"\nwrk.headers[\"Authorization\"] = \"Bearer {STATIC}\"\nwrk.headers[\"X-Forwarded-Access-Token\"] = \"{alice}\"\n"
-        ),
-    )
-    .unwrap();
     let proxy_url = format!("{base}/v1/proxy/echo/bench");
     // The floors (bench/floor.rs) under the same load, alternated with the broker: what this
     // machine gives a proxy with none of the broker's work, on its stack and on tokio's.
@@ -1289,6 +1281,10 @@ the same request as the wrk hit runs; user-space instructions of the whole serve
     );
     std::fs::remove_dir_all(&tmp).ok();
 }
+
+/// A wrk `done` hook printing finer percentiles (ms) to stderr as a `pcts` line
+/// ([`run_wrk`] passes it on).
+const WRK_PERCENTILES: &str = "done = function(summary, latency, requests)\n  local t = {}\n  for _, q in ipairs({50, 75, 90, 95, 98, 99, 99.5, 99.9}) do t[#t+1] = string.format(\"p%s=%.2f\", q, latency:percentile(q) / 1000) end\n  io.stderr:write(\"pcts \" .. table.concat(t, \" \") .. string.format(\" max=%.2f\\n\", latency.max / 1000))\nend\n";
 
 const NOTES: &str = "## How each figure is measured\n\n\
 - **Bare handler**: actix-web answering the broker's own cache-hit body (same bytes) to the same request. \
