@@ -251,6 +251,16 @@ async fn malformed_requests_are_refused_before_keycloak() {
 
     // Other methods and paths.
     let r = env.http.get(&url).send().await.unwrap();
+    // RFC 9110 §15.5.6: a 405 lists the allowed methods.
+    assert_eq!(r.headers().get("allow").unwrap(), "POST");
+    expect_error(r, 405, "invalid_request", "GET").await;
+    let r = env
+        .http
+        .get(format!("{}/v1/backchannel-logout", env.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers().get("allow").unwrap(), "POST");
     expect_error(r, 405, "invalid_request", "GET").await;
     let r = env
         .http
