@@ -170,8 +170,9 @@ pub struct ServerConfig {
     /// run after the listeners stopped accepting.
     pub shutdown_timeout: Duration,
     /// `server.bodyReadTimeout`, default 10s: the whole body of a `/v1/token` or
-    /// `/admin/exchange` request must arrive within this time once the broker starts reading
-    /// it (after the headers were authenticated); otherwise 408 and the connection is closed.
+    /// `/admin/exchange` request, and the read-ahead of a proxied body, must arrive within this
+    /// time once the broker starts reading it (after the headers were authenticated); otherwise
+    /// 408 and the connection is closed.
     pub body_read_timeout: Duration,
     /// `server.clientDisconnectTimeout`, default 1s (0 = off): after an answer sent before the
     /// request body was read, how long the connection may linger so the client can read the

@@ -6,7 +6,8 @@
 //! ([`crate::proxy::upstream_url`]) → token through
 //! [`crate::broker::TokenService`] (cache, shared in-flight exchange, fallback; a streaming call
 //! gets at least `proxy.minStreamTokenLifetime` left) → request body read ahead up to
-//! `proxy.replayBufferBytes` ([`crate::proxy::body`]) → forward. A 401 from the upstream with a
+//! `proxy.replayBufferBytes` ([`crate::proxy::body`]) within `server.bodyReadTimeout` (else
+//! 408) → forward. A 401 from the upstream with a
 //! replayable body drops the cached tokens, exchanges again and retries once (RFC 6750 §3.1);
 //! idempotent replayable calls are retried after connection errors and 502/503/504 (RFC 9110
 //! §9.2.2) with bounded exponential backoff. Failures of the upstream are RFC 6749 §5.2-style
@@ -218,9 +219,25 @@ async fn handle(
         .map(|(n, v)| (n.as_str(), v.as_bytes()))
         .collect();
     let progress = Progress::default();
-    let body = prebuffer(payload, cfg.replay_buffer_bytes, declared_length(&headers))
-        .await
-        .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
+    // The read-ahead is bounded in time as every body the broker reads is
+    // (`server.bodyReadTimeout`, 408, RFC 9110 §15.5.9): a client trickling a small body would
+    // otherwise hold the request, its token and a connection slot for as long as it likes.
+    let deadline = state.config.server.body_read_timeout;
+    let body = tokio::time::timeout(
+        deadline,
+        prebuffer(payload, cfg.replay_buffer_bytes, declared_length(&headers)),
+    )
+    .await
+    .map_err(|_| {
+        ApiError::http(
+            HttpRefusal::RequestTimeout,
+            format!(
+                "the request body did not arrive within {} ms (server.bodyReadTimeout)",
+                deadline.as_millis()
+            ),
+        )
+    })?
+    .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
     let body = Outgoing::new(body, &progress);
     let mut call = Call::new(fwd, method, url, body, progress);
 

@@ -45,6 +45,9 @@ enum Slow {
     AuthenticatedChunked,
     /// `/v1/proxy/...` without a credential, chunked.
     ProxyNoCredentialChunked,
+    /// `/v1/proxy/...` with a valid static caller token, chunked (the read-ahead of the body
+    /// to replay: only the deadline can cut it).
+    ProxyAuthenticatedChunked,
     /// An unknown path, chunked: answered 404 without reading the body.
     UnknownPathChunked,
     /// `/admin/exchange` without the admin credential.
@@ -63,6 +66,7 @@ impl Slow {
             Slow::NoCredentialChunked
                 | Slow::AuthenticatedChunked
                 | Slow::ProxyNoCredentialChunked
+                | Slow::ProxyAuthenticatedChunked
                 | Slow::UnknownPathChunked
         )
     }
@@ -70,7 +74,10 @@ impl Slow {
     fn authenticated(self) -> bool {
         matches!(
             self,
-            Slow::Authenticated | Slow::AuthenticatedChunked | Slow::AdminAuthenticated
+            Slow::Authenticated
+                | Slow::AuthenticatedChunked
+                | Slow::AdminAuthenticated
+                | Slow::ProxyAuthenticatedChunked
         )
     }
     fn expected_status(self) -> u16 {
@@ -88,6 +95,9 @@ impl Slow {
                 ("/v1/token", FORM, Some(STATIC_TOKEN))
             }
             Slow::ProxyNoCredentialChunked => ("/v1/proxy/kagenti/upload", FORM, None),
+            Slow::ProxyAuthenticatedChunked => {
+                ("/v1/proxy/kagenti/upload", FORM, Some(STATIC_TOKEN))
+            }
             Slow::UnknownPathChunked => ("/nowhere", FORM, None),
             Slow::AdminNoCredential => ("/admin/exchange", "application/json", None),
             Slow::AdminAuthenticated => (
@@ -394,6 +404,36 @@ async fn proxy_env(up: &Upstream) -> Env {
         )
     })
     .await
+}
+
+/// A proxied body that trickles in is cut by `server.bodyReadTimeout` while the broker reads it
+/// ahead (to keep it for a replay): 408, the connection closed, nothing sent upstream.
+#[actix_web::test]
+async fn a_slow_proxied_body_is_cut_by_the_body_deadline() {
+    let up = upstream().await;
+    let o = Opts {
+        upstream: Some(format!("{}/base", up.url)),
+        proxy_yaml: "proxy:\n  maxRetries: 0\n".into(),
+        ..Opts::default()
+    };
+    let env = start_with_yaml(o, |y| y.replace("  workers: 2\n", SLOW_SERVER_YAML)).await;
+    let bound = Duration::from_secs(10);
+    let out = slow_client(
+        env.broker.public_addr,
+        Slow::ProxyAuthenticatedChunked,
+        bound,
+    )
+    .await;
+    assert_eq!(out.status, 408, "{out:?}");
+    let closed = out
+        .closed_after
+        .unwrap_or_else(|| panic!("the connection was still open after {bound:?}"));
+    assert!(
+        closed >= BODY_READ_TIMEOUT && closed < BODY_READ_TIMEOUT + Duration::from_millis(2500),
+        "closed after {closed:?}"
+    );
+    assert!(up.rec.seen().is_empty(), "nothing may reach the upstream");
+    up.handle.stop(true).await;
 }
 
 /// Sends `GET <path>` as raw bytes (reqwest would normalise the path) with the static caller
