@@ -56,14 +56,20 @@ pub async fn read_body(
     };
     match tokio::time::timeout(deadline, read).await {
         Ok(r) => r,
-        Err(_) => Err(ApiError::http(
-            HttpRefusal::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} ms (server.bodyReadTimeout)",
-                deadline.as_millis()
-            ),
-        )),
+        Err(_) => Err(too_slow(deadline)),
     }
+}
+
+/// The 408 of a body that did not arrive within `deadline` (`server.bodyReadTimeout`, RFC 9110
+/// §15.5.9); also the proxy's, for its read-ahead.
+pub fn too_slow(deadline: Duration) -> ApiError {
+    ApiError::http(
+        HttpRefusal::RequestTimeout,
+        format!(
+            "the request body did not arrive within {} ms (server.bodyReadTimeout)",
+            deadline.as_millis()
+        ),
+    )
 }
 
 /// The request body as the handler sees it, shared with [`close_unread_bodies`].

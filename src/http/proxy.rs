@@ -7,8 +7,8 @@
 //! [`crate::broker::TokenService`] (cache, shared in-flight exchange, fallback; a streaming call
 //! gets at least `proxy.minStreamTokenLifetime` left) → request body read ahead up to
 //! `proxy.replayBufferBytes` ([`crate::proxy::body`]) within `server.bodyReadTimeout` (else
-//! 408) → forward. A 401 from the upstream with a
-//! replayable body drops the cached tokens, exchanges again and retries once (RFC 6750 §3.1);
+//! 408) → forward. A 401 from the upstream with a replayable body drops the cached tokens,
+//! exchanges again and retries once (RFC 6750 §3.1);
 //! idempotent replayable calls are retried after connection errors and 502/503/504 (RFC 9110
 //! §9.2.2) with bounded exponential backoff. Failures of the upstream are RFC 6749 §5.2-style
 //! JSON: 502 `upstream_unavailable`, 504 `upstream_timeout`, never with upstream internals.
@@ -228,15 +228,7 @@ async fn handle(
         prebuffer(payload, cfg.replay_buffer_bytes, declared_length(&headers)),
     )
     .await
-    .map_err(|_| {
-        ApiError::http(
-            HttpRefusal::RequestTimeout,
-            format!(
-                "the request body did not arrive within {} ms (server.bodyReadTimeout)",
-                deadline.as_millis()
-            ),
-        )
-    })?
+    .map_err(|_| super::body::too_slow(deadline))?
     .map_err(|_| ApiError::invalid_request("the request body could not be read"))?;
     let body = Outgoing::new(body, &progress);
     let mut call = Call::new(fwd, method, url, body, progress);
