@@ -9,9 +9,9 @@
 //! `http/proxy.rs`), which pick a code and a cause, never a status.
 //!
 //! Statuses that are not an OAuth error answer stay explicit, as [`Cause::Http`]
-//! ([`HttpRefusal`]): 405 (RFC 9110 §15.5.6; the proxy adds `Allow`), 408 (the body deadline,
-//! `server.bodyReadTimeout`), 413 (the body limit) and 431 (RFC 6585 §5). Their `error` is
-//! still `invalid_request`, so every answer has the same JSON shape.
+//! ([`HttpRefusal`]): 405 (RFC 9110 §15.5.6, with `Allow`: [`ApiError::method_not_allowed`]),
+//! 408 (the body deadline, `server.bodyReadTimeout`), 413 (the body limit) and 431 (RFC 6585
+//! §5). Their `error` is still `invalid_request`, so every answer has the same JSON shape.
 //!
 //! Descriptions never contain token or secret material: the lower layers' messages are built
 //! without it.
@@ -136,6 +136,8 @@ pub struct ApiError {
     pub idp_status: Option<u16>,
     /// `WWW-Authenticate` value for 401 answers (RFC 6750 §3).
     pub www_authenticate: Option<String>,
+    /// `Allow` value for 405 answers (RFC 9110 §15.5.6: a 405 lists the supported methods).
+    pub allow: Option<&'static str>,
 }
 
 #[derive(Serialize)]
@@ -157,6 +159,15 @@ impl ApiError {
             hint: None,
             idp_status: None,
             www_authenticate: None,
+            allow: None,
+        }
+    }
+
+    /// 405 for a method the resource does not take; `allow` lists those it does.
+    pub fn method_not_allowed(allow: &'static str, description: impl Into<String>) -> Self {
+        ApiError {
+            allow: Some(allow),
+            ..Self::http(HttpRefusal::MethodNotAllowed, description)
         }
     }
 
@@ -225,6 +236,9 @@ impl ResponseError for ApiError {
         b.insert_header(("pragma", "no-cache"));
         if let Some(w) = &self.www_authenticate {
             b.insert_header(("www-authenticate", w.as_str()));
+        }
+        if let Some(a) = self.allow {
+            b.insert_header(("allow", a));
         }
         b.json(Body {
             error: self.code.as_str(),

@@ -26,7 +26,6 @@ use crate::idp::IdpClient;
 use crate::inbound::Authenticator;
 use crate::inbound::oidc::OidcVerifier;
 use crate::metrics::Metrics;
-use actix_web::ResponseError;
 use error::{ApiError, ErrorCode, HttpRefusal};
 
 /// Everything a handler needs, shared by all workers.
@@ -105,15 +104,9 @@ pub async fn limit_header_bytes(
     Ok(trace::trace_request(req, next).await?.map_into_left_body())
 }
 
-/// The answer to another method on a POST-only endpoint: 405 with `Allow: POST` (RFC 9110
-/// §15.5.6: a 405 MUST list the methods the resource supports).
-fn post_only() -> HttpResponse {
-    let mut r = ApiError::http(HttpRefusal::MethodNotAllowed, "use POST").error_response();
-    r.headers_mut().insert(
-        actix_web::http::header::ALLOW,
-        actix_web::http::header::HeaderValue::from_static("POST"),
-    );
-    r
+/// The answer to another method on a POST-only endpoint: 405 with `Allow: POST`.
+async fn post_only() -> Result<HttpResponse, ApiError> {
+    Err(ApiError::method_not_allowed("POST", "use POST"))
 }
 
 /// Routes of the public listener.
@@ -121,12 +114,12 @@ pub fn public_routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource("/v1/token")
             .route(web::post().to(token::token))
-            .default_service(web::to(|| async { post_only() })),
+            .default_service(web::to(post_only)),
     )
     .service(
         web::resource("/v1/backchannel-logout")
             .route(web::post().to(logout::backchannel_logout))
-            .default_service(web::to(|| async { post_only() })),
+            .default_service(web::to(post_only)),
     )
     // Any method; the handler reads the raw path itself (docs/proxy.md). A scope rather than
     // the pattern `/v1/proxy/{tail:.*}`: a scope matches its prefix by comparing strings, the

@@ -121,15 +121,7 @@ pub async fn proxy(req: HttpRequest, payload: web::Payload) -> HttpResponse {
             if rec.outcome.is_empty() || rec.outcome.starts_with("issued_") {
                 rec.outcome = "bad_request";
             }
-            let mut r = e.error_response();
-            if e.cause == Cause::Http(HttpRefusal::MethodNotAllowed) {
-                // RFC 9110 §15.5.6: a 405 lists the methods the resource supports.
-                r.headers_mut().insert(
-                    actix_web::http::header::ALLOW,
-                    HeaderValue::from_static(rules::ALLOWED_METHODS),
-                );
-            }
-            r
+            e.error_response()
         }
     };
     rec.emit_proxy();
@@ -146,8 +138,8 @@ async fn handle(
     let cfg = fwd.config();
     if rules::refused_method(req.method().as_str()) {
         rec.outcome = "method_refused";
-        return Err(ApiError::http(
-            HttpRefusal::MethodNotAllowed,
+        return Err(ApiError::method_not_allowed(
+            rules::ALLOWED_METHODS,
             format!(
                 "the proxy does not forward {} requests",
                 req.method().as_str()
