@@ -68,10 +68,19 @@ pub fn make_room<V>(
     }
     let mut deadlines: Vec<u64> = shard.values().map(&deadline).collect();
     let nth = deadlines.len() / 8;
-    let (_, cut, _) = deadlines.select_nth_unstable(nth);
+    let (sooner, cut, _) = deadlines.select_nth_unstable(nth);
     let cut = *cut;
+    // Entries made in the same second share a deadline (a burst of logins, one lifetime), so
+    // "every entry ending at or before the cut" could be the whole shard. Drop all that end
+    // sooner than the cut and only as many of those ending at it as make up the eighth.
+    let below = sooner.iter().filter(|d| **d < cut).count();
+    let mut at_cut = (nth + 1).saturating_sub(below);
     shard.retain(|_, v| {
-        let keep = deadline(v) > cut;
+        let d = deadline(v);
+        let keep = d > cut || (d == cut && at_cut == 0);
+        if d == cut && !keep {
+            at_cut -= 1;
+        }
         if !keep {
             dropped(false);
         }
@@ -178,6 +187,50 @@ impl std::fmt::Debug for Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shard_with(deadlines: &[u64]) -> DigestMap<u64> {
+        deadlines
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (DigestKey(sha256(&i.to_be_bytes())), *d))
+            .collect()
+    }
+
+    /// A full shard gives up an eighth (plus one), never more, even when every entry ends in
+    /// the same second (a burst of logins), and the ones it gives up end soonest.
+    #[test]
+    fn a_full_shard_drops_an_eighth_even_at_equal_deadlines() {
+        let mut shard = shard_with(&[1000; 64]);
+        let mut n = 0;
+        make_room(
+            &mut shard,
+            64,
+            10,
+            |d| *d,
+            |expired| {
+                assert!(!expired);
+                n += 1;
+            },
+        );
+        assert_eq!((n, shard.len()), (9, 55));
+
+        // 16 end at 500, 48 at 1000: the eighth (9 entries) all come from the 500s.
+        let mut shard = shard_with(&[&[500; 16][..], &[1000; 48][..]].concat());
+        make_room(&mut shard, 64, 10, |d| *d, |_| {});
+        assert_eq!(shard.len(), 55);
+        assert_eq!(shard.values().filter(|d| **d == 500).count(), 7);
+
+        // Distinct deadlines: exactly the nine soonest go.
+        let mut shard = shard_with(&(100..164).collect::<Vec<u64>>());
+        make_room(&mut shard, 64, 10, |d| *d, |_| {});
+        assert_eq!(shard.values().min(), Some(&109));
+
+        // Expired entries go first, and when that makes room nothing else does.
+        let mut shard = shard_with(&[&[5; 10][..], &[1000; 54][..]].concat());
+        let mut expired = 0;
+        make_room(&mut shard, 64, 10, |d| *d, |e| expired += usize::from(e));
+        assert_eq!((expired, shard.len()), (10, 54));
+    }
 
     /// `field_joined` keeps the cache keys of `field(join)` (the form before issue 16), so
     /// entries shared through Redis by replicas of either version keep matching.

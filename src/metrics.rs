@@ -64,17 +64,19 @@ label_values!(
         Jwks => "jwks",
         Discovery => "discovery",
         Introspection => "introspection",
+        Probe => "probe",
     }
 );
 
 impl IdpRequest {
-    const ALL: [IdpRequest; 6] = [
+    const ALL: [IdpRequest; 7] = [
         IdpRequest::TokenExchange,
         IdpRequest::ClientCredentials,
         IdpRequest::OtherGrant,
         IdpRequest::Jwks,
         IdpRequest::Discovery,
         IdpRequest::Introspection,
+        IdpRequest::Probe,
     ];
 
     /// The label for a token-endpoint form with this `grant_type`.

@@ -14,6 +14,7 @@
 use super::exchange::{ExchangeRequest, exchange_form};
 use super::{IdpClient, IdpError, parse_token_answer};
 use crate::config::TokenType;
+use crate::metrics::IdpRequest;
 
 /// The dummy subject token of the probes: not a JWT, so no IdP can accept it.
 const DUMMY_SUBJECT: &str = "token-broker-probe-not-a-token";
@@ -211,7 +212,12 @@ impl IdpClient {
             scopes: &[],
             requested_token_type: TokenType::AccessToken,
         });
-        let raw = self.post_token_form_raw(form).await?;
+        // Counted as `probe`, not `token_exchange`: the dummy exchange is refused by design, and
+        // a start-up check must not read as a failed user exchange on the dashboards.
+        let ep = self.endpoints().await?;
+        let raw = self
+            .post_form_raw(ep.token.clone(), form, IdpRequest::Probe)
+            .await?;
         Ok(match parse_token_answer(raw.status, &raw.body) {
             Ok(_) => Answer::Issued,
             Err(IdpError::Rejected {

@@ -171,6 +171,7 @@ async fn serve_reports_a_refused_client_secret_at_start() {
         ];
         let http = reqwest::Client::new();
         let mut value = String::new();
+        let mut metrics = String::new();
         for _ in 0..100 {
             if let Ok(r) = http
                 .get(format!("http://127.0.0.1:{admin}/metrics"))
@@ -184,6 +185,7 @@ async fn serve_reports_a_refused_client_secret_at_start() {
                     && v != "-1"
                 {
                     value = v.to_owned();
+                    metrics = text;
                     break;
                 }
             }
@@ -195,6 +197,21 @@ async fn serve_reports_a_refused_client_secret_at_start() {
         let _ = tokio::task::spawn_blocking(move || child.wait()).await;
         let logs: String = readers.into_iter().map(|r| r.join().unwrap()).collect();
         assert_eq!(value, want, "metric for secret {want}:\n{logs}");
+        // The probe's dummy exchange is counted as a probe (the IdP refuses it by design), not
+        // as a user's token exchange.
+        let count = |request: &str| -> f64 {
+            metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with(&format!(
+                        "token_broker_idp_requests_total{{request=\"{request}\","
+                    ))
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum()
+        };
+        assert_eq!(count("probe"), 1.0, "{metrics}");
+        assert_eq!(count("token_exchange"), 0.0, "{metrics}");
         if want == "0" {
             assert!(logs.contains("ERROR"), "{logs}");
             assert!(
