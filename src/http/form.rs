@@ -39,6 +39,11 @@ impl Form<'_> {
             .map(|(_, v)| v.as_ref())
     }
 
+    /// The parameters in the order they came (for the fuzz target's differential check).
+    pub fn pairs(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_ref(), v.as_ref()))
+    }
+
     /// A parameter that is absent or empty counts as absent (RFC 6749 §3.1: "Parameters sent
     /// without a value MUST be treated as if they were omitted").
     pub fn non_empty(&self, name: &str) -> Option<&str> {
@@ -127,6 +132,31 @@ mod tests {
         assert_eq!(f.get("c"), Some("A%zz"));
         assert_eq!(f.get("d"), Some(""));
         assert_eq!(f.non_empty("d"), None);
+    }
+
+    /// What the parser accepts, it decodes as the `url` crate's WHATWG form parser does (the
+    /// fuzz target `token_form` checks the same on generated input).
+    #[test]
+    fn decodes_as_the_whatwg_reference_does() {
+        for body in [
+            &b"a=1&b=x+y%20z&c=%41%zz&d"[..],
+            b"=x&y=&&z=a=b",
+            b"%2B=%2b+%&%4=%4g&k=%e2%82%AC",
+            b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&scope=a+b",
+            b"&&&",
+            b"",
+            "caf\u{e9}=\u{1F600}".as_bytes(),
+        ] {
+            let ours: Vec<(String, String)> = parse(body)
+                .unwrap()
+                .pairs()
+                .map(|(n, v)| (n.to_owned(), v.to_owned()))
+                .collect();
+            let reference: Vec<(String, String)> = url::form_urlencoded::parse(body)
+                .map(|(n, v)| (n.into_owned(), v.into_owned()))
+                .collect();
+            assert_eq!(ours, reference, "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[test]
