@@ -25,6 +25,7 @@ mod browser;
 mod cache;
 mod cache_session;
 mod cli;
+mod deploy;
 mod exchange;
 mod fallback;
 mod generic_idp;
