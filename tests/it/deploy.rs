@@ -11,9 +11,12 @@ use std::path::Path;
 use serde_yaml_ng::Value;
 use token_broker::config::{EnvLookup, load_str};
 
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
 fn repo(path: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
-        .unwrap_or_else(|e| panic!("{path}: {e}"))
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
 fn manifest(path: &str) -> Value {
@@ -23,6 +26,15 @@ fn manifest(path: &str) -> Value {
 fn str_of<'v>(v: &'v Value, what: &str) -> &'v str {
     v.as_str()
         .unwrap_or_else(|| panic!("{what} is not a string: {v:?}"))
+}
+
+/// A list of strings (`args`, `resources`).
+fn strs<'v>(v: &'v Value, what: &str) -> Vec<&'v str> {
+    v.as_sequence()
+        .unwrap_or_else(|| panic!("{what} is not a list: {v:?}"))
+        .iter()
+        .map(|x| str_of(x, what))
+        .collect()
 }
 
 struct MapEnv(HashMap<String, String>);
@@ -93,12 +105,7 @@ fn the_kubernetes_example_and_the_image_agree_with_the_broker() {
 
     // The Deployment starts `serve` on that file, as the image does by default.
     let config_path = format!("{dir}/{file}");
-    let args: Vec<&str> = container["args"]
-        .as_sequence()
-        .expect("args")
-        .iter()
-        .map(|a| str_of(a, "arg"))
-        .collect();
+    let args = strs(&container["args"], "args");
     assert_eq!(args, ["serve", "--config", config_path.as_str()]);
     let containerfile = repo("Containerfile");
     let line = |word: &str| -> &str {
@@ -174,20 +181,14 @@ fn the_kubernetes_example_and_the_image_agree_with_the_broker() {
     }
 
     // kustomize applies every manifest but the examples (the Secret and Redis are made by hand).
-    let listed: BTreeSet<&str> = kustomization["resources"]
-        .as_sequence()
-        .expect("resources")
-        .iter()
-        .map(|r| str_of(r, "resource"))
+    let listed: BTreeSet<&str> = strs(&kustomization["resources"], "resources")
+        .into_iter()
         .collect();
-    let present: BTreeSet<String> =
-        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy"))
-            .expect("deploy/")
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| {
-                n.ends_with(".yaml") && !n.contains(".example.") && n != "kustomization.yaml"
-            })
-            .collect();
+    let present: BTreeSet<String> = std::fs::read_dir(root().join("deploy"))
+        .expect("deploy/")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".yaml") && !n.contains(".example.") && n != "kustomization.yaml")
+        .collect();
     assert_eq!(
         listed,
         present.iter().map(String::as_str).collect::<BTreeSet<_>>()
